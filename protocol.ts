@@ -25,9 +25,10 @@ export const MAX_WRITE_BYTES = 3 * 1024 * 1024;
 /** Default and bounds of run_shell_command's timeout, in seconds. */
 export const DEFAULT_COMMAND_TIMEOUT_S = 60;
 export const MAX_COMMAND_TIMEOUT_S = 3600;
-/** Agents send a ping this often; either side drops a link that has been silent for HEARTBEAT_TIMEOUT_MS. */
-export const HEARTBEAT_INTERVAL_MS = 10_000;
-export const HEARTBEAT_TIMEOUT_MS = 30_000;
+/** Agents send a ping this often, and both sides look for silence this often; a link silent for
+ *  HEARTBEAT_TIMEOUT_MS is dropped, so a dead link is noticed within 25 s on either side. */
+export const HEARTBEAT_INTERVAL_MS = 5_000;
+export const HEARTBEAT_TIMEOUT_MS = 20_000;
 
 // --- names ---
 

@@ -25,6 +25,7 @@ import {
   AgentFrame,
   CloseCode,
   DEFAULT_COMMAND_TIMEOUT_S,
+  HEARTBEAT_INTERVAL_MS,
   HEARTBEAT_TIMEOUT_MS,
   MAX_FRAME_BYTES,
   PROTOCOL_VERSION,
@@ -47,8 +48,8 @@ import {
 
 /** Bun.serve closes a connection after this many idle seconds (its default of 10 s would cut SSE streams and
  *  long calls). Streams stay busier than this: the SDK's keep-alive and ours fire every SSE_KEEPALIVE_MS. */
-const IDLE_TIMEOUT_S = 60;
-const SSE_KEEPALIVE_MS = 15_000;
+const IDLE_TIMEOUT_S = 30;
+const SSE_KEEPALIVE_MS = 10_000;
 /** Largest HTTP request body (write_file content travels in one): 413 beyond it. */
 const MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024;
 /** A Streamable HTTP session unused this long (and with no call in flight) is closed; its client re-initializes. */
@@ -558,6 +559,7 @@ async function checkAgentStatus(relay: Relay, machine: string | undefined): Prom
 async function callTool(name: ToolName, input: Record<string, unknown>, signal: AbortSignal, ctx: CallerContext): Promise<CallToolResult> {
   const { machine, ...args } = input as { machine?: string } & Record<string, unknown>;
   const finish = ctx.audit.begin({ tool: name, machine: machine ?? null, arguments: redactArguments(name, args), client: ctx.client, session: ctx.session() });
+  let target = machine; // the machine the call went to, once known
   ctx.inflight.count++;
   try {
     if (name === "check_agent_status") {
@@ -566,16 +568,17 @@ async function callTool(name: ToolName, input: Record<string, unknown>, signal: 
       return { structuredContent: result, content: [{ type: "text", text: renderStatus(result) }] };
     }
     const conn = ctx.relay.pick(machine);
+    target = conn.machine;
     const value = await ctx.relay.call(conn, name, args as OpArgs<typeof name>, deadlineFor(name, args), signal);
     const shaped = { ...value, machine: conn.machine };
     const shell = name === "run_shell_command" ? (value as ToolResult<"run_shell_command">) : undefined;
-    finish({ outcome: shell?.timed_out ? "timed_out" : "ok", machine: conn.machine, exitCode: shell?.exit_code });
+    finish({ outcome: shell?.timed_out ? "timed_out" : "ok", machine: target, exitCode: shell?.exit_code });
     const render = RENDERERS[name] as (r: typeof shaped) => string;
     return { structuredContent: shaped, content: [{ type: "text", text: render(shaped) }] };
   } catch (e) {
     const error = e instanceof ToolError ? e : new ToolError("The relay hit an unexpected error; its log has the details.");
     if (!(e instanceof ToolError)) log("error", "tool call failed unexpectedly", { tool: name, error: String(e) });
-    finish({ outcome: signal.aborted ? "cancelled" : error.outcome, error: error.message });
+    finish({ outcome: signal.aborted ? "cancelled" : error.outcome, machine: target, error: error.message });
     return toolError(error.message);
   } finally {
     ctx.inflight.count--;
@@ -936,7 +939,7 @@ export function startServer(config: ServerConfig): RunningServer {
   guards = makeGuards(config, server.port!, audit);
 
   const sweeps = [
-    setInterval(() => relay.sweep(), 5_000),
+    setInterval(() => relay.sweep(), HEARTBEAT_INTERVAL_MS),
     setInterval(() => streamable.sweep(), SESSION_SWEEP_MS),
   ];
   const url = new URL(`http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`);

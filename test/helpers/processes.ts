@@ -1,0 +1,218 @@
+// Real processes for end-to-end tests: the relay (server.ts) and agents (agent.ts) as child processes on
+// loopback, and MCP clients from the SDK over either transport. Everything returned is AsyncDisposable, so a
+// test writes `await using relay = await startRelay()` and the processes die with the scope.
+
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+
+export const ROOT = path.resolve(import.meta.dir, "../..");
+const BUN = process.execPath;
+
+/** Output of a child process, line by line, with a way to wait for a line. */
+export class OutputLog {
+  readonly lines: string[] = [];
+  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    void this.#read(stream);
+  }
+
+  get text() {
+    return this.lines.join("\n");
+  }
+
+  /** Resolves with the first line (already seen or yet to come) that matches, or rejects after `timeoutMs`. */
+  waitFor(pattern: RegExp, timeoutMs = 10_000, from = 0): Promise<string> {
+    const seen = this.lines.slice(from).find((l) => pattern.test(l));
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const waiter = { pattern, resolve: (line: string) => (clearTimeout(timer), resolve(line)) };
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms; output so far:\n${this.text}`));
+      }, timeoutMs);
+      this.#waiters.push(waiter);
+    });
+  }
+
+  async #read(stream: ReadableStream<Uint8Array>) {
+    let partial = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) {
+      const pieces = (partial + decoder.decode(chunk, { stream: true })).split("\n");
+      partial = pieces.pop() ?? "";
+      for (const line of pieces) this.#push(line);
+    }
+    if (partial) this.#push(partial);
+  }
+
+  #push(line: string) {
+    this.lines.push(line);
+    for (const waiter of this.#waiters.filter((w) => w.pattern.test(line))) {
+      this.#waiters = this.#waiters.filter((w) => w !== waiter);
+      waiter.resolve(line);
+    }
+  }
+}
+
+export interface ChildProcess extends AsyncDisposable {
+  proc: Bun.Subprocess<"ignore", "pipe", "pipe">;
+  /** stdout and stderr together, in arrival order per stream. */
+  stdout: OutputLog;
+  stderr: OutputLog;
+  /** Sends SIGTERM and waits for the exit. */
+  stop(): Promise<number>;
+  /** Sends SIGKILL and waits for the exit. */
+  kill(): Promise<void>;
+}
+
+/** Children run from a neutral directory, so a developer's .env in the repository (Bun loads it from the working
+ *  directory) never leaks into a test. */
+export const NEUTRAL_CWD = os.tmpdir();
+
+function spawnChild(argv: string[], env: Record<string, string>, cwd = NEUTRAL_CWD): ChildProcess {
+  const proc = Bun.spawn([BUN, ...argv], {
+    cwd,
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? os.homedir(), ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const stop = async () => {
+    proc.kill("SIGTERM");
+    return proc.exited;
+  };
+  return {
+    proc,
+    stdout: new OutputLog(proc.stdout),
+    stderr: new OutputLog(proc.stderr),
+    stop,
+    kill: async () => {
+      proc.kill("SIGKILL");
+      await proc.exited;
+    },
+    [Symbol.asyncDispose]: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) await stop();
+    },
+  };
+}
+
+/** A fresh strong token, as `openssl rand -hex 32` would make. */
+export const newToken = () => randomBytes(32).toString("hex");
+
+/** A port that was free a moment ago (for tests that restart a server on the same port). */
+export function freePort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = listener.port;
+  listener.stop(true);
+  return port;
+}
+
+/** A temporary directory (real path), removed on dispose. */
+export function tempDir(prefix = "cr-test-"): { path: string } & Disposable {
+  const dir = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), prefix)));
+  return { path: dir, [Symbol.dispose]: () => fs.rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface Relay extends ChildProcess {
+  url: URL;
+  port: number;
+  token: string;
+  databasePath: string;
+  env: Record<string, string>;
+}
+
+export interface RelayOptions {
+  token?: string;
+  port?: number;
+  databasePath?: string;
+  env?: Record<string, string>;
+}
+
+/** Starts server.ts on loopback and waits until it listens. */
+export async function startRelay(options: RelayOptions = {}): Promise<Relay> {
+  const token = options.token ?? newToken();
+  const databasePath = options.databasePath ?? path.join(fs.mkdtempSync(path.join(os.tmpdir(), "cr-db-")), "audit.db");
+  const env = { AUTH_TOKEN: token, PORT: String(options.port ?? 0), HOST: "127.0.0.1", DATABASE_PATH: databasePath, ...options.env };
+  const child = spawnChild(["run", path.join(ROOT, "server.ts")], env);
+  const line = await child.stderr.waitFor(/listening url=/);
+  const url = new URL(JSON.parse(/url=("[^"]+")/.exec(line)![1]!));
+  return { ...child, url, port: Number(url.port), token, databasePath, env };
+}
+
+export interface Agent extends ChildProcess {
+  machine: string;
+  roots: string[];
+}
+
+export interface AgentOptions {
+  machine?: string;
+  /** ALLOWED_ROOTS entries (default: a fresh temp directory). */
+  roots?: string[];
+  token?: string;
+  env?: Record<string, string>;
+  /** Wait for the "connected" log line (default true). */
+  waitConnected?: boolean;
+}
+
+/** Starts agent.ts against a relay and waits until it has registered. */
+export async function startAgent(relay: Relay, options: AgentOptions = {}): Promise<Agent> {
+  const machine = options.machine ?? `m-${randomBytes(3).toString("hex")}`;
+  const roots = options.roots ?? [fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), "cr-root-")))];
+  const child = spawnChild(["run", path.join(ROOT, "agent.ts")], {
+    RELAY_URL: `ws://127.0.0.1:${relay.port}/ws/agent`,
+    AGENT_TOKEN: options.token ?? relay.token,
+    MACHINE_NAME: machine,
+    ALLOWED_ROOTS: roots.join(":"),
+    SHELL: "/bin/sh",
+    ...options.env,
+  });
+  if (options.waitConnected !== false) await child.stderr.waitFor(/agent info connected/);
+  return { ...child, machine, roots };
+}
+
+export type TransportKind = "streamable-http" | "sse";
+export const TRANSPORTS: TransportKind[] = ["streamable-http", "sse"];
+
+/** An MCP client from the SDK, connected to the relay over the given transport with the bearer token. */
+export async function connectClient(
+  relay: Pick<Relay, "url" | "token">,
+  kind: TransportKind,
+  token = relay.token,
+): Promise<Client & AsyncDisposable> {
+  const headers = { Authorization: `Bearer ${token}` };
+  const transport =
+    kind === "streamable-http"
+      ? new StreamableHTTPClientTransport(new URL("/mcp", relay.url), { requestInit: { headers } })
+      : new SSEClientTransport(new URL("/sse", relay.url), {
+          requestInit: { headers },
+          eventSourceInit: { fetch: (url, init) => fetch(url, { ...init, headers: { ...(init?.headers as Record<string, string>), ...headers } }) },
+        });
+  const client = new Client({ name: "code-remote-test", version: "1.0.0" });
+  await client.connect(transport);
+  return Object.assign(client, { [Symbol.asyncDispose]: () => client.close() });
+}
+
+/** The process ids of every process whose command line contains `marker` (ps, as a user would look). */
+export function pidsMatching(marker: string): number[] {
+  const ps = Bun.spawnSync(["ps", "-eo", "pid=,args="]).stdout.toString();
+  return ps
+    .split("\n")
+    .filter((line) => line.includes(marker) && !line.includes("ps -eo"))
+    .map((line) => Number(line.trim().split(/\s+/)[0]));
+}
+
+/** Waits until `check` returns true, polling every 50 ms, or throws after `timeoutMs`. */
+export async function eventually(check: () => boolean | Promise<boolean>, timeoutMs = 5_000, what = "condition"): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await Bun.sleep(50);
+  }
+  throw new Error(`${what} not reached within ${timeoutMs} ms`);
+}

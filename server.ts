@@ -846,6 +846,8 @@ class SseTransport implements Transport {
 export interface RunningServer {
   url: URL;
   relay: Relay;
+  /** Runs the idle-session sweep now, as if the clock read `now` (it also runs every minute on its own). */
+  sweepSessions(now?: number): void;
   stop(): Promise<void>;
 }
 
@@ -911,19 +913,26 @@ export function startServer(config: ServerConfig): RunningServer {
     return Response.json({ ...base, machines: [...relay.agents.keys()].sort(), sessions: streamable.size + sseSessions.size });
   };
 
+  const routes = {
+    "/health": { GET: health },
+    "/mcp": { GET: mcp, POST: mcp, DELETE: mcp },
+    "/sse": { GET: openSse },
+    "/messages": { POST: postSse },
+    "/ws/agent": { GET: upgradeAgent },
+  };
+  const notRouted = (req: Request) => {
+    const methods = routes[new URL(req.url).pathname as keyof typeof routes];
+    if (!methods) return jsonRpcError(404, -32000, "Not found.");
+    return jsonRpcError(405, -32000, "Method not allowed.", { Allow: Object.keys(methods).join(", ") });
+  };
+
   const server = Bun.serve<SocketData>({
     hostname: config.host,
     port: config.port,
     idleTimeout: IDLE_TIMEOUT_S,
     maxRequestBodySize: MAX_REQUEST_BODY_BYTES,
-    routes: {
-      "/health": { GET: health },
-      "/mcp": { GET: mcp, POST: mcp, DELETE: mcp },
-      "/sse": { GET: openSse },
-      "/messages": { POST: postSse },
-      "/ws/agent": { GET: upgradeAgent },
-    },
-    fetch: () => jsonRpcError(404, -32000, "Not found."),
+    routes,
+    fetch: notRouted,
     error(error) {
       log("error", "unhandled error in a request", { error: String(error) });
       return jsonRpcError(500, -32603, "Internal error.");
@@ -946,6 +955,7 @@ export function startServer(config: ServerConfig): RunningServer {
   return {
     url,
     relay,
+    sweepSessions: (now = Date.now()) => streamable.sweep(now),
     async stop() {
       sweeps.forEach(clearInterval);
       relay.closeAll();

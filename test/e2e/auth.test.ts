@@ -52,7 +52,7 @@ describe("MCP clients need the bearer token", () => {
       const response = await request();
       expect(response.status).toBe(401);
       expect(response.headers.get("www-authenticate")).toStartWith("Bearer");
-      const body = await response.json();
+      const body = (await response.json()) as any;
       expect(body.error.message).not.toContain(relay.token);
     });
   }

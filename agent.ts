@@ -226,65 +226,69 @@ const errnoOf = (e: unknown) => (e as NodeJS.ErrnoException)?.code;
  *  resolved) must be inside a root; a path outside gets "denied" whether or not it exists, so nothing outside
  *  can be probed. */
 export function resolveExisting(input: string, roots: readonly string[], home: string): string {
-  const absolute = expandPath(input, home);
-  let real: string;
-  try {
-    real = fs.realpathSync(absolute);
-  } catch (e) {
-    const code = errnoOf(e);
-    if (code === "ENOENT" || code === "ENOTDIR") {
-      const target = resolveMissing(absolute);
-      if (!isInsideRoots(target, roots)) denied(input, roots);
-      return fail("not_found", `'${input}' does not exist.`);
-    }
-    if (code === "ELOOP") return fail("path_denied", `'${input}' is a symlink loop.`);
-    return fail("io_error", `Cannot resolve '${input}': ${code ?? e}.`);
-  }
-  if (!isInsideRoots(real, roots)) denied(input, roots);
-  return real;
+  const { target, exists } = landing(input, expandPath(input, home));
+  if (!isInsideRoots(target, roots)) denied(input, roots);
+  if (!exists) fail("not_found", `'${input}' does not exist.`);
+  return target;
 }
 
 /** Where a write to `input` would land: the real path of an existing file (through a symlink inside the
  *  roots), or the real path of the nearest existing parent joined with the names still to be created. */
 export function resolveForWrite(input: string, roots: readonly string[], home: string): string {
-  const absolute = expandPath(input, home);
-  let isLink = false;
-  try {
-    isLink = fs.lstatSync(absolute).isSymbolicLink();
-  } catch {
-    // does not exist yet (or a parent is missing): resolved below
-  }
-  let target: string;
-  try {
-    target = fs.realpathSync(absolute);
-  } catch (e) {
-    const code = errnoOf(e);
-    if (code === "ELOOP") fail("path_denied", `'${input}' is a symlink loop.`);
-    // A dangling symlink would create its target, wherever it points: refuse rather than follow.
-    if (isLink) fail("path_denied", `'${input}' is a symlink to a file that does not exist; refusing to follow it.`);
-    if (code !== "ENOENT" && code !== "ENOTDIR") fail("io_error", `Cannot resolve '${input}': ${code ?? e}.`);
-    target = resolveMissing(absolute);
-  }
+  const { target, dangling } = landing(input, expandPath(input, home));
   if (!isInsideRoots(target, roots)) denied(input, roots);
+  // Writing through a dangling symlink would create its target: refuse rather than follow, even inside.
+  if (dangling) fail("path_denied", `'${input}' goes through a symlink to something that does not exist; refusing to follow it.`);
   return target;
 }
 
-/** The realpath of the nearest existing ancestor, joined with the components that do not exist yet. */
-function resolveMissing(absolute: string): string {
-  const rest: string[] = [];
-  let current = absolute;
-  for (;;) {
-    try {
-      return path.join(fs.realpathSync(current), ...rest.reverse());
-    } catch (e) {
-      const code = errnoOf(e);
-      if (code !== "ENOENT" && code !== "ENOTDIR") throw e;
-      const parent = path.dirname(current);
-      if (parent === current) throw e;
-      rest.push(path.basename(current));
-      current = parent;
-    }
+interface Landing {
+  /** The absolute path every symlink leads to; missing components are joined as they are. */
+  target: string;
+  exists: boolean;
+  /** A symlink on the way points to something missing. */
+  dangling: boolean;
+}
+
+/** Resolves `absolute` like realpath, but also when its end (or a symlink's target) does not exist, so the
+ *  policy can judge where a missing path *would* be. Dangling symlinks are followed to their would-be target:
+ *  the answer for a link pointing outside is "denied" whether its target exists or not. */
+function landing(input: string, absolute: string): Landing {
+  try {
+    return { target: fs.realpathSync(absolute), exists: true, dangling: false };
+  } catch (e) {
+    const code = errnoOf(e);
+    if (code === "ELOOP") fail("path_denied", `'${input}' is a symlink loop.`);
+    if (code !== "ENOENT" && code !== "ENOTDIR") fail("io_error", `Cannot resolve '${input}': ${code ?? e}.`);
   }
+  return walkMissing(input, absolute, 0, 0);
+}
+
+/** Max symlinks followed for one path, as the kernel's own limit (MAXSYMLINKS is 40 on Linux). */
+const MAX_SYMLINK_HOPS = 40;
+
+/** Walks `absolute` component by component with lstat, following symlinks by hand. `linkParts` is how many
+ *  leading components came from the last symlink's target: a component missing among them makes it dangling. */
+function walkMissing(input: string, absolute: string, hops: number, linkParts: number): Landing {
+  const parts = absolute.split(path.sep).filter(Boolean);
+  let current: string = path.sep;
+  for (let i = 0; i < parts.length; i++) {
+    const next = path.join(current, parts[i]!);
+    let stat: fs.Stats;
+    try {
+      stat = fs.lstatSync(next);
+    } catch {
+      return { target: path.join(next, ...parts.slice(i + 1)), exists: false, dangling: i < linkParts };
+    }
+    if (stat.isSymbolicLink()) {
+      if (hops >= MAX_SYMLINK_HOPS) fail("path_denied", `'${input}' is a symlink loop.`);
+      const linkTarget = path.resolve(current, fs.readlinkSync(next));
+      const targetParts = linkTarget.split(path.sep).filter(Boolean).length;
+      return walkMissing(input, path.join(linkTarget, ...parts.slice(i + 1)), hops + 1, targetParts);
+    }
+    current = next;
+  }
+  return { target: current, exists: true, dangling: false };
 }
 
 // --- descriptors: operate on what was checked, not on a name that can be swapped ---

@@ -348,6 +348,8 @@ export type AgentFrame = z.infer<typeof AgentFrame>;
 export const ServerFrame = z.union([WelcomeFrame, RequestFrame, CancelFrame, PingFrame, PongFrame]);
 export type ServerFrame = z.infer<typeof ServerFrame>;
 
+const FRAME_TYPES = ["hello", "welcome", "request", "cancel", "result", "ping", "pong"];
+
 /** Parses one text frame; returns the frame or a short reason (never echoing the frame, which may hold secrets). */
 export function parseFrame<S extends z.ZodType>(
   schema: S,
@@ -363,8 +365,9 @@ export function parseFrame<S extends z.ZodType>(
   }
   const parsed = schema.safeParse(json);
   if (!parsed.success) {
-    const type = typeof json === "object" && json && "type" in json && typeof json.type === "string" ? json.type : "?";
-    return { ok: false, reason: `invalid '${type.slice(0, 32)}' frame` };
+    const type = typeof json === "object" && json && "type" in json ? json.type : undefined;
+    // Name the type only when it is one of ours: any other value could be a secret sent by mistake.
+    return { ok: false, reason: FRAME_TYPES.includes(type as string) ? `invalid '${type}' frame` : "unknown frame type" };
   }
   return { ok: true, frame: parsed.data };
 }

@@ -25,6 +25,7 @@ beforeAll(async () => {
   fs.symlinkSync(path.join(outside, "secret"), path.join(root, "link-to-secret"));
   fs.symlinkSync(outside, path.join(root, "link-to-outside-dir"));
   fs.symlinkSync(path.join(outside, "not-yet"), path.join(root, "dangling"));
+  fs.symlinkSync(path.join(root, "a", "not-yet"), path.join(root, "dangling-inside"));
   fs.symlinkSync("loop-b", path.join(root, "loop-a"));
   fs.symlinkSync("loop-a", path.join(root, "loop-b"));
   fs.symlinkSync("/dev/zero", path.join(root, "zero"));
@@ -91,7 +92,10 @@ describe("writes that must be refused, leaving nothing behind", () => {
     expectDenied("write_file", { path: `${root}/link-to-outside-dir/new`, content: "x" }, DENIED));
   test("a new directory chain under a symlinked parent that points outside", () =>
     expectDenied("write_file", { path: `${root}/link-to-outside-dir/d1/d2/new`, content: "x" }, DENIED));
-  test("through a dangling symlink", () => expectDenied("write_file", { path: `${root}/dangling`, content: "x" }, /does not exist; refusing to follow/));
+  test("through a dangling symlink pointing outside (denied as if its target existed)", () =>
+    expectDenied("write_file", { path: `${root}/dangling`, content: "x" }, DENIED));
+  test("through a dangling symlink pointing inside", () =>
+    expectDenied("write_file", { path: `${root}/dangling-inside`, content: "x" }, /does not exist; refusing to follow/));
   test("onto a FIFO", () => expectDenied("write_file", { path: `${root}/fifo`, content: "x" }, /not a regular file/));
   test("invalid base64", () => expectDenied("write_file", { path: `${root}/b64`, content: "not base64!", encoding: "base64" }, /not valid base64/));
 });

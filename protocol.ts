@@ -71,6 +71,51 @@ export type ErrorCode = z.infer<typeof ErrorCode>;
 export const AgentError = z.object({ code: ErrorCode, message: z.string().max(4000) });
 export type AgentError = z.infer<typeof AgentError>;
 
+// --- errors and result budgets (shared by the agent's modules) ---
+
+/** An error meant for the model: the agent sends it across the wire as { code, message }. */
+export class Failure extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Throws a Failure; typed `never` so it reads as a guard: `if (!ok) fail("not_found", "...")`. */
+export const fail = (code: ErrorCode, message: string): never => {
+  throw new Failure(code, message);
+};
+
+
+/** How many characters `text` takes once JSON-encoded (without the quotes): control characters cost six. */
+export function jsonCost(text: string): number {
+  return JSON.stringify(text).length - 2;
+}
+
+/** Keeps the beginning and end of `text` so that its JSON form fits `budget` characters, marking the cut. */
+export function fitToBudget(text: string, budget: number, omittedBytes = 0): { text: string; cut: boolean } {
+  if (omittedBytes === 0 && jsonCost(text) <= budget) return { text, cut: false };
+  const chars = Array.from(text); // code points, so a surrogate pair is never split
+  const half = Math.floor((budget - 80) / 2);
+  const head = takeWithinCost(chars, half);
+  const tail = takeWithinCost(chars.slice(head.length).reverse(), half).reverse();
+  const kept = head.join("") + tail.join("");
+  const omitted = omittedBytes + Buffer.byteLength(text) - Buffer.byteLength(kept);
+  return { text: `${head.join("")}\n[... ${omitted} bytes omitted ...]\n${tail.join("")}`, cut: true };
+}
+
+export function takeWithinCost(chars: string[], budget: number): string[] {
+  let cost = 0;
+  let n = 0;
+  for (; n < chars.length; n++) {
+    cost += jsonCost(chars[n]!);
+    if (cost > budget) break;
+  }
+  return chars.slice(0, n);
+}
+
 // --- tool arguments, results and descriptions ---
 
 const machineArg = MachineName.optional().describe(
@@ -356,7 +401,8 @@ export function parseFrame<S extends z.ZodType>(
   data: string | Buffer | ArrayBuffer | Uint8Array,
 ): { ok: true; frame: z.infer<S> } | { ok: false; reason: string } {
   if (typeof data !== "string") return { ok: false, reason: "binary frames are not part of the protocol" };
-  if (data.length > MAX_FRAME_BYTES) return { ok: false, reason: "frame too large" };
+  // length counts UTF-16 units; a frame of multi-byte characters can be three times larger in bytes
+  if (data.length > MAX_FRAME_BYTES || Buffer.byteLength(data) > MAX_FRAME_BYTES) return { ok: false, reason: "frame too large" };
   let json: unknown;
   try {
     json = JSON.parse(data);

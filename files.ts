@@ -1,0 +1,360 @@
+// The agent's file tools: read_file, write_file and list_directory, inside the allowed roots (paths.ts decides
+// what is inside). Reads stream and stay within the result budget; writes are atomic (temp file + rename in the
+// same directory) and never follow a symlink planted meanwhile.
+
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { randomBytes } from "node:crypto";
+import { FIELD_BUDGET_CHARS, fail, Failure, jsonCost, MAX_WRITE_BYTES, takeWithinCost, type OpArgs, type OpResult } from "./protocol.ts";
+import { errnoOf, fdPath, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
+
+/** Where the file tools may act: the real allowed roots, and the home directory for ~. */
+export interface FileScope {
+  roots: readonly string[];
+  home: string;
+}
+
+// --- constants ---
+
+/** read_file returns at most this many JSON characters of text, or this many raw bytes as base64. */
+const READ_BUDGET_CHARS = 2 * FIELD_BUDGET_CHARS;
+const READ_BASE64_MAX_BYTES = 32 * 1024;
+/** read_file reads in chunks of this size, and stops counting lines past this many bytes (total_lines: null). */
+const READ_CHUNK_BYTES = 1024 * 1024;
+const COUNT_LINES_MAX_BYTES = 256 * 1024 * 1024;
+/** Bytes of a file sniffed to decide between text and base64 (as git does: a NUL or invalid UTF-8 means binary). */
+const SNIFF_BYTES = 8 * 1024;
+/** list_directory lists at most this many entries, and fewer when their JSON would pass the budget. */
+const LIST_MAX_ENTRIES = 1_000;
+const LIST_BUDGET_CHARS = 2 * FIELD_BUDGET_CHARS;
+
+// --- files ---
+
+/** Reads up to `length` bytes at `position` from an fd. */
+function readAt(fd: number, length: number, position: number): Buffer {
+  const buffer = Buffer.alloc(length);
+  const n = fs.readSync(fd, buffer, 0, length, position);
+  return buffer.subarray(0, n);
+}
+
+function openRegularFile(input: string, config: FileScope): { fd: number; real: string; size: number } {
+  const real = resolveExisting(input, config.roots, config.home);
+  // O_NONBLOCK: opening a FIFO must not hang waiting for a writer; fstat then refuses it.
+  const fd = openChecked(real, O_RDONLY | O_NONBLOCK, config.roots, input);
+  const stat = fs.fstatSync(fd);
+  if (!stat.isFile()) {
+    fs.closeSync(fd);
+    if (stat.isDirectory()) fail("wrong_type", `'${input}' is a directory: use list_directory.`);
+    fail("path_denied", `'${input}' is not a regular file (FIFOs, devices and sockets are refused).`);
+  }
+  return { fd, real, size: stat.size };
+}
+
+/** True when the bytes look like text: no NUL and valid UTF-8 (a character cut at the end is fine). */
+function looksLikeText(sample: Uint8Array): boolean {
+  if (sample.includes(0)) return false;
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(sample, { stream: true });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function readFile(args: OpArgs<"read_file">, scope: FileScope): Promise<OpResult<"read_file">> {
+  const { fd, real, size } = openRegularFile(args.path, scope);
+  try {
+    const encoding = args.encoding ?? "auto";
+    const asText = encoding === "utf8" || (encoding === "auto" && looksLikeText(readAt(fd, SNIFF_BYTES, 0)));
+    return asText ? readTextLines(fd, real, size, args) : readBase64(fd, real, size, args);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function readBase64(fd: number, real: string, size: number, args: OpArgs<"read_file">): OpResult<"read_file"> {
+  const offset = args.offset ?? 0;
+  const length = Math.min(args.limit ?? READ_BASE64_MAX_BYTES, READ_BASE64_MAX_BYTES, Math.max(0, size - offset));
+  const bytes = readAt(fd, length, offset);
+  const end = offset + bytes.length;
+  return {
+    path: real,
+    encoding: "base64",
+    content: bytes.toString("base64"),
+    size,
+    offset,
+    returned: bytes.length,
+    total_lines: null,
+    truncated: end < size,
+    next_offset: end < size ? end : null,
+  };
+}
+
+/** Splits decoded text into lines (each keeping its "\n"); a line longer than `maxChars` keeps only its head,
+ *  so memory stays bounded even for a file that is one enormous line. */
+class LineSplitter {
+  #partial = "";
+  #overlong = false;
+  constructor(readonly maxChars: number) {}
+
+  *push(text: string): Generator<string> {
+    let start = 0;
+    for (let nl = text.indexOf("\n"); nl !== -1; nl = text.indexOf("\n", start)) {
+      this.#append(text.slice(start, nl + 1));
+      start = nl + 1;
+      yield this.#take();
+    }
+    this.#append(text.slice(start));
+  }
+
+  *end(): Generator<string> {
+    if (this.#partial) yield this.#take();
+  }
+
+  #append(piece: string) {
+    if (this.#overlong) return;
+    this.#partial += piece;
+    if (this.#partial.length > this.maxChars) {
+      this.#partial = this.#partial.slice(0, this.maxChars);
+      this.#overlong = true;
+    }
+  }
+
+  #take(): string {
+    const line = this.#partial;
+    this.#partial = "";
+    this.#overlong = false;
+    return line;
+  }
+}
+
+/** Keeps the lines numbered first..last (from 1) that fit the budget, and counts every line offered. */
+class LineSelection {
+  seen = 0;
+  readonly kept: string[] = [];
+  #cost = 0;
+  /** The budget stopped the selection; more lines follow. */
+  full = false;
+  /** The first selected line alone was over the budget and only its head was kept. */
+  cutLine = false;
+  constructor(
+    readonly first: number,
+    readonly last: number,
+    readonly budget: number,
+  ) {}
+
+  get done() {
+    return this.full || this.seen >= this.last;
+  }
+
+  offer(line: string): void {
+    this.seen++;
+    if (this.seen < this.first || this.seen > this.last || this.full) return;
+    const cost = jsonCost(line);
+    if (this.#cost + cost > this.budget) {
+      if (this.kept.length === 0) {
+        this.kept.push(takeWithinCost(Array.from(line), this.budget).join(""));
+        this.cutLine = true;
+      }
+      this.full = true;
+      return;
+    }
+    this.kept.push(line);
+    this.#cost += cost;
+  }
+}
+
+/** Reads lines [offset, offset + limit) of a UTF-8 file within the budget, streaming, and counts all lines
+ *  (up to COUNT_LINES_MAX_BYTES). Invalid UTF-8 is an error that points to base64, never silently mangled. */
+function readTextLines(fd: number, real: string, size: number, args: OpArgs<"read_file">): OpResult<"read_file"> {
+  const first = Math.max(1, args.offset ?? 1);
+  const selection = new LineSelection(first, args.limit ? first + args.limit - 1 : Infinity, READ_BUDGET_CHARS);
+  const splitter = new LineSplitter(2 * READ_BUDGET_CHARS);
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let position = 0;
+  let atEnd = false;
+  while (!atEnd && !(selection.done && position > COUNT_LINES_MAX_BYTES)) {
+    const chunk = readAt(fd, READ_CHUNK_BYTES, position);
+    position += chunk.length;
+    atEnd = chunk.length === 0;
+    let text: string;
+    try {
+      text = decoder.decode(chunk, { stream: !atEnd });
+    } catch {
+      return fail("wrong_type", `'${args.path}' is not valid UTF-8 after line ${selection.seen}: read it with encoding "base64".`);
+    }
+    for (const line of splitter.push(text)) selection.offer(line);
+    if (atEnd) for (const line of splitter.end()) selection.offer(line);
+  }
+  const returned = selection.kept.length;
+  const more = returned > 0 && (selection.cutLine || !atEnd || first + returned - 1 < selection.seen);
+  return {
+    path: real,
+    encoding: "utf8",
+    content: selection.kept.join(""),
+    size,
+    offset: first,
+    returned,
+    total_lines: atEnd ? selection.seen : null,
+    truncated: more,
+    next_offset: more ? first + returned : null,
+  };
+}
+
+/** Turns an errno from a write into a sentence for the model. */
+function ioFailure(e: unknown, input: string): never {
+  if (e instanceof Failure) throw e;
+  const code = errnoOf(e);
+  const reason: Record<string, string> = {
+    ENOSPC: "the disk is full",
+    EDQUOT: "the disk quota is exceeded",
+    EROFS: "the file system is read-only",
+    EACCES: "permission denied",
+    EPERM: "permission denied",
+    ENAMETOOLONG: "a name in the path is too long",
+    EISDIR: "it is a directory",
+  };
+  return fail("io_error", `Cannot write '${input}': ${(code && reason[code]) ?? code ?? String(e)}. Nothing was changed.`);
+}
+
+function decodeContent(content: string, encoding: "utf8" | "base64"): Buffer {
+  if (encoding === "utf8") return Buffer.from(content, "utf8");
+  // Buffer.from(…, "base64") skips bad characters silently; a typo must be an error, not a corrupt file.
+  if (content.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(content)) {
+    fail("invalid_arguments", "content is not valid base64 (A-Z, a-z, 0-9, +, / with = padding, no spaces).");
+  }
+  return Buffer.from(content, "base64");
+}
+
+/** Opens the real directory `dir`, creating the missing components one at a time below a checked descriptor,
+ *  so a symlink swapped in meanwhile cannot send the new directories or the file elsewhere. */
+function openDirCreating(dir: string, roots: readonly string[], input: string): { fd: number; real: string } {
+  const missing: string[] = [];
+  let existing = dir;
+  while (!fs.existsSync(existing)) {
+    missing.unshift(path.basename(existing));
+    existing = path.dirname(existing);
+  }
+  let fd = openChecked(existing, O_RDONLY | O_DIRECTORY, roots, input);
+  let real = existing;
+  for (const name of missing) {
+    const child = `${fdPath(fd, real)}/${name}`;
+    try {
+      fs.mkdirSync(child);
+    } catch (e) {
+      if (errnoOf(e) !== "EEXIST") {
+        fs.closeSync(fd);
+        ioFailure(e, input);
+      }
+    }
+    const next = openChecked(child, O_RDONLY | O_DIRECTORY, roots, input);
+    fs.closeSync(fd);
+    fd = next;
+    real = path.join(real, name);
+  }
+  return { fd, real };
+}
+
+/** lstat of `name` in an open directory, or null when there is nothing there. */
+function lstatIn(dirPath: string, name: string): fs.Stats | null {
+  try {
+    return fs.lstatSync(`${dirPath}/${name}`);
+  } catch (e) {
+    if (errnoOf(e) === "ENOENT") return null;
+    throw e;
+  }
+}
+
+export async function writeFile(args: OpArgs<"write_file">, config: FileScope): Promise<OpResult<"write_file">> {
+  const data = decodeContent(args.content, args.encoding ?? "utf8");
+  if (data.length > MAX_WRITE_BYTES) {
+    fail("too_large", `content is ${data.length} bytes; write at most ${MAX_WRITE_BYTES} per call and append the rest.`);
+  }
+  const target = resolveForWrite(args.path, config.roots, config.home);
+  const dir = openDirCreating(path.dirname(target), config.roots, args.path);
+  try {
+    return replaceAtomically(fdPath(dir.fd, dir.real), path.basename(target), data, args, target);
+  } catch (e) {
+    return ioFailure(e, args.path);
+  } finally {
+    fs.closeSync(dir.fd);
+  }
+}
+
+/** Writes a temp file in the same directory and renames it over `name`: readers see the old file or the new
+ *  one, never half of it. Appending copies the old content into the temp file first. */
+function replaceAtomically(dirPath: string, name: string, data: Buffer, args: OpArgs<"write_file">, target: string) {
+  const existing = lstatIn(dirPath, name);
+  if (existing && !existing.isFile()) {
+    fail("wrong_type", `'${args.path}' exists and is not a regular file; refusing to replace it.`);
+  }
+  const tempPath = `${dirPath}/.code-remote-${randomBytes(8).toString("hex")}.tmp`;
+  // Security: O_EXCL|O_NOFOLLOW, so a symlink planted under the temp name is never followed.
+  const fd = fs.openSync(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  let size = data.length;
+  try {
+    if (args.append && existing) size += copyInto(fd, `${dirPath}/${name}`);
+    writeAll(fd, data);
+    fs.fchmodSync(fd, existing ? existing.mode & 0o7777 : 0o666 & ~process.umask());
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(tempPath, `${dirPath}/${name}`);
+  } catch (e) {
+    try {
+      fs.closeSync(fd);
+    } catch {
+      // already closed
+    }
+    fs.rmSync(tempPath, { force: true });
+    throw e;
+  }
+  return { path: target, bytes_written: data.length, size, created: !existing };
+}
+
+function writeAll(fd: number, data: Uint8Array): void {
+  for (let offset = 0; offset < data.length; ) offset += fs.writeSync(fd, data, offset);
+}
+
+/** Copies a regular file (not followed if it is a symlink) into `fd`; returns the bytes copied. */
+function copyInto(fd: number, source: string): number {
+  const src = fs.openSync(source, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  try {
+    let copied = 0;
+    for (let chunk = readAt(src, READ_CHUNK_BYTES, 0); chunk.length > 0; chunk = readAt(src, READ_CHUNK_BYTES, copied)) {
+      writeAll(fd, chunk);
+      copied += chunk.length;
+    }
+    return copied;
+  } finally {
+    fs.closeSync(src);
+  }
+}
+
+function entryType(stat: fs.Stats): "file" | "dir" | "symlink" | "other" {
+  if (stat.isSymbolicLink()) return "symlink";
+  if (stat.isDirectory()) return "dir";
+  return stat.isFile() ? "file" : "other";
+}
+
+export function listDirectory(args: OpArgs<"list_directory">, config: FileScope): OpResult<"list_directory"> {
+  const real = resolveExisting(args.path, config.roots, config.home);
+  if (!fs.statSync(real).isDirectory()) fail("wrong_type", `'${args.path}' is not a directory: use read_file.`);
+  const fd = openChecked(real, O_RDONLY | O_DIRECTORY, config.roots, args.path);
+  try {
+    const dirPath = fdPath(fd, real);
+    const names = fs.readdirSync(dirPath).sort();
+    const entries: OpResult<"list_directory">["entries"] = [];
+    let cost = 0;
+    for (const name of names.slice(0, LIST_MAX_ENTRIES)) {
+      const stat = lstatIn(dirPath, name);
+      if (!stat) continue; // removed while we listed
+      const entry = { name, type: entryType(stat), size: stat.size, modified: stat.mtime.toISOString() };
+      cost += JSON.stringify(entry).length + 1;
+      if (cost > LIST_BUDGET_CHARS) break;
+      entries.push(entry);
+    }
+    return { path: real, entries, total: names.length, truncated: entries.length < names.length };
+  } finally {
+    fs.closeSync(fd);
+  }
+}

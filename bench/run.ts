@@ -1,0 +1,192 @@
+// `bun run bench`: the benchmark suite of issue 7. Starts a real relay and agent on loopback (as the tests do),
+// drives them with the SDK's Client over Streamable HTTP, runs the peer (supergateway + server-filesystem) side
+// by side when it is installed, prints a table and writes bench/results/latest.json (+ .md). Everything stays
+// on 127.0.0.1 and every loop is bounded in count and time. A benchmark, not a test: `bun test` only runs a
+// --quick smoke run of it (test/bench.test.ts).
+
+import * as os from "node:os";
+import * as path from "node:path";
+import { ROOT } from "../test/helpers/processes.ts";
+import { progress, round } from "./harness.ts";
+import { peerUnavailable, startPeer, type Peer } from "./peer.ts";
+import { describeMachine, describeRevision, renderText, writeReport, type Report } from "./report.ts";
+import { Results, type ScenarioKey } from "./results.ts";
+import { startRig, type Rig } from "./rig.ts";
+import { bulkTransfer } from "./scenarios/bulk.ts";
+import { compiledAgent } from "./scenarios/footprint.ts";
+import { concurrentCalls, sequentialCalls, shellOverhead } from "./scenarios/latency.ts";
+import { scale } from "./scenarios/scale.ts";
+import { FULL, QUICK, type Settings } from "./settings.ts";
+import { checkTargets, ratios } from "./targets.ts";
+
+const DEFAULT_OUT = path.join(import.meta.dir, "results", "latest.json");
+
+const USAGE = `Usage: bun run bench [--quick] [--only N,N,...] [--out FILE.json]
+
+  --quick      a smoke run of the harness: a few iterations of everything, numbers not meaningful
+  --only       run only these scenarios (1-8); scenario 8 (the peer) needs \`bun run bench:peers\` first
+  --out        where to write the JSON report (default bench/results/latest.json; a .md goes beside it)`;
+
+interface Options {
+  quick: boolean;
+  only: Set<number>;
+  out: string;
+}
+
+function parseOptions(argv: string[]): Options {
+  const options: Options = { quick: false, only: new Set([1, 2, 3, 4, 5, 6, 7, 8]), out: DEFAULT_OUT };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--quick") options.quick = true;
+    else if (arg === "--only") options.only = new Set((argv[++i] ?? "").split(",").map(Number));
+    else if (arg === "--out") options.out = path.resolve(argv[++i] ?? DEFAULT_OUT);
+    else throw new UsageError(`unknown argument '${arg}'`);
+  }
+  if ([...options.only].some((n) => !Number.isInteger(n) || n < 1 || n > 8)) throw new UsageError("--only takes scenario numbers 1-8");
+  return options;
+}
+
+class UsageError extends Error {}
+
+interface Context {
+  settings: Settings;
+  results: Results;
+  /** The relay, agent and sessions most scenarios share (scenario 6 starts its own relay). */
+  rig: () => Promise<Rig>;
+  peer?: Peer;
+}
+
+/** A unit of work: the scenarios it measures, and the figures it records (marked failed if it throws). */
+interface Step {
+  scenarios: number[];
+  title: string;
+  keys: ScenarioKey[];
+  run: (ctx: Context) => Promise<void>;
+}
+
+const STEPS: Step[] = [
+  {
+    scenarios: [1, 2, 8],
+    title: "1, 2, 8: ping, read_file and the peer's read_text_file, one at a time, in alternating blocks",
+    keys: ["1_ping", "2_read_file", "8_peer_read_text_file"],
+    run: async (ctx) => sequentialCalls(await ctx.rig(), ctx.peer, ctx.settings, ctx.results),
+  },
+  {
+    scenarios: [3, 8],
+    title: "3, 8: read_file and the peer's read_text_file, 32 in flight from 4 sessions",
+    keys: ["3_read_file_concurrent", "8_peer_read_text_file_concurrent"],
+    run: async (ctx) => concurrentCalls(await ctx.rig(), ctx.peer, ctx.settings, ctx.results),
+  },
+  {
+    scenarios: [4],
+    title: '4: run_shell_command "true" against a direct spawn of the same shell',
+    keys: ["4_shell_tool", "4_shell_direct"],
+    run: async (ctx) => {
+      ctx.results.notes.shell = await shellOverhead(await ctx.rig(), ctx.settings, ctx.results);
+    },
+  },
+  {
+    scenarios: [5],
+    title: "5: bulk write and read of a file through the tools",
+    keys: ["5_bulk"],
+    run: async (ctx) => bulkTransfer(await ctx.rig(), ctx.settings, ctx.results),
+  },
+  {
+    scenarios: [6],
+    title: "6: agents and sessions at scale, on a relay of its own",
+    keys: ["6_scale"],
+    run: (ctx) => scale(ctx.settings, ctx.results),
+  },
+  {
+    scenarios: [7],
+    title: "7: the compiled agent's start and idle footprint",
+    keys: ["7_compiled_agent"],
+    run: async (ctx) => compiledAgent(await ctx.rig(), ctx.settings, ctx.results),
+  },
+];
+
+/** Runs the selected steps in order; a step that throws is reported and the others still run. */
+async function runSteps(options: Options, ctx: Context): Promise<boolean> {
+  let ok = true;
+  for (const step of STEPS.filter((s) => s.scenarios.some((n) => options.only.has(n)))) {
+    const started = performance.now();
+    progress(`▶ ${step.title}`);
+    try {
+      await step.run(ctx);
+      progress(`  done in ${round((performance.now() - started) / 1000, 1)} s`);
+    } catch (e) {
+      ok = false;
+      const message = e instanceof Error ? e.message : String(e);
+      progress(`  FAILED: ${message}`);
+      ctx.results.skip(step.keys.filter((k) => !ctx.results.figures[k]), `failed: ${message.split("\n")[0]}`);
+    }
+  }
+  return ok;
+}
+
+async function main(argv: string[]): Promise<number> {
+  let options: Options;
+  try {
+    options = parseOptions(argv);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`bench: ${e.message}\n\n${USAGE}`);
+    return 2;
+  }
+  const startedAt = new Date();
+  const machine = describeMachine();
+  const results = new Results();
+  results.notes.units = "MB = 10^6 bytes; latencies are wall time at the client, one call at a time unless marked in flight";
+  await using live = new AsyncDisposableStack();
+  let rig: Promise<Rig> | undefined;
+  const ctx: Context = {
+    settings: options.quick ? QUICK : FULL,
+    results,
+    rig: () => (rig ??= startRig().then((r) => live.use(r))),
+  };
+  progress(`Code Remote benchmarks (${options.quick ? "quick" : "full"}): scenarios ${[...options.only].sort().join(", ")}`);
+  if (options.only.has(8)) ctx.peer = await preparePeer(ctx, live);
+  const ok = await runSteps(options, ctx);
+
+  const ratioFigures = ratios(results);
+  const report: Report = {
+    mode: options.quick ? "quick" : "full",
+    started_at: startedAt.toISOString(),
+    duration_s: round((Date.now() - startedAt.getTime()) / 1000, 1),
+    command: ["bun run bench", ...argv].join(" "),
+    revision: describeRevision(ROOT),
+    machine,
+    load_at_end: os.loadavg().map((x) => round(x, 2)),
+    results,
+    ratios: ratioFigures,
+    targets: checkTargets(results, ratioFigures),
+  };
+  console.log(`\n${renderText(report)}\n`);
+  writeReport(options.out, report);
+  progress(`wrote ${path.relative(process.cwd(), options.out)} and its .md`);
+  return ok ? 0 : 1;
+}
+
+/** Starts the peer next to the rig, or records why scenario 8 is skipped. */
+async function preparePeer(ctx: Context, live: AsyncDisposableStack): Promise<Peer | undefined> {
+  const unavailable = peerUnavailable();
+  const keys: ScenarioKey[] = ["8_peer_read_text_file", "8_peer_read_text_file_concurrent"];
+  if (unavailable) {
+    progress(`  peer skipped: ${unavailable}`);
+    ctx.results.skip(keys, unavailable);
+    return undefined;
+  }
+  try {
+    const peer = live.use(await startPeer((await ctx.rig()).root));
+    ctx.results.notes.peer = peer.description;
+    progress(`  peer: ${peer.description}`);
+    return peer;
+  } catch (e) {
+    const reason = `the peer did not start: ${e instanceof Error ? e.message : String(e)}`;
+    progress(`  ${reason}`);
+    ctx.results.skip(keys, reason);
+    return undefined;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

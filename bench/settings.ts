@@ -1,0 +1,54 @@
+// How much each scenario samples, for a full run (the figures in BENCHMARKS.md; a few minutes on 2 cores) and
+// for --quick (a smoke run of the harness in seconds: the numbers it prints mean nothing). Every loop is
+// bounded by a count and a time; sizes and counts carry their unit in the name.
+
+import { MAX_WRITE_BYTES } from "../protocol.ts";
+import { MiB, type Budget } from "./harness.ts";
+
+export interface Settings {
+  /** Scenarios 1, 2 and 8 (sequential): ping, read_file and the peer's read_text_file, in alternating blocks. */
+  sequential: Budget;
+  /** Scenarios 3 and 8 (concurrent): each side is measured in `rounds` alternating windows of this budget. */
+  concurrent: Budget & { rounds: number };
+  /** Scenario 4: run_shell_command "true" and a direct spawn of the same shell, in alternating blocks. */
+  shell: Budget;
+  /** Scenario 5: file size, and how many write-then-read rounds (the median round is reported). */
+  bulk: { fileBytes: number; rounds: number };
+  /** Scenario 6: fake agents (one real agent is added), load generator processes, MCP sessions, reads. */
+  scale: { agents: number; generators: number; sessions: number; reads: Budget };
+  /** Scenario 7: compiled agent starts, and how long each sits idle before its RSS is read. */
+  footprint: { starts: number; idleMs: number };
+}
+
+export const FULL: Settings = {
+  sequential: { warmup: 200, count: 2_000, maxMs: 20_000 },
+  concurrent: { warmup: 200, count: 3_000, maxMs: 3_000, rounds: 3 },
+  shell: { warmup: 20, count: 300, maxMs: 15_000 },
+  bulk: { fileBytes: 8 * MiB, rounds: 5 },
+  scale: { agents: 1_000, generators: 4, sessions: 100, reads: { warmup: 50, count: 1_000, maxMs: 10_000 } },
+  // Past the first heartbeat (5 s), so the RSS includes a full connection cycle, not just the startup.
+  footprint: { starts: 5, idleMs: 6_000 },
+};
+
+export const QUICK: Settings = {
+  sequential: { warmup: 3, count: 20, maxMs: 1_000 },
+  concurrent: { warmup: 8, count: 64, maxMs: 1_000, rounds: 1 },
+  shell: { warmup: 1, count: 5, maxMs: 1_000 },
+  bulk: { fileBytes: 256 * 1024, rounds: 1 },
+  scale: { agents: 20, generators: 2, sessions: 4, reads: { warmup: 2, count: 20, maxMs: 1_000 } },
+  footprint: { starts: 1, idleMs: 200 },
+};
+
+/** Scenario 3: 32 calls in flight from 4 client sessions (8 each), as the issue asks. */
+export const CONCURRENT_CALLS = 32;
+export const CONCURRENT_SESSIONS = 4;
+
+/** Scenario 5: bytes per write_file call (the tool's per-call cap) and per read_file call (the agent's base64
+ *  cap, READ_BASE64_MAX_BYTES in agent.ts: should it shrink, the check of the bytes read back fails loudly),
+ *  and read calls kept in flight (a client reading a file of known size can ask for several ranges at once). */
+export const BULK_WRITE_CHUNK_BYTES = MAX_WRITE_BYTES;
+export const BULK_READ_CHUNK_BYTES = 32 * 1024;
+export const BULK_READ_WINDOW = 8;
+
+/** The small file of scenarios 2, 3, 6 and 8: 1 KiB of text in 16 lines. */
+export const SMALL_FILE_BYTES = 1024;

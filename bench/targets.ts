@@ -1,0 +1,68 @@
+// The targets of issue 7, checked against one run's figures. Ratios are taken between figures of the same run
+// (the peer and the relay measured side by side), never against numbers from another day. MB is 10^6 bytes.
+
+import { round } from "./harness.ts";
+import type { Results, ScenarioKey } from "./results.ts";
+
+/** Differences and ratios between scenarios, as written to latest.json. */
+export function ratios(r: Results): Record<string, number> {
+  const out: Record<string, number> = {};
+  const set = (name: string, value: number | undefined) => {
+    if (value !== undefined && Number.isFinite(value)) out[name] = round(value, 3);
+  };
+  const read = r.get("2_read_file", "p50_ms");
+  const ping = r.get("1_ping", "p50_ms");
+  const peer = r.get("8_peer_read_text_file", "p50_ms");
+  const ours = r.get("3_read_file_concurrent", "calls_per_s");
+  const theirs = r.get("8_peer_read_text_file_concurrent", "calls_per_s");
+  const tool = r.get("4_shell_tool", "p50_ms");
+  const direct = r.get("4_shell_direct", "p50_ms");
+  set("relay_hop_p50_ms", read !== undefined && ping !== undefined ? read - ping : undefined);
+  set("read_p50_peer_over_ours", peer !== undefined && read !== undefined ? peer / read : undefined);
+  set("concurrent_calls_per_s_ours_over_peer", ours !== undefined && theirs !== undefined ? ours / theirs : undefined);
+  set("shell_overhead_p50_ms", tool !== undefined && direct !== undefined ? tool - direct : undefined);
+  return out;
+}
+
+export interface TargetRow {
+  scenario: string;
+  target: string;
+  /** What was measured, with its unit; empty when it could not be. */
+  measured: string;
+  /** undefined: not measured in this run (skipped, or not selected). */
+  pass?: boolean;
+}
+
+interface Target {
+  scenario: string;
+  target: string;
+  /** The figure (from the scenario figures or the ratios) and the rule it must meet. */
+  value: (r: Results, ratio: Record<string, number>) => number | undefined;
+  unit: string;
+  meets: (value: number) => boolean;
+}
+
+const figure = (key: ScenarioKey, name: string) => (r: Results) => r.get(key, name);
+const ratio = (name: string) => (_: Results, ratios: Record<string, number>) => ratios[name];
+
+const TARGETS: Target[] = [
+  { scenario: "2. read_file 1 KiB p50", target: "≤ 1.0 ms", value: figure("2_read_file", "p50_ms"), unit: "ms", meets: (v) => v <= 1.0 },
+  { scenario: "2. read_file p50 vs peer", target: "≥ 3× faster than the peer's p50", value: ratio("read_p50_peer_over_ours"), unit: "×", meets: (v) => v >= 3 },
+  { scenario: "3. 32 concurrent read_file", target: "≥ 4× the peer's calls/s", value: ratio("concurrent_calls_per_s_ours_over_peer"), unit: "×", meets: (v) => v >= 4 },
+  { scenario: "relay hop (2 minus 1)", target: "≤ 0.3 ms p50", value: ratio("relay_hop_p50_ms"), unit: "ms", meets: (v) => v <= 0.3 },
+  { scenario: '4. run_shell_command "true"', target: "≤ direct spawn + 1.5 ms at p50", value: ratio("shell_overhead_p50_ms"), unit: "ms over direct", meets: (v) => v <= 1.5 },
+  { scenario: "5. bulk 8 MiB write", target: "≥ 100 MB/s", value: figure("5_bulk", "write_mb_per_s"), unit: "MB/s", meets: (v) => v >= 100 },
+  { scenario: "5. bulk 8 MiB read", target: "≥ 100 MB/s", value: figure("5_bulk", "read_mb_per_s"), unit: "MB/s", meets: (v) => v >= 100 },
+  { scenario: "6. 1,000 agents + 100 sessions: RSS", target: "server RSS ≤ 250 MB", value: figure("6_scale", "rss_mb"), unit: "MB", meets: (v) => v <= 250 },
+  { scenario: "6. 1,000 agents + 100 sessions: read", target: "read_file p50 ≤ 1.5 ms", value: figure("6_scale", "read_p50_ms"), unit: "ms", meets: (v) => v <= 1.5 },
+  { scenario: "7. compiled agent: connect", target: "connected ≤ 300 ms after start", value: figure("7_compiled_agent", "connect_p50_ms"), unit: "ms", meets: (v) => v <= 300 },
+  { scenario: "7. compiled agent: idle RSS", target: "idle RSS ≤ 60 MB", value: figure("7_compiled_agent", "idle_rss_mb"), unit: "MB", meets: (v) => v <= 60 },
+];
+
+export function checkTargets(r: Results, ratio: Record<string, number>): TargetRow[] {
+  return TARGETS.map((t) => {
+    const value = t.value(r, ratio);
+    if (value === undefined) return { scenario: t.scenario, target: t.target, measured: "" };
+    return { scenario: t.scenario, target: t.target, measured: `${round(value, 2)} ${t.unit}`, pass: t.meets(value) };
+  });
+}

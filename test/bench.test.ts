@@ -1,0 +1,54 @@
+// A smoke run of the benchmark harness (`bun run bench --quick`): a few iterations of every scenario that needs
+// nothing beyond this repository, checking that each produces numbers and that the report is written. It never
+// looks at how fast anything was: timings belong to `bun run bench`, not to a test. Scenario 8 (the peer) is
+// left out because it needs `bun run bench:peers`, which CI does not run.
+
+import { expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { ROOT, tempDir } from "./helpers/processes.ts";
+
+/** Every scenario but the peer: compiling the agent (scenario 7) takes about a second of this. */
+const SCENARIOS = "1,2,3,4,5,6,7";
+const SMOKE_TIMEOUT_MS = 60_000;
+
+interface BenchJson {
+  mode: string;
+  scenarios: Record<string, Record<string, number>>;
+  skipped: Record<string, string>;
+  ratios: Record<string, number>;
+  targets: { scenario: string; measured: string; pass?: boolean }[];
+}
+
+test(
+  "bun run bench --quick measures every scenario and writes the JSON and Markdown reports",
+  async () => {
+    using dir = tempDir("cr-bench-smoke-");
+    const out = path.join(dir.path, "smoke.json");
+    const bench = Bun.spawn([process.execPath, "run", path.join(ROOT, "bench", "run.ts"), "--quick", "--only", SCENARIOS, "--out", out], {
+      cwd: ROOT,
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [code, stdout, stderr] = await Promise.all([bench.exited, new Response(bench.stdout).text(), new Response(bench.stderr).text()]);
+    expect(code, `bench failed:\n${stderr}`).toBe(0);
+    expect(stdout).toContain("Targets");
+
+    const report = JSON.parse(fs.readFileSync(out, "utf8")) as BenchJson;
+    expect(report.mode).toBe("quick");
+    expect(report.skipped).toEqual({});
+    const expected = ["1_ping", "2_read_file", "3_read_file_concurrent", "4_shell_tool", "4_shell_direct", "5_bulk", "6_scale", "7_compiled_agent"];
+    expect(Object.keys(report.scenarios).sort()).toEqual(expected.sort());
+    for (const [key, figures] of Object.entries(report.scenarios)) {
+      for (const [name, value] of Object.entries(figures)) expect(Number.isFinite(value), `${key}.${name} = ${value}`).toBe(true);
+    }
+    expect(report.scenarios["2_read_file"]!.p50_ms).toBeGreaterThan(0);
+    expect(report.scenarios["6_scale"]!.still_registered).toBe(report.scenarios["6_scale"]!.agents);
+    expect(Object.keys(report.ratios)).toEqual(expect.arrayContaining(["relay_hop_p50_ms", "shell_overhead_p50_ms"]));
+    // Every target but the two that compare with the peer has a measured value (pass or fail is not our business).
+    const unmeasured = report.targets.filter((t) => t.pass === undefined).map((t) => t.scenario);
+    expect(unmeasured).toEqual(["2. read_file p50 vs peer", "3. 32 concurrent read_file"]);
+    expect(fs.readFileSync(out.replace(/\.json$/, ".md"), "utf8")).toContain("| target | goal | measured | result |");
+  },
+  SMOKE_TIMEOUT_MS,
+);

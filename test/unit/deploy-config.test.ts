@@ -1,0 +1,80 @@
+// The deployment files say what the code does: fly.toml keeps one always-on Machine with its volume, health
+// check and long idle timeout; docker-compose.yml wires the sandbox to the relay; .env.example documents every
+// variable that `--help` lists. The images themselves are built and run by test/containers.sh.
+
+import { describe, expect, test } from "bun:test";
+import * as path from "node:path";
+import { ROOT } from "../helpers/processes.ts";
+
+const read = (file: string) => Bun.file(path.join(ROOT, file)).text();
+
+/** The variable names in the "Configuration" table of an entry point's --help. */
+function helpVariables(entry: string): string[] {
+  const out = Bun.spawnSync([process.execPath, "run", path.join(ROOT, entry), "--help"], { cwd: ROOT, env: { PATH: process.env.PATH! } });
+  const table = out.stdout.toString().split(/^Configuration.*$/m)[1] ?? "";
+  return [...table.matchAll(/^ {2}([A-Z][A-Z0-9_]+) {2,}/gm)].map((m) => m[1]!);
+}
+
+const fly = Bun.TOML.parse(await read("fly.toml")) as Record<string, any>;
+const compose = Bun.YAML.parse(await read("docker-compose.yml")) as Record<string, any>;
+const example = await read(".env.example");
+
+describe("fly.toml", () => {
+  test("builds the server target and stops it with SIGTERM and a grace period", () => {
+    expect(fly.build).toMatchObject({ dockerfile: "Dockerfile", "build-target": "server" });
+    expect(fly.kill_signal).toBe("SIGTERM");
+    expect(fly.kill_timeout).toBeGreaterThanOrEqual(5);
+    expect(fly.kill_timeout).toBeLessThanOrEqual(300);
+  });
+
+  test("keeps one Machine running with the audit database on a volume at /data", () => {
+    expect(fly.mounts).toEqual([{ source: "code_remote_data", destination: "/data" }]);
+    expect(fly.env.DATABASE_PATH).toStartWith("/data/");
+    expect(fly.http_service).toMatchObject({ internal_port: 8080, force_https: true, auto_stop_machines: "off", min_machines_running: 1 });
+  });
+
+  test("checks /health and lets quiet connections live for minutes, not Fly's default 60 s", () => {
+    expect(fly.http_service.checks).toContainEqual(expect.objectContaining({ method: "GET", path: "/health" }));
+    expect(fly.http_service.http_options.idle_timeout).toBeGreaterThanOrEqual(300);
+  });
+});
+
+describe("docker-compose.yml", () => {
+  const { server, agent } = compose.services;
+
+  test("runs the relay by default, on loopback port 8080, with its data in a named volume", () => {
+    expect(server.profiles).toBeUndefined();
+    expect(server.build.target).toBe("server");
+    expect(server.ports).toEqual(["127.0.0.1:${PORT:-8080}:8080"]);
+    expect(server.environment).toMatchObject({ AUTH_TOKEN: "${AUTH_TOKEN:-}", HOST: "0.0.0.0", DATABASE_PATH: "/data/code-remote.db" });
+    expect(server.volumes).toEqual(["data:/data"]);
+  });
+
+  test("adds the sandboxed agent under the full profile, connected over the compose network", () => {
+    expect(agent.profiles).toEqual(["full"]);
+    expect(agent.build.target).toBe("agent");
+    expect(agent.environment).toMatchObject({
+      RELAY_URL: "ws://server:8080/ws/agent",
+      MACHINE_NAME: "sandbox",
+      ALLOWED_ROOTS: "/home/agent/workspace:/tmp",
+    });
+    // The client token never enters the sandbox, where commands could read it.
+    expect(Object.keys(agent.environment)).not.toContain("AUTH_TOKEN");
+    expect(agent.cap_drop).toEqual(["ALL"]);
+  });
+});
+
+describe(".env.example", () => {
+  const documented = new Set([...example.matchAll(/^#?([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]!));
+
+  test.each(["server.ts", "agent.ts"])("documents every variable that %s --help lists", (entry) => {
+    const variables = helpVariables(entry);
+    expect(variables.length).toBeGreaterThan(4);
+    expect(variables.filter((v) => !documented.has(v))).toEqual([]);
+  });
+
+  test("leaves both tokens empty: no default secret to forget to change", () => {
+    expect(example).toMatch(/^AUTH_TOKEN=$/m);
+    expect(example).toMatch(/^AGENT_TOKEN=$/m);
+  });
+});

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Builds both images, starts the compose stack with the sandboxed agent (--profile full) under a throwaway
+# project name, waits for the relay's health, then passes real MCP tool calls through the containerized relay to
+# the containerized agent (test/containers-client.ts): commands run as the unprivileged `agent` user, and a path
+# outside the workspace is refused. Everything it started is removed on exit, pass or fail.
+#
+#   bash test/containers.sh        needs Docker (or podman's Docker API), Compose, and bun with `bun install` done
+#
+# It uses `docker compose` (v2) when present, else `docker-compose` (v1.28+). It never touches a stack you run
+# yourself: its own project name, a free port, and fresh tokens in a private temp env file, never printed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+say() { printf 'containers: %s\n' "$*"; }
+die() { printf 'containers: FAIL %s\n' "$*" >&2; exit 1; }
+
+if docker compose version >/dev/null 2>&1; then
+  COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+  COMPOSE=(docker-compose)
+else
+  die "neither 'docker compose' nor 'docker-compose' is installed"
+fi
+if command -v docker >/dev/null 2>&1 && ! docker info >/dev/null 2>&1; then
+  die "the Docker engine is not answering (is it running? on this project's CI machine: ../shared/tools/container-base.sh)"
+fi
+command -v bun >/dev/null 2>&1 || die "bun is needed for the MCP client (https://bun.sh)"
+[[ -d "$ROOT/node_modules/@modelcontextprotocol/sdk" ]] || die "run 'bun install' first (the MCP client needs the SDK)"
+
+new_token() {
+  if command -v openssl >/dev/null 2>&1; then openssl rand -hex 32; else od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; fi
+}
+free_port() {
+  bun -e 'const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }); console.log(s.port); s.stop(true)'
+}
+
+WORK="$(mktemp -d)"
+ENV_FILE="$WORK/env"
+PROJECT="code-remote-test-$$"
+PORT="$(free_port)"
+AUTH_TOKEN="$(new_token)"
+(umask 077 && printf 'AUTH_TOKEN=%s\nAGENT_TOKEN=%s\nPORT=%s\n' "$AUTH_TOKEN" "$(new_token)" "$PORT" >"$ENV_FILE")
+
+# Variables in the caller's shell would win over the env file in Compose's interpolation; leave them out.
+compose() {
+  env -u AUTH_TOKEN -u AGENT_TOKEN -u PORT -u PUBLIC_URL -u TAILSCALE_AUTHKEY -u INSTALL_TAILSCALE \
+    "${COMPOSE[@]}" --project-name "$PROJECT" --env-file "$ENV_FILE" --file "$ROOT/docker-compose.yml" --profile full "$@"
+}
+
+cleanup() {
+  local status=$?
+  if ((status != 0)); then
+    say "logs of the failed run:"
+    compose logs --no-color --tail=60 >&2 || true
+  fi
+  say "removing project $PROJECT (containers, network, volumes)"
+  compose down --volumes --remove-orphans >/dev/null 2>&1 || say "warning: '${COMPOSE[*]} -p $PROJECT down -v' failed; remove it by hand"
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+started=$SECONDS
+say "using ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || echo '?')), project $PROJECT, port $PORT"
+
+compose config --quiet || die "docker-compose.yml does not validate"
+env -u AUTH_TOKEN "${COMPOSE[@]}" --env-file "$ENV_FILE" --file "$ROOT/docker-compose.yml" config --quiet \
+  || die "docker-compose.yml does not validate without the full profile"
+
+t=$SECONDS
+say "building the server and agent images"
+compose build >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; die "the build failed (log above)"; }
+build_s=$((SECONDS - t))
+
+t=$SECONDS
+say "starting the stack"
+compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "'up -d' failed"; }
+health=""
+for _ in $(seq 120); do
+  health="$(curl -fsS --max-time 2 "http://127.0.0.1:$PORT/health" 2>/dev/null)" && break
+  health=""
+  sleep 0.5
+done
+[[ -n "$health" ]] || die "the relay did not answer /health on 127.0.0.1:$PORT within 60 s"
+say "ok   the relay answers /health: $health"
+up_s=$((SECONDS - t))
+
+server_uid="$(compose exec -T server id -u)"
+[[ "$server_uid" != 0 ]] || die "the relay runs as root"
+say "ok   the relay runs as uid $server_uid, not root"
+
+t=$SECONDS
+RELAY_URL="http://127.0.0.1:$PORT" AUTH_TOKEN="$AUTH_TOKEN" bun "$ROOT/test/containers-client.ts"
+client_s=$((SECONDS - t))
+
+compose exec -T server test -s /data/code-remote.db || die "no audit database on the data volume"
+say "ok   the audit log is on the data volume (/data/code-remote.db)"
+
+# A graceful stop, as `docker compose stop` and Fly's kill_signal do it: SIGTERM reaches both processes
+# through tini, and each says it is stopping instead of being killed at the deadline.
+compose stop --timeout 10 >/dev/null 2>&1 || die "'stop' failed"
+for service in server agent; do
+  compose logs --no-color "$service" 2>/dev/null | grep -q 'stopping signal="SIGTERM"' \
+    || die "the $service did not stop on SIGTERM"
+done
+say "ok   the relay and the agent stop gracefully on SIGTERM"
+
+say "passed: build ${build_s} s, start and health ${up_s} s, tool calls ${client_s} s, total $((SECONDS - started)) s"

@@ -8,7 +8,6 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import {
-  AGENT_OPS,
   CloseCode,
   Failure,
   HEARTBEAT_INTERVAL_MS,
@@ -17,6 +16,7 @@ import {
   PROTOCOL_VERSION,
   ServerFrame,
   VERSION,
+  opSchemas,
   parseFrame,
   type AgentError,
   type AgentFrame,
@@ -26,8 +26,13 @@ import {
   type OpResult,
   type RequestFrame,
 } from "./protocol.ts";
-import { KILL_GRACE_MS, killGroup, runningGroups, runShellCommand, Slots } from "./commands.ts";
-import { listDirectory, readFile, writeFile } from "./files.ts";
+import { CommandRunner } from "./commands.ts";
+import { editFile } from "./edit.ts";
+import { fileInfo, listDirectory, readFile, writeFile } from "./files.ts";
+import { searchFiles } from "./search.ts";
+import { logger } from "./log.ts";
+
+const log = logger("agent");
 
 // --- constants ---
 
@@ -47,6 +52,9 @@ export interface AgentConfig {
   home: string;
   shell: string;
   maxConcurrentCommands: number;
+  maxBackgroundCommands: number;
+  /** Where command records and output logs are kept (one directory per machine name). */
+  stateDir: string;
 }
 
 /** Environment variables the agent reads; `--help` prints this table. */
@@ -55,7 +63,9 @@ const ENV_HELP: [string, string][] = [
   ["AGENT_TOKEN", "Credential for the relay; AUTH_TOKEN is used when it is unset (required)"],
   ["MACHINE_NAME", "Name the assistant uses for this machine (default: the host name)"],
   ["ALLOWED_ROOTS", "Directories the file tools may touch, ':'-separated (default: home, /tmp, /var/tmp)"],
-  ["MAX_CONCURRENT_COMMANDS", "Commands run at once; more wait in a queue (default 8)"],
+  ["MAX_CONCURRENT_COMMANDS", "Foreground commands run at once; more wait in a queue (default 8)"],
+  ["MAX_BACKGROUND_COMMANDS", "Background commands run at once; more are refused (default 16)"],
+  ["AGENT_STATE_DIR", "Where command output and records are kept (default ~/.local/state/code-remote/<machine>)"],
   ["SHELL", "Shell for run_shell_command (default /bin/sh)"],
 ];
 
@@ -84,11 +94,32 @@ export function loadConfig(env: Record<string, string | undefined>): AgentConfig
     throw new ConfigError(`MACHINE_NAME '${machine}' is not valid: use 1-64 letters, digits, '.', '_' or '-'.`);
   }
   const roots = resolveRoots(env.ALLOWED_ROOTS ? env.ALLOWED_ROOTS.split(":") : [home, "/tmp", "/var/tmp"], home);
-  const maxConcurrentCommands = Number(env.MAX_CONCURRENT_COMMANDS ?? 8);
-  if (!Number.isInteger(maxConcurrentCommands) || maxConcurrentCommands < 1) {
-    throw new ConfigError("MAX_CONCURRENT_COMMANDS must be a whole number of at least 1.");
-  }
-  return { relayUrl, token, machine, roots, home, shell: pickShell(env.SHELL), maxConcurrentCommands };
+  return {
+    relayUrl,
+    token,
+    machine,
+    roots,
+    home,
+    shell: pickShell(env.SHELL),
+    maxConcurrentCommands: positiveInteger(env, "MAX_CONCURRENT_COMMANDS", 8),
+    maxBackgroundCommands: positiveInteger(env, "MAX_BACKGROUND_COMMANDS", 16),
+    stateDir: env.AGENT_STATE_DIR || defaultStateDir(env, home, machine),
+  };
+}
+
+function positiveInteger(env: Record<string, string | undefined>, name: string, fallback: number): number {
+  const value = Number(env[name] ?? fallback);
+  if (!Number.isInteger(value) || value < 1) throw new ConfigError(`${name} must be a whole number of at least 1.`);
+  return value;
+}
+
+/** Per machine name, so two agents with different names on one host keep their commands apart. */
+function defaultStateDir(env: Record<string, string | undefined>, home: string, machine: string): string {
+  const base =
+    process.platform === "darwin"
+      ? path.join(home, "Library", "Application Support")
+      : env.XDG_STATE_HOME || path.join(home, ".local", "state");
+  return path.join(base, "code-remote", machine);
 }
 
 function parseRelayUrl(raw: string | undefined): string {
@@ -144,22 +175,16 @@ function pickShell(shell: string | undefined): string {
   return "/bin/sh";
 }
 
-// --- logging ---
-
-/** One line per event on stderr: time, level, message, key=value fields. Callers never pass secrets. */
-function log(level: "info" | "warn" | "error", message: string, fields: Record<string, unknown> = {}): void {
-  const parts = Object.entries(fields).map(([k, v]) => `${k}=${JSON.stringify(v)}`);
-  console.error([new Date().toISOString(), "agent", level, message, ...parts].join(" "));
-}
-
 // --- dispatch ---
 
-/** What every operation gets: the request's abort signal and arrival time, the configuration, the command slots. */
+/** What every operation gets: the request's abort signal and arrival time, the configuration, the commands,
+ *  and where to report progress when the client asked for it. */
 interface OpContext {
   signal: AbortSignal;
   receivedAt: number;
   config: AgentConfig;
-  slots: Slots;
+  commands: CommandRunner;
+  onProgress?: (progress: { elapsed_ms: number; output_bytes: number; tail: string }) => void;
 }
 
 function agentStatus(ctx: OpContext): AgentStatus {
@@ -172,18 +197,25 @@ function agentStatus(ctx: OpContext): AgentStatus {
     allowed_roots: ctx.config.roots,
     pid: process.pid,
     uptime_s: Math.round(process.uptime()),
-    running_commands: runningGroups.size,
-    queued_commands: ctx.slots.queued,
+    running_commands: ctx.commands.running,
+    queued_commands: ctx.commands.queued,
   };
 }
 
 type Handler<O extends AgentOp> = (args: OpArgs<O>, ctx: OpContext) => Promise<OpResult<O>> | OpResult<O>;
 
 const HANDLERS: { [O in AgentOp]: Handler<O> } = {
-  run_shell_command: (args, ctx) => runShellCommand(args, { ...ctx, ...ctx.config }),
+  run_shell_command: (args, ctx) => ctx.commands.run(args, { ...ctx, ...ctx.config }),
+  get_command_output: (args, ctx) => ctx.commands.output(args, ctx.signal),
+  send_command_input: (args, ctx) => ctx.commands.input(args),
+  kill_command: (args, ctx) => ctx.commands.kill(args),
+  list_commands: (args, ctx) => ctx.commands.list(args),
   read_file: (args, ctx) => readFile(args, ctx.config),
   write_file: (args, ctx) => writeFile(args, ctx.config),
+  edit_file: (args, ctx) => editFile(args, ctx.config),
   list_directory: (args, ctx) => listDirectory(args, ctx.config),
+  search_files: (args, ctx) => searchFiles(args, ctx.config),
+  file_info: (args, ctx) => fileInfo(args, ctx.config),
   status: (_args, ctx) => agentStatus(ctx),
 };
 
@@ -191,7 +223,7 @@ const errorResult = (id: string, error: AgentError): AgentFrame => ({ type: "res
 
 /** Validates a request's arguments with the op's schema, runs it, and builds the one result frame. */
 export async function execute(frame: RequestFrame, ctx: OpContext): Promise<AgentFrame> {
-  const parsed = AGENT_OPS[frame.op].args.safeParse(frame.args);
+  const parsed = opSchemas(frame.op).args.safeParse(frame.args);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join(".") || "arguments"}: ${i.message}`).join("; ");
     return errorResult(frame.id, { code: "invalid_arguments", message: issues.slice(0, 1000) });
@@ -217,7 +249,7 @@ export function nextDelayMs(attempt: number, random: () => number = Math.random)
 
 interface Runtime {
   config: AgentConfig;
-  slots: Slots;
+  commands: CommandRunner;
   /** Aborted once, on SIGINT/SIGTERM: wakes the backoff sleep and ends the loop. */
   stopping: AbortController;
   /** Closes the live connection, if any. */
@@ -260,8 +292,8 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       if (ended) return;
       ended = true;
       clearInterval(heartbeat);
-      // The relay has already failed these calls for its clients; nobody will read their results.
-      for (const controller of inflight.values()) controller.abort();
+      // Calls in flight are left to finish: the relay has failed them for their clients, but a command keeps
+      // running (to its timeout) and stays reachable by its command_id once the link is back.
       rt.closeConnection = undefined;
       resolve({ registered, code, reason });
     };
@@ -273,7 +305,13 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       }
       send({ type: "ping", t: Date.now() });
     }, HEARTBEAT_INTERVAL_MS);
-    const ctx = (signal: AbortSignal): OpContext => ({ signal, receivedAt: Date.now(), config, slots: rt.slots });
+    const contextFor = (frame: RequestFrame, signal: AbortSignal): OpContext => ({
+      signal,
+      receivedAt: Date.now(),
+      config,
+      commands: rt.commands,
+      onProgress: frame.progress ? (progress) => send({ type: "progress", id: frame.id, ...progress }) : undefined,
+    });
 
     const onFrame = (data: unknown) => {
       const parsed = parseFrame(ServerFrame, data as string);
@@ -308,7 +346,7 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       const controller = new AbortController();
       inflight.set(frame.id, controller);
       const started = performance.now();
-      void execute(frame, ctx(controller.signal)).then((result) => {
+      void execute(frame, contextFor(frame, controller.signal)).then((result) => {
         inflight.delete(frame.id);
         send(result);
         const outcome = result.type === "result" && !result.ok ? result.error.code : "ok";
@@ -368,27 +406,51 @@ function sleepUnlessStopped(ms: number, signal: AbortSignal): Promise<void> {
 
 /** Stops cleanly: running commands are killed (TERM, then KILL to each whole group), the socket is closed. */
 async function shutdown(rt: Runtime, signal: string): Promise<never> {
-  log("info", "stopping", { signal, running_commands: runningGroups.size });
+  log("info", "stopping", { signal, running_commands: rt.commands.running });
   rt.stopping.abort();
-  const groups = [...runningGroups];
-  for (const pgid of groups) killGroup(pgid);
+  await rt.commands.stopAll();
   rt.closeConnection?.(CloseCode.normal, "agent stopping");
-  const deadline = Date.now() + KILL_GRACE_MS;
-  while (runningGroups.size > 0 && Date.now() < deadline) await Bun.sleep(50);
-  // Members that ignored SIGTERM (even after their shell exited) get SIGKILL before we go.
-  for (const pgid of groups) {
-    try {
-      process.kill(-pgid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
   process.exit(0);
 }
 
-function isLoopbackUrl(url: string): boolean {
-  const host = new URL(url).hostname;
-  return host === "localhost" || host === "[::1]" || host.startsWith("127.");
+/** Makes this the only agent using `dir`: two agents sharing one state would kill each other's commands. */
+function lockStateDir(config: AgentConfig): void {
+  fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  const lock = path.join(config.stateDir, "agent.pid");
+  const holder = Number(fs.existsSync(lock) ? fs.readFileSync(lock, "utf8") : 0);
+  if (holder && holder !== process.pid && isAgentProcess(holder)) {
+    throw new ConfigError(
+      `Another agent (pid ${holder}) is already running as '${config.machine}' on this machine, with state in ` +
+        `${config.stateDir}. Stop it first, or give this one another MACHINE_NAME.`,
+    );
+  }
+  fs.writeFileSync(lock, String(process.pid), { mode: 0o600 });
+  process.on("exit", () => {
+    if (fs.existsSync(lock) && Number(fs.readFileSync(lock, "utf8")) === process.pid) fs.rmSync(lock, { force: true });
+  });
+}
+
+/** Whether `pid` is alive and (where /proc tells) an agent, so a pid reused by something else does not block. */
+function isAgentProcess(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EPERM") return false;
+  }
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("agent");
+  } catch {
+    return true; // no /proc (macOS): assume it is
+  }
+}
+
+/** Whether a relay host is on this machine or a private network (a compose service name, 10/8, 192.168/16,
+ *  172.16/12, Tailscale's 100.64/10), where plain ws:// is expected and not worth a warning. */
+function isLocalOrPrivate(url: string): boolean {
+  const host = new URL(url).hostname.replace(/^\[|\]$/g, "");
+  if (host === "localhost" || host === "::1" || !host.includes(".") && !host.includes(":")) return true;
+  const [a, b] = host.split(".").map(Number) as [number, number];
+  return a === 127 || a === 10 || (a === 192 && b === 168) || (a === 172 && b >= 16 && b <= 31) || (a === 100 && b >= 64 && b <= 127);
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -412,11 +474,29 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`code-remote-agent: ${e.message} See --help.`);
     return 2;
   }
-  if (config.relayUrl.startsWith("ws:") && !isLoopbackUrl(config.relayUrl)) {
-    log("warn", "RELAY_URL is ws:// to another host: the token travels unencrypted unless this is a private network");
+  if (config.relayUrl.startsWith("ws:") && !isLocalOrPrivate(config.relayUrl)) {
+    log("warn", "RELAY_URL is ws:// to a public host: the token travels unencrypted; use wss://");
+  }
+  let commands: CommandRunner;
+  try {
+    lockStateDir(config);
+    commands = new CommandRunner({
+      stateDir: config.stateDir,
+      machine: config.machine,
+      maxForeground: config.maxConcurrentCommands,
+      maxBackground: config.maxBackgroundCommands,
+    });
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    console.error(`code-remote-agent: ${e.message}`);
+    return 2;
   }
   log("info", "starting", { version: VERSION, machine: config.machine, roots: config.roots, shell: config.shell });
-  const rt: Runtime = { config, slots: new Slots(config.maxConcurrentCommands), stopping: new AbortController() };
+  const recovered = commands.recover();
+  if (recovered.commandsLost > 0) {
+    log("warn", "commands left running by a previous agent were killed", { commands: recovered.commandsLost, processes: recovered.orphansKilled });
+  }
+  const rt: Runtime = { config, commands, stopping: new AbortController() };
   process.on("SIGINT", () => void shutdown(rt, "SIGINT"));
   process.on("SIGTERM", () => void shutdown(rt, "SIGTERM"));
   await runForever(rt);

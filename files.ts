@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { FIELD_BUDGET_CHARS, fail, Failure, jsonCost, MAX_WRITE_BYTES, takeWithinCost, type OpArgs, type OpResult } from "./protocol.ts";
-import { errnoOf, fdPath, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
+import { errnoOf, expandPath, fdPath, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
 
 /** Where the file tools may act: the real allowed roots, and the home directory for ~. */
 export interface FileScope {
@@ -22,10 +22,16 @@ const READ_BASE64_MAX_BYTES = 32 * 1024;
 /** read_file reads in chunks of this size, and stops counting lines past this many bytes (total_lines: null). */
 const READ_CHUNK_BYTES = 1024 * 1024;
 const COUNT_LINES_MAX_BYTES = 256 * 1024 * 1024;
+/** A tail read looks at most this far back from the end of the file. */
+const TAIL_MAX_BYTES = 4 * 1024 * 1024;
+/** Lines are counted for file_info up to this size. */
+const INFO_COUNT_MAX_BYTES = 64 * 1024 * 1024;
 /** Bytes of a file sniffed to decide between text and base64 (as git does: a NUL or invalid UTF-8 means binary). */
 const SNIFF_BYTES = 8 * 1024;
 /** list_directory lists at most this many entries, and fewer when their JSON would pass the budget. */
 const LIST_MAX_ENTRIES = 1_000;
+/** A deep listing stops looking after this many entries, so a huge tree answers quickly (truncated). */
+const LIST_MAX_VISITED = 20_000;
 const LIST_BUDGET_CHARS = 2 * FIELD_BUDGET_CHARS;
 
 // --- files ---
@@ -66,7 +72,9 @@ export async function readFile(args: OpArgs<"read_file">, scope: FileScope): Pro
   try {
     const encoding = args.encoding ?? "auto";
     const asText = encoding === "utf8" || (encoding === "auto" && looksLikeText(readAt(fd, SNIFF_BYTES, 0)));
-    return asText ? readTextLines(fd, real, size, args) : readBase64(fd, real, size, args);
+    if (args.tail !== undefined && args.offset !== undefined) fail("invalid_arguments", "Give offset or tail, not both.");
+    if (!asText) return readBase64(fd, real, size, args);
+    return args.tail !== undefined ? readTail(fd, real, size, args.tail, args.path) : readTextLines(fd, real, size, args);
   } finally {
     fs.closeSync(fd);
   }
@@ -88,6 +96,66 @@ function readBase64(fd: number, real: string, size: number, args: OpArgs<"read_f
     truncated: end < size,
     next_offset: end < size ? end : null,
   };
+}
+
+/** The last `count` lines, found by reading backwards from the end (a huge log costs no more than its tail).
+ *  If they do not fit the budget, the earliest of them are left out; `offset` says where the result starts. */
+function readTail(fd: number, real: string, size: number, count: number, input: string): OpResult<"read_file"> {
+  const start = tailStart(fd, size, count);
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(readAt(fd, size - start, start));
+  } catch {
+    return fail("wrong_type", `The end of '${input}' is not valid UTF-8: read it with encoding "base64".`);
+  }
+  const lines = text.split(/(?<=\n)/).filter(Boolean);
+  let cost = 0;
+  let first = lines.length;
+  while (first > 0 && cost + jsonCost(lines[first - 1]!) <= READ_BUDGET_CHARS) cost += jsonCost(lines[--first]!);
+  const kept = lines.slice(first);
+  const total = size <= COUNT_LINES_MAX_BYTES ? countLines(fd, size) : null;
+  return {
+    path: real,
+    encoding: "utf8",
+    content: kept.join(""),
+    size,
+    offset: total === null ? 0 : total - kept.length + 1,
+    returned: kept.length,
+    total_lines: total,
+    truncated: false,
+    next_offset: null,
+  };
+}
+
+/** The byte where the last `count` lines begin (a final newline does not start another line), reading at most
+ *  TAIL_MAX_BYTES back from the end. */
+function tailStart(fd: number, size: number, count: number): number {
+  const lastByteIsNewline = size > 0 && readAt(fd, 1, size - 1)[0] === 0x0a;
+  let newlines = lastByteIsNewline ? -1 : 0;
+  const limit = Math.max(0, size - TAIL_MAX_BYTES);
+  for (let end = size; end > limit; ) {
+    const from = Math.max(limit, end - READ_CHUNK_BYTES);
+    const chunk = readAt(fd, end - from, from);
+    for (let i = chunk.length - 1; i >= 0; i--) {
+      if (chunk[i] === 0x0a && ++newlines === count) return from + i + 1;
+    }
+    end = from;
+  }
+  if (limit === 0) return 0;
+  // Past TAIL_MAX_BYTES: start at the first whole line inside the window.
+  const window = readAt(fd, Math.min(READ_CHUNK_BYTES, size - limit), limit);
+  const firstBreak = window.indexOf(0x0a);
+  return firstBreak === -1 ? limit : limit + firstBreak + 1;
+}
+
+/** Lines in a file: its newlines, plus one for a last line without a newline. */
+function countLines(fd: number, size: number): number {
+  let lines = 0;
+  for (let at = 0; at < size; at += READ_CHUNK_BYTES) {
+    const chunk = readAt(fd, READ_CHUNK_BYTES, at);
+    for (let i = chunk.indexOf(0x0a); i !== -1; i = chunk.indexOf(0x0a, i + 1)) lines++;
+  }
+  return size > 0 && readAt(fd, 1, size - 1)[0] !== 0x0a ? lines + 1 : lines;
 }
 
 /** Splits decoded text into lines (each keeping its "\n"); a line longer than `maxChars` keeps only its head,
@@ -273,7 +341,7 @@ export async function writeFile(args: OpArgs<"write_file">, config: FileScope): 
   const target = resolveForWrite(args.path, config.roots, config.home);
   const dir = openDirCreating(path.dirname(target), config.roots, args.path);
   try {
-    return replaceAtomically(fdPath(dir.fd, dir.real), path.basename(target), data, args, target);
+    return replaceAtomically(fdPath(dir.fd, dir.real), path.basename(target), data, { append: args.append === true, input: args.path, target });
   } catch (e) {
     return ioFailure(e, args.path);
   } finally {
@@ -283,17 +351,17 @@ export async function writeFile(args: OpArgs<"write_file">, config: FileScope): 
 
 /** Writes a temp file in the same directory and renames it over `name`: readers see the old file or the new
  *  one, never half of it. Appending copies the old content into the temp file first. */
-function replaceAtomically(dirPath: string, name: string, data: Buffer, args: OpArgs<"write_file">, target: string) {
+function replaceAtomically(dirPath: string, name: string, data: Buffer, how: { append: boolean; input: string; target: string }) {
   const existing = lstatIn(dirPath, name);
   if (existing && !existing.isFile()) {
-    fail("wrong_type", `'${args.path}' exists and is not a regular file; refusing to replace it.`);
+    fail("wrong_type", `'${how.input}' exists and is not a regular file; refusing to replace it.`);
   }
   const tempPath = `${dirPath}/.code-remote-${randomBytes(8).toString("hex")}.tmp`;
   // Security: O_EXCL|O_NOFOLLOW, so a symlink planted under the temp name is never followed.
   const fd = fs.openSync(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
   let size = data.length;
   try {
-    if (args.append && existing) size += copyInto(fd, `${dirPath}/${name}`);
+    if (how.append && existing) size += copyInto(fd, `${dirPath}/${name}`);
     writeAll(fd, data);
     fs.fchmodSync(fd, existing ? existing.mode & 0o7777 : 0o666 & ~process.umask());
     fs.fsyncSync(fd);
@@ -308,7 +376,51 @@ function replaceAtomically(dirPath: string, name: string, data: Buffer, args: Op
     fs.rmSync(tempPath, { force: true });
     throw e;
   }
-  return { path: target, bytes_written: data.length, size, created: !existing };
+  return { path: how.target, bytes_written: data.length, size, created: !existing };
+}
+
+/** A text file read whole, with what is needed to replace it later only if nobody changed it meanwhile. */
+export interface WholeText {
+  real: string;
+  text: string;
+  mtimeMs: number;
+  size: number;
+}
+
+/** Reads a whole UTF-8 file of at most `maxBytes` (edit_file works on text in memory). */
+export function readWholeText(input: string, scope: FileScope, maxBytes: number): WholeText {
+  const { fd, real, size } = openRegularFile(input, scope);
+  try {
+    if (size > maxBytes) fail("too_large", `'${input}' is ${size} bytes; edit_file takes files up to ${maxBytes}. Use run_shell_command (sed, patch) instead.`);
+    const bytes = readAt(fd, size, 0);
+    let text: string;
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    } catch {
+      return fail("wrong_type", `'${input}' is not UTF-8 text; edit_file changes text files only.`);
+    }
+    return { real, text, mtimeMs: fs.fstatSync(fd).mtimeMs, size };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Replaces a file read by readWholeText with `data`, atomically, unless it changed since (then nothing is
+ *  written: the model reads it again rather than overwriting someone else's change). */
+export function replaceFile(input: string, file: WholeText, data: Buffer, scope: FileScope): void {
+  const dir = openDirCreating(path.dirname(file.real), scope.roots, input);
+  try {
+    const name = path.basename(file.real);
+    const now = lstatIn(fdPath(dir.fd, dir.real), name);
+    if (!now || now.mtimeMs !== file.mtimeMs || now.size !== file.size) {
+      fail("io_error", `'${input}' changed while it was being edited; nothing was written. Read it again and retry.`);
+    }
+    replaceAtomically(fdPath(dir.fd, dir.real), name, data, { append: false, input, target: file.real });
+  } catch (e) {
+    ioFailure(e, input);
+  } finally {
+    fs.closeSync(dir.fd);
+  }
 }
 
 function writeAll(fd: number, data: Uint8Array): void {
@@ -336,25 +448,129 @@ function entryType(stat: fs.Stats): "file" | "dir" | "symlink" | "other" {
   return stat.isFile() ? "file" : "other";
 }
 
-export function listDirectory(args: OpArgs<"list_directory">, config: FileScope): OpResult<"list_directory"> {
-  const real = resolveExisting(args.path, config.roots, config.home);
+export function listDirectory(args: OpArgs<"list_directory">, scope: FileScope): OpResult<"list_directory"> {
+  const real = resolveExisting(args.path, scope.roots, scope.home);
   if (!fs.statSync(real).isDirectory()) fail("wrong_type", `'${args.path}' is not a directory: use read_file.`);
-  const fd = openChecked(real, O_RDONLY | O_DIRECTORY, config.roots, args.path);
+  const fd = openChecked(real, O_RDONLY | O_DIRECTORY, scope.roots, args.path);
   try {
-    const dirPath = fdPath(fd, real);
-    const names = fs.readdirSync(dirPath).sort();
-    const entries: OpResult<"list_directory">["entries"] = [];
-    let cost = 0;
-    for (const name of names.slice(0, LIST_MAX_ENTRIES)) {
-      const stat = lstatIn(dirPath, name);
-      if (!stat) continue; // removed while we listed
-      const entry = { name, type: entryType(stat), size: stat.size, modified: stat.mtime.toISOString() };
-      cost += JSON.stringify(entry).length + 1;
-      if (cost > LIST_BUDGET_CHARS) break;
-      entries.push(entry);
-    }
-    return { path: real, entries, total: names.length, truncated: entries.length < names.length };
+    const listing = new Listing(args.include_hidden === true);
+    listing.walk(fdPath(fd, real), "", args.depth ?? 1);
+    return { path: real, entries: listing.entries, total: listing.seen, hidden_skipped: listing.hiddenSkipped, truncated: listing.truncated };
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+/** A depth-first listing, sorted at each level ("a", "a/x", "b"), within the entry and size budgets. Symlinked
+ *  directories are listed but not entered. */
+class Listing {
+  readonly entries: OpResult<"list_directory">["entries"] = [];
+  seen = 0;
+  hiddenSkipped = 0;
+  truncated = false;
+  #cost = 0;
+  constructor(readonly includeHidden: boolean) {}
+
+  walk(dirPath: string, prefix: string, levels: number): void {
+    let names: string[];
+    try {
+      names = fs.readdirSync(dirPath).sort();
+    } catch {
+      return; // unreadable below the top: listed as a dir, not entered
+    }
+    for (const name of names) {
+      if (this.seen >= LIST_MAX_VISITED) return void (this.truncated = true);
+      if (name.startsWith(".") && !this.includeHidden) {
+        this.hiddenSkipped++;
+        continue;
+      }
+      const stat = lstatIn(dirPath, name);
+      if (!stat) continue; // removed while we listed
+      this.seen++;
+      this.#add({ name: prefix + name, type: entryType(stat), size: stat.size, modified: stat.mtime.toISOString() });
+      if (stat.isDirectory() && levels > 1) this.walk(`${dirPath}/${name}`, `${prefix}${name}/`, levels - 1);
+    }
+  }
+
+  #add(entry: OpResult<"list_directory">["entries"][number]): void {
+    this.#cost += JSON.stringify(entry).length + 1;
+    if (this.entries.length >= LIST_MAX_ENTRIES || this.#cost > LIST_BUDGET_CHARS) this.truncated = true;
+    else this.entries.push(entry);
+  }
+}
+
+// --- file_info ---
+
+const TYPE_OF: [(s: fs.Stats) => boolean, OpResult<"file_info">["type"]][] = [
+  [(s) => s.isFile(), "file"],
+  [(s) => s.isDirectory(), "dir"],
+  [(s) => s.isSymbolicLink(), "symlink"],
+  [(s) => s.isFIFO(), "fifo"],
+  [(s) => s.isSocket(), "socket"],
+  [(s) => s.isCharacterDevice() || s.isBlockDevice(), "device"],
+];
+
+/** file_info: the entry's own type (a symlink says so, and where it points), with size, mode, owner and times
+ *  of what it leads to, and a line count for text files. Only paths leading inside the roots are described. */
+export function fileInfo(args: OpArgs<"file_info">, scope: FileScope): OpResult<"file_info"> {
+  const real = resolveExisting(args.path, scope.roots, scope.home);
+  const entry = fs.lstatSync(expandPath(args.path, scope.home));
+  const stat = fs.statSync(real);
+  const isLink = entry.isSymbolicLink();
+  return {
+    path: expandPath(args.path, scope.home),
+    type: TYPE_OF.find(([test]) => test(entry))?.[1] ?? "other",
+    size: stat.size,
+    mode: `0${(stat.mode & 0o7777).toString(8).padStart(3, "0")}`,
+    permissions: permissionString(stat),
+    uid: stat.uid,
+    gid: stat.gid,
+    owner: nameOf("/etc/passwd", stat.uid),
+    group: nameOf("/etc/group", stat.gid),
+    modified: stat.mtime.toISOString(),
+    accessed: stat.atime.toISOString(),
+    changed: stat.ctime.toISOString(),
+    created: stat.birthtimeMs > 0 ? stat.birthtime.toISOString() : null,
+    symlink_target: isLink ? fs.readlinkSync(expandPath(args.path, scope.home)) : null,
+    resolved_path: isLink ? real : null,
+    ...textFacts(real, stat, scope, args.path),
+  };
+}
+
+/** Whether a regular file is binary, and its line count when it is text (and not too big to count). */
+function textFacts(real: string, stat: fs.Stats, scope: FileScope, input: string): { line_count: number | null; binary: boolean | null } {
+  if (!stat.isFile()) return { line_count: null, binary: null };
+  const fd = openChecked(real, O_RDONLY | O_NONBLOCK, scope.roots, input);
+  try {
+    const binary = !looksLikeText(readAt(fd, SNIFF_BYTES, 0));
+    return { binary, line_count: binary || stat.size > INFO_COUNT_MAX_BYTES ? null : countLines(fd, stat.size) };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** rwx bits as ls shows them, with setuid, setgid and sticky. */
+function permissionString(stat: fs.Stats): string {
+  const type = stat.isDirectory() ? "d" : stat.isSymbolicLink() ? "l" : stat.isFile() ? "-" : "?";
+  const bit = (mask: number, ch: string) => (stat.mode & mask ? ch : "-");
+  const special = (exec: number, flag: number, on: string) => (stat.mode & flag ? (stat.mode & exec ? on : on.toUpperCase()) : bit(exec, "x"));
+  return (
+    type +
+    bit(0o400, "r") + bit(0o200, "w") + special(0o100, 0o4000, "s") +
+    bit(0o040, "r") + bit(0o020, "w") + special(0o010, 0o2000, "s") +
+    bit(0o004, "r") + bit(0o002, "w") + special(0o001, 0o1000, "t")
+  );
+}
+
+/** The name for a numeric id in /etc/passwd or /etc/group, or null (directory services are not asked). */
+function nameOf(file: string, id: number): string | null {
+  try {
+    const line = fs
+      .readFileSync(file, "utf8")
+      .split("\n")
+      .find((l) => l.split(":")[2] === String(id));
+    return line?.split(":")[0] ?? null;
+  } catch {
+    return null;
   }
 }

@@ -22,6 +22,8 @@ export const FIELD_BUDGET_CHARS = 22_000;
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 /** Largest content write_file takes in one call, in bytes after decoding. Bigger files go in appended chunks. */
 export const MAX_WRITE_BYTES = 3 * 1024 * 1024;
+/** SIGTERM first, then SIGKILL to the whole group after this grace, so well-behaved programs can clean up. */
+export const KILL_GRACE_MS = 2_000;
 /** Default and bounds of run_shell_command's timeout, in seconds. */
 export const DEFAULT_COMMAND_TIMEOUT_S = 60;
 export const MAX_COMMAND_TIMEOUT_S = 3600;
@@ -127,30 +129,149 @@ const pathArg = z
   .max(4096)
   .describe("Absolute path, or starting with ~ for the home directory. Must be inside the agent's allowed roots.");
 
+/** How long run_shell_command waits before handing a still-running command back (clients cap calls near 60 s). */
+export const DEFAULT_WAIT_S = 50;
+/** get_command_output waits at most this long for new output, and this long when not told. */
+export const MAX_OUTPUT_WAIT_S = 50;
+export const DEFAULT_OUTPUT_WAIT_S = 10;
+
+/** A command's handle: a random part and the machine it runs on, so the relay can route by it alone. */
+export const CommandId = z
+  .string()
+  .regex(/^[0-9a-f]{12}@[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, "a command_id looks like 3f9c0a1b2c3d@machine")
+  .describe("The handle run_shell_command returned, e.g. 3f9c0a1b2c3d@laptop.");
+
+/** The machine a command id names. */
+export const machineOfCommandId = (id: string) => id.slice(id.indexOf("@") + 1);
+
+/** What a command is doing. `queued` waits for a free slot; the last three are final. */
+export const CommandState = z.enum(["queued", "running", "exited", "killed", "timed_out"]);
+export type CommandState = z.infer<typeof CommandState>;
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
 const RunShellCommandArgs = z
   .object({
-    command: z.string().min(1).max(100_000).describe("Shell command line, run with the user's shell as `$SHELL -c`."),
-    working_dir: pathArg.optional().describe("Directory to run in; defaults to the home directory."),
+    command: z.string().min(1).max(100_000).optional().describe("Command line, run as `$SHELL -c command`."),
+    argv: z
+      .array(z.string().max(100_000))
+      .min(1)
+      .max(1_000)
+      .optional()
+      .describe("Program and arguments, run without a shell, for exact quoting. Give command or argv, not both."),
+    shell: z.string().min(1).max(4096).optional().describe("Absolute path of another shell to run command with."),
+    working_dir: pathArg.optional().describe("Directory to run in; defaults to home (or the first allowed root if home is outside them)."),
+    env: z
+      .record(z.string().regex(ENV_NAME, "an environment variable name"), z.string().max(100_000))
+      .optional()
+      .describe("Variables added to the command's clean environment."),
+    stdin: z.string().max(MAX_WRITE_BYTES).optional().describe("Text fed to the command's stdin, which is then closed."),
     timeout: z
       .number()
       .int()
       .min(1)
       .max(MAX_COMMAND_TIMEOUT_S)
       .optional()
-      .describe(`Seconds before the command and everything it started are killed (default ${DEFAULT_COMMAND_TIMEOUT_S}).`),
+      .describe(`Seconds before the command and everything it started are killed (default ${DEFAULT_COMMAND_TIMEOUT_S}; none for background).`),
+    background: z.boolean().optional().describe("Return at once with a command_id (for servers, watchers, long builds)."),
+    wait_seconds: z
+      .number()
+      .int()
+      .min(0)
+      .max(MAX_COMMAND_TIMEOUT_S)
+      .optional()
+      .describe(`Return after this many seconds if the command is still running (default ${DEFAULT_WAIT_S}); it keeps running.`),
   })
   .strict();
 
 const RunShellCommandResult = z.object({
-  exit_code: z.number().int().nullable().describe("Exit status, or null when killed by a signal."),
+  command_id: CommandId,
+  state: CommandState,
+  exit_code: z.number().int().nullable().describe("Exit status; null while running or when killed by a signal."),
   signal: z.string().nullable().describe("Name of the signal that ended the command, if any."),
   stdout: z.string(),
   stderr: z.string(),
   timed_out: z.boolean(),
   duration_ms: z.number().int(),
   truncated: z.boolean().describe("True when the middle of stdout or stderr was left out to fit the result."),
-  stdout_bytes: z.number().int().describe("Total bytes the command wrote to stdout, kept or not."),
+  stdout_bytes: z.number().int().describe("Bytes written to stdout so far, kept or not."),
   stderr_bytes: z.number().int(),
+  next_offset: z.number().int().describe("Where get_command_output continues in the combined output."),
+});
+
+const CommandIdArgs = { command_id: CommandId };
+
+const GetCommandOutputArgs = z
+  .object({
+    ...CommandIdArgs,
+    offset: z.number().int().min(0).optional().describe("Byte offset in the combined output (default 0: the start)."),
+    wait_seconds: z
+      .number()
+      .int()
+      .min(0)
+      .max(MAX_OUTPUT_WAIT_S)
+      .optional()
+      .describe(`If nothing new is there yet, wait up to this long for output or the end (default ${DEFAULT_OUTPUT_WAIT_S}).`),
+  })
+  .strict();
+
+const CommandSummary = z.object({
+  command_id: CommandId,
+  command: z.string().describe("The command line (or argv joined), shortened if long."),
+  state: CommandState,
+  background: z.boolean(),
+  started_at: z.string(),
+  duration_ms: z.number().int(),
+  exit_code: z.number().int().nullable(),
+  signal: z.string().nullable(),
+});
+
+const GetCommandOutputResult = CommandSummary.extend({
+  output: z.string().describe("stdout and stderr as they arrived, from offset."),
+  offset: z.number().int().describe("Where output starts (later than asked when older output was pruned)."),
+  next_offset: z.number().int().describe("Pass this as offset next time."),
+  total_bytes: z.number().int().describe("Bytes of output so far."),
+  more: z.boolean().describe("More output is already there beyond next_offset."),
+});
+
+const SendCommandInputArgs = z
+  .object({
+    ...CommandIdArgs,
+    input: z.string().max(MAX_WRITE_BYTES).describe("Text to write to stdin; include \\n to end a line."),
+    close_stdin: z.boolean().optional().describe("Close stdin after writing (end of input)."),
+  })
+  .strict();
+
+const SendCommandInputResult = z.object({
+  command_id: CommandId,
+  state: CommandState,
+  bytes_written: z.number().int(),
+  stdin_open: z.boolean(),
+});
+
+export const KILL_SIGNALS = ["SIGTERM", "SIGKILL", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"] as const;
+
+const KillCommandArgs = z
+  .object({
+    ...CommandIdArgs,
+    signal: z
+      .enum(KILL_SIGNALS)
+      .optional()
+      .describe("Signal for the whole process group (default: SIGTERM, then SIGKILL after 2 s)."),
+  })
+  .strict();
+
+const KillCommandResult = z.object({ command_id: CommandId, state: CommandState, signal_sent: z.string().nullable() });
+
+const ListCommandsArgs = z.object({ state: CommandState.optional().describe("Only commands in this state.") }).strict();
+
+/** What one agent answers to list_commands; the relay merges machines into ListCommandsResult. */
+export const AgentCommandList = z.object({ commands: z.array(CommandSummary), total: z.number().int() });
+
+const ListCommandsResult = z.object({
+  commands: z.array(CommandSummary.extend({ machine: z.string() })),
+  machines: z.array(z.string()).describe("The machines asked."),
+  errors: z.array(z.string()).describe("Machines that did not answer, and why."),
 });
 
 const ReadFileArgs = z
@@ -163,6 +284,7 @@ const ReadFileArgs = z
       .optional()
       .describe("Text: first line to return, counted from 1 (default 1). Base64: first byte, counted from 0."),
     limit: z.number().int().min(1).optional().describe("Text: how many lines. Base64: how many bytes."),
+    tail: z.number().int().min(1).optional().describe("Text: return the last this many lines (instead of offset)."),
     encoding: z
       .enum(["auto", "utf8", "base64"])
       .optional()
@@ -198,10 +320,94 @@ const WriteFileResult = z.object({
   created: z.boolean(),
 });
 
-const ListDirectoryArgs = z.object({ path: pathArg }).strict();
+const EditFileArgs = z
+  .object({
+    path: pathArg,
+    edits: z
+      .array(
+        z
+          .object({
+            old_text: z.string().min(1).max(100_000).describe("Exact text to find (whitespace and indentation included)."),
+            new_text: z.string().max(MAX_WRITE_BYTES).describe("Text to put in its place."),
+            replace_all: z.boolean().optional().describe("Replace every occurrence (otherwise it must occur exactly once)."),
+          })
+          .strict(),
+      )
+      .min(1)
+      .max(100)
+      .describe("Applied in order, each to the result of the previous; all or nothing."),
+    dry_run: z.boolean().optional().describe("Show the diff without writing."),
+  })
+  .strict();
+
+const EditFileResult = z.object({
+  path: z.string(),
+  replacements: z.number().int().describe("Occurrences replaced, all edits together."),
+  line_endings: z.enum(["lf", "crlf"]).describe("The file's line endings, kept as they were."),
+  dry_run: z.boolean(),
+  diff: z.string().describe("Unified diff of the change."),
+  size: z.number().int().describe("File size after the edit (or that it would have)."),
+});
+
+const SearchFilesArgs = z
+  .object({
+    path: pathArg.describe("Directory to search under (inside the allowed roots)."),
+    pattern: z.string().min(1).max(1_000).optional().describe("Glob on paths relative to path, e.g. **/*.ts or src/*.json."),
+    content: z.string().min(1).max(1_000).optional().describe("Regular expression (JavaScript syntax) to find in file contents."),
+    case_sensitive: z.boolean().optional().describe("Match content case-sensitively (default true)."),
+    max_results: z.number().int().min(1).max(1_000).optional().describe("Stop after this many matches (default 100)."),
+    include_hidden: z.boolean().optional().describe("Also search hidden files and directories (default false)."),
+  })
+  .strict();
+
+const SearchFilesResult = z.object({
+  path: z.string(),
+  matches: z.array(
+    z.object({
+      file: z.string().describe("Path relative to the searched directory."),
+      line: z.number().int().nullable().describe("Line number (from 1) of a content match."),
+      text: z.string().nullable().describe("The matching line, shortened if long."),
+    }),
+  ),
+  files_visited: z.number().int(),
+  skipped_binary: z.number().int(),
+  truncated: z.boolean(),
+  truncated_reason: z.enum(["max_results", "max_files", "time", "size"]).nullable(),
+  elapsed_ms: z.number().int(),
+});
+
+const FileInfoArgs = z.object({ path: pathArg }).strict();
+
+const FileInfoResult = z.object({
+  path: z.string().describe("The path of the entry itself (a symlink is not followed)."),
+  type: z.enum(["file", "dir", "symlink", "fifo", "socket", "device", "other"]),
+  size: z.number().int(),
+  mode: z.string().describe("Permission bits in octal, e.g. 0644."),
+  permissions: z.string().describe("As ls shows them, e.g. -rw-r--r--."),
+  uid: z.number().int(),
+  gid: z.number().int(),
+  owner: z.string().nullable(),
+  group: z.string().nullable(),
+  modified: z.string(),
+  accessed: z.string(),
+  changed: z.string(),
+  created: z.string().nullable(),
+  symlink_target: z.string().nullable().describe("What a symlink points to, as written in it."),
+  resolved_path: z.string().nullable().describe("Where a symlink leads, when that is inside the allowed roots."),
+  line_count: z.number().int().nullable().describe("Lines, for a text file (up to 64 MiB)."),
+  binary: z.boolean().nullable().describe("Whether a file looks binary (NUL bytes or invalid UTF-8)."),
+});
+
+const ListDirectoryArgs = z
+  .object({
+    path: pathArg,
+    depth: z.number().int().min(1).max(5).optional().describe("Levels to descend (default 1: just this directory)."),
+    include_hidden: z.boolean().optional().describe("Also list names starting with a dot (default false)."),
+  })
+  .strict();
 
 const DirectoryEntry = z.object({
-  name: z.string(),
+  name: z.string().describe("Path relative to the listed directory."),
   type: z.enum(["file", "dir", "symlink", "other"]),
   size: z.number().int(),
   modified: z.string().describe("ISO 8601 time of the last change."),
@@ -210,7 +416,8 @@ const DirectoryEntry = z.object({
 const ListDirectoryResult = z.object({
   path: z.string().describe("The real path that was listed."),
   entries: z.array(DirectoryEntry),
-  total: z.number().int().describe("Entries in the directory, listed or not."),
+  total: z.number().int().describe("Entries seen, listed or not."),
+  hidden_skipped: z.number().int().describe("Hidden entries left out (see include_hidden)."),
   truncated: z.boolean(),
 });
 
@@ -247,7 +454,11 @@ const CheckAgentStatusResult = z.object({
 /** Tool annotations (MCP hints: clients use them to decide which calls need confirmation). */
 type Annotations = { readOnlyHint: boolean; destructiveHint: boolean; idempotentHint: boolean; openWorldHint: boolean };
 
-interface ToolDef<Args extends z.ZodObject, Result extends z.ZodObject> {
+const READ_ONLY: Annotations = { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false };
+const CHANGES_FILES: Annotations = { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false };
+const RUNS_CODE: Annotations = { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: true };
+
+interface ToolDef<Args extends z.ZodObject, Result extends z.ZodObject, RunsOn extends "agent" | "server"> {
   title: string;
   description: string;
   /** Arguments as the agent receives them (without `machine`). */
@@ -255,55 +466,58 @@ interface ToolDef<Args extends z.ZodObject, Result extends z.ZodObject> {
   /** Result as the agent sends it; the server adds `machine`. */
   result: Result;
   annotations: Annotations;
-  /** "agent": forwarded to the machine as a request; "server": answered by the relay itself. */
-  runsOn: "agent" | "server";
+  /** "agent": forwarded to one machine as a request; "server": answered by the relay (asking agents itself). */
+  runsOn: RunsOn;
 }
 
-const tool = <A extends z.ZodObject, R extends z.ZodObject>(def: ToolDef<A, R>) => def;
+const tool = <A extends z.ZodObject, R extends z.ZodObject, O extends "agent" | "server">(def: ToolDef<A, R, O>) => def;
 
-/** The tool table. Names stay compatible with the original project; order is the order clients list them. */
+/** The tool table. The first five keep the original project's names and arguments; order is the listing order. */
 export const TOOLS = {
   run_shell_command: tool({
     title: "Run shell command",
     description:
-      "Run a command line in the user's shell on a connected machine and return its exit code, stdout and stderr. " +
-      "Runs as the agent's user with full access to the machine (not confined to the allowed roots); stdin is empty. " +
-      `The command and everything it starts are killed at the timeout (default ${DEFAULT_COMMAND_TIMEOUT_S} s, at most ` +
-      `${MAX_COMMAND_TIMEOUT_S} s). Long output keeps its beginning and end.`,
+      "Run a command on a connected machine, as the agent's user with full access (not confined to the allowed " +
+      "roots). Returns exit code, stdout and stderr when it ends. Still running after wait_seconds (default " +
+      `${DEFAULT_WAIT_S}), it is handed back with state "running" and a command_id: read more with ` +
+      "get_command_output, answer prompts with send_command_input, stop it with kill_command. Use background: " +
+      "true for servers and watchers, and argv instead of command for exact quoting. stdin is empty unless given " +
+      `or background. Killed with everything it started at the timeout (default ${DEFAULT_COMMAND_TIMEOUT_S} s).`,
     args: RunShellCommandArgs,
     result: RunShellCommandResult,
-    annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: true },
+    annotations: RUNS_CODE,
     runsOn: "agent",
   }),
   read_file: tool({
     title: "Read file",
     description:
-      "Read a file inside the agent's allowed roots. Text comes back by line range (offset from 1, limit lines); " +
-      "binary or non-UTF-8 files come back base64. Long files are returned in parts: read again from next_offset.",
+      "Read a file inside the agent's allowed roots. Text comes back by line range (offset from 1 and limit, or " +
+      "tail for the last lines); binary or non-UTF-8 files come back base64. Long files come in parts: read " +
+      "again from next_offset.",
     args: ReadFileArgs,
     result: ReadFileResult,
-    annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+    annotations: READ_ONLY,
     runsOn: "agent",
   }),
   write_file: tool({
     title: "Write file",
     description:
-      "Create or replace a file inside the agent's allowed roots, creating parent directories. The write is atomic " +
-      `(never half-written) and keeps an existing file's mode. At most ${MAX_WRITE_BYTES} bytes per call; use append ` +
-      "for more. Use encoding base64 for binary content.",
+      "Create or replace a whole file inside the agent's allowed roots, creating parent directories. The write is " +
+      `atomic (never half-written) and keeps an existing file's mode. At most ${MAX_WRITE_BYTES} bytes per call; ` +
+      "use append for more, encoding base64 for binary content, and edit_file to change part of a file.",
     args: WriteFileArgs,
     result: WriteFileResult,
-    annotations: { readOnlyHint: false, destructiveHint: true, idempotentHint: false, openWorldHint: false },
+    annotations: CHANGES_FILES,
     runsOn: "agent",
   }),
   list_directory: tool({
     title: "List directory",
     description:
-      "List a directory inside the agent's allowed roots: name, type (file, dir, symlink, other), size and " +
-      "modification time of each entry, sorted by name. Very large directories are cut short (truncated).",
+      "List a directory inside the agent's allowed roots, optionally several levels deep: name, type, size and " +
+      "modification time of each entry, sorted. Hidden entries only with include_hidden. Cut short when very large.",
     args: ListDirectoryArgs,
     result: ListDirectoryResult,
-    annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+    annotations: READ_ONLY,
     runsOn: "agent",
   }),
   check_agent_status: tool({
@@ -313,8 +527,76 @@ export const TOOLS = {
       "running commands and latency. Call it first to learn the machine names.",
     args: CheckAgentStatusArgs,
     result: CheckAgentStatusResult,
-    annotations: { readOnlyHint: true, destructiveHint: false, idempotentHint: true, openWorldHint: false },
+    annotations: READ_ONLY,
     runsOn: "server",
+  }),
+  get_command_output: tool({
+    title: "Get command output",
+    description:
+      "Read what a command started by run_shell_command has printed (stdout and stderr as they arrived) from " +
+      "offset, and whether it is still running, exited, killed or timed out. Pass the previous next_offset to get " +
+      "only what is new; it waits up to wait_seconds for new output or the end.",
+    args: GetCommandOutputArgs,
+    result: GetCommandOutputResult,
+    annotations: READ_ONLY,
+    runsOn: "agent",
+  }),
+  send_command_input: tool({
+    title: "Send command input",
+    description:
+      "Write text to the stdin of a running command (started with background: true), e.g. to answer a prompt or " +
+      "drive a REPL; end lines with \\n. close_stdin ends its input.",
+    args: SendCommandInputArgs,
+    result: SendCommandInputResult,
+    annotations: RUNS_CODE,
+    runsOn: "agent",
+  }),
+  kill_command: tool({
+    title: "Kill command",
+    description: "Stop a command and everything it started (its whole process group): SIGTERM, then SIGKILL after 2 s.",
+    args: KillCommandArgs,
+    result: KillCommandResult,
+    annotations: { ...RUNS_CODE, idempotentHint: true, openWorldHint: false },
+    runsOn: "agent",
+  }),
+  list_commands: tool({
+    title: "List commands",
+    description:
+      "Recent commands on one machine (or all), newest first, with their command_id, state, start time and duration.",
+    args: ListCommandsArgs,
+    result: ListCommandsResult,
+    annotations: READ_ONLY,
+    runsOn: "server",
+  }),
+  edit_file: tool({
+    title: "Edit file",
+    description:
+      "Replace exact text in a file inside the allowed roots and return a unified diff. Each old_text must occur " +
+      "exactly once (or use replace_all); otherwise nothing is changed and the error shows the closest matches. " +
+      "Edits apply in order, all or nothing; the file's line endings (LF or CRLF) are kept. dry_run shows the diff only.",
+    args: EditFileArgs,
+    result: EditFileResult,
+    annotations: CHANGES_FILES,
+    runsOn: "agent",
+  }),
+  search_files: tool({
+    title: "Search files",
+    description:
+      "Find files under a directory by name (glob pattern) and/or content (regular expression), with file, line " +
+      "number and line. Skips .git, node_modules, hidden and binary files; bounded in results, files and time.",
+    args: SearchFilesArgs,
+    result: SearchFilesResult,
+    annotations: READ_ONLY,
+    runsOn: "agent",
+  }),
+  file_info: tool({
+    title: "File info",
+    description:
+      "Type, size, mode, owner, times and symlink target of a path inside the allowed roots, and line count for text files.",
+    args: FileInfoArgs,
+    result: FileInfoResult,
+    annotations: READ_ONLY,
+    runsOn: "agent",
   }),
 } as const;
 
@@ -327,7 +609,7 @@ export function toolInputSchema(name: ToolName) {
   return TOOLS[name].args.extend({ machine: machineArg }).strict();
 }
 
-/** The MCP output schema of a tool: its result plus the machine that produced it. */
+/** The MCP output schema of a tool: its result plus, for tools run on one agent, the machine that ran it. */
 export function toolOutputSchema(name: ToolName) {
   const result = TOOLS[name].result;
   return TOOLS[name].runsOn === "agent" ? result.extend({ machine: z.string() }) : result;
@@ -335,18 +617,32 @@ export function toolOutputSchema(name: ToolName) {
 
 // --- agent operations ---
 
-/** What the server may ask an agent to do: every agent-run tool, plus `status` (the live health check). */
-export const AGENT_OPS = {
-  run_shell_command: { args: TOOLS.run_shell_command.args, result: TOOLS.run_shell_command.result },
-  read_file: { args: TOOLS.read_file.args, result: TOOLS.read_file.result },
-  write_file: { args: TOOLS.write_file.args, result: TOOLS.write_file.result },
-  list_directory: { args: TOOLS.list_directory.args, result: TOOLS.list_directory.result },
+/** Tools an agent runs as they are: the relay forwards the arguments and adds `machine` to the result. */
+type DirectTool = { [N in ToolName]: (typeof TOOLS)[N]["runsOn"] extends "agent" ? N : never }[ToolName];
+
+/** Operations that are not a tool as such: the relay composes them into check_agent_status and list_commands. */
+const OTHER_OPS = {
   status: { args: z.object({}).strict(), result: AgentStatus },
+  list_commands: { args: ListCommandsArgs, result: AgentCommandList },
 } as const;
-export type AgentOp = keyof typeof AGENT_OPS;
-export type OpArgs<O extends AgentOp> = z.infer<(typeof AGENT_OPS)[O]["args"]>;
-export type OpResult<O extends AgentOp> = z.infer<(typeof AGENT_OPS)[O]["result"]>;
-const AgentOpName = z.enum(Object.keys(AGENT_OPS) as [AgentOp, ...AgentOp[]]);
+
+/** What the server may ask an agent to do. */
+export type AgentOp = DirectTool | keyof typeof OTHER_OPS;
+export type OpArgs<O extends AgentOp> = O extends DirectTool ? ToolArgs<O> : z.infer<(typeof OTHER_OPS)[O & keyof typeof OTHER_OPS]["args"]>;
+export type OpResult<O extends AgentOp> = O extends DirectTool ? ToolResult<O> : z.infer<(typeof OTHER_OPS)[O & keyof typeof OTHER_OPS]["result"]>;
+
+const isOtherOp = (op: string): op is keyof typeof OTHER_OPS => op in OTHER_OPS;
+
+/** The schemas an agent validates an op's arguments with, and the relay its result with. */
+export function opSchemas(op: AgentOp): { args: z.ZodType; result: z.ZodType } {
+  return isOtherOp(op) ? OTHER_OPS[op] : TOOLS[op];
+}
+
+export const AGENT_OP_NAMES = [
+  ...(Object.keys(TOOLS) as ToolName[]).filter((name) => TOOLS[name].runsOn === "agent"),
+  ...(Object.keys(OTHER_OPS) as (keyof typeof OTHER_OPS)[]),
+] as AgentOp[];
+const AgentOpName = z.enum(AGENT_OP_NAMES as [AgentOp, ...AgentOp[]]);
 
 // --- frames ---
 
@@ -370,14 +666,32 @@ export type HelloFrame = z.infer<typeof HelloFrame>;
 /** Server → agent, answer to hello: the agent is registered and may expect requests. */
 export const WelcomeFrame = z.object({ type: z.literal("welcome"), machine: MachineName, server_version: z.string() });
 
-/** Server → agent: do `op` with `args` (validated by the agent against AGENT_OPS[op].args). */
-export const RequestFrame = z.object({ type: z.literal("request"), id: RequestId, op: AgentOpName, args: z.unknown() });
+/** Server → agent: do `op` with `args` (validated by the agent against opSchemas(op).args). With `progress`,
+ *  the agent sends progress frames while the request runs (the MCP client asked for progress). */
+export const RequestFrame = z.object({
+  type: z.literal("request"),
+  id: RequestId,
+  op: AgentOpName,
+  args: z.unknown(),
+  progress: z.boolean().optional(),
+});
 export type RequestFrame = z.infer<typeof RequestFrame>;
 
 /** Server → agent: stop the request `id` (its caller gave up or its deadline passed). No result is expected. */
 export const CancelFrame = z.object({ type: z.literal("cancel"), id: RequestId });
 
-/** Agent → server: the one answer to request `id`: a value matching AGENT_OPS[op].result, or an error. */
+/** Agent → server, about once a second while a request with `progress` runs (also when nothing is printed). */
+export const ProgressFrame = z.object({
+  type: z.literal("progress"),
+  id: RequestId,
+  elapsed_ms: z.number().int().min(0),
+  output_bytes: z.number().int().min(0),
+  /** The last lines of output, at most PROGRESS_TAIL_CHARS characters. */
+  tail: z.string().max(2_000),
+});
+export type ProgressFrame = z.infer<typeof ProgressFrame>;
+
+/** Agent → server: the one answer to request `id`: a value matching opSchemas(op).result, or an error. */
 export const ResultFrame = z.discriminatedUnion("ok", [
   z.object({ type: z.literal("result"), id: RequestId, ok: z.literal(true), value: z.unknown() }),
   z.object({ type: z.literal("result"), id: RequestId, ok: z.literal(false), error: AgentError }),
@@ -388,12 +702,12 @@ export type ResultFrame = z.infer<typeof ResultFrame>;
 export const PingFrame = z.object({ type: z.literal("ping"), t: z.number() });
 export const PongFrame = z.object({ type: z.literal("pong"), t: z.number() });
 
-export const AgentFrame = z.union([HelloFrame, ResultFrame, PingFrame, PongFrame]);
+export const AgentFrame = z.union([HelloFrame, ResultFrame, ProgressFrame, PingFrame, PongFrame]);
 export type AgentFrame = z.infer<typeof AgentFrame>;
 export const ServerFrame = z.union([WelcomeFrame, RequestFrame, CancelFrame, PingFrame, PongFrame]);
 export type ServerFrame = z.infer<typeof ServerFrame>;
 
-const FRAME_TYPES = ["hello", "welcome", "request", "cancel", "result", "ping", "pong"];
+const FRAME_TYPES = ["hello", "welcome", "request", "cancel", "progress", "result", "ping", "pong"];
 
 /** Parses one text frame; returns the frame or a short reason (never echoing the frame, which may hold secrets). */
 export function parseFrame<S extends z.ZodType>(

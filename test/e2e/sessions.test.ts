@@ -4,6 +4,7 @@
 
 import { expect, test } from "bun:test";
 import * as path from "node:path";
+import { TOOLS } from "../../protocol.ts";
 import { loadConfig, startServer } from "../../server.ts";
 import { connectClient, newToken, startAgent, tempDir, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
@@ -25,7 +26,7 @@ test("a session idle for an hour is closed: its client gets 404 and a new sessio
   relay.server.sweepSessions(AN_HOUR_LATER());
   await expect(client.listTools()).rejects.toThrow(/404|Session not found/);
   await using fresh = await connectClient(relay.handle, "streamable-http");
-  expect((await fresh.listTools()).tools.length).toBe(5);
+  expect((await fresh.listTools()).tools.length).toBe(Object.keys(TOOLS).length);
 });
 
 test("a session with a call in flight survives the sweep and gets its answer", async () => {
@@ -37,7 +38,7 @@ test("a session with a call in flight survives the sweep and gets its answer", a
   await Bun.sleep(300);
   relay.server.sweepSessions(AN_HOUR_LATER());
   expect((await pending).data.stdout).toBe("still-here\n");
-  expect((await client.listTools()).tools.length).toBe(5);
+  expect((await client.listTools()).tools.length).toBe(Object.keys(TOOLS).length);
   expect(agent.stderr.text).toContain("connected");
 });
 

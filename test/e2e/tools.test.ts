@@ -40,12 +40,12 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
     }
   });
 
-  test("run_shell_command returns exit code, stdout and stderr, in the home directory by default", async () => {
+  test("run_shell_command returns exit code, stdout and stderr, in the first allowed root when home is not one", async () => {
     await using client = await connectClient(relay, transport);
     const r = await call(client, "run_shell_command", { command: "echo out; echo err >&2; pwd; exit 3" });
     expect(r.isError).toBe(false);
     expect(r.data).toMatchObject({ machine: "desk", exit_code: 3, signal: null, stderr: "err\n", timed_out: false, truncated: false });
-    expect(r.data.stdout).toBe(`out\n${process.env.HOME}\n`);
+    expect(r.data.stdout).toBe(`out\n${root}\n`);
     expect(r.text).toContain("exit code 3");
     expect(r.text).toContain("[stderr]\nerr");
   });

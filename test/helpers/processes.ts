@@ -158,6 +158,8 @@ export interface AgentOptions {
   env?: Record<string, string>;
   /** Wait for the "connected" log line (default true). */
   waitConnected?: boolean;
+  /** AGENT_STATE_DIR (default: a fresh temp directory, so agents in tests never share command state). */
+  stateDir?: string;
 }
 
 /** Starts agent.ts against a relay and waits until it has registered. */
@@ -170,6 +172,7 @@ export async function startAgent(relay: Relay, options: AgentOptions = {}): Prom
     MACHINE_NAME: machine,
     ALLOWED_ROOTS: roots.join(":"),
     SHELL: "/bin/sh",
+    AGENT_STATE_DIR: options.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "cr-state-")),
     ...options.env,
   });
   if (options.waitConnected !== false) await child.stderr.waitFor(/agent info connected/);

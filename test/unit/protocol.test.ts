@@ -289,6 +289,13 @@ const MINIMAL_ARGS: { [N in ToolName]: Record<string, unknown> } = {
   write_file: { path: "/tmp/x", content: "" },
   list_directory: { path: "/tmp" },
   check_agent_status: {},
+  get_command_output: { command_id: "0123456789ab@laptop" },
+  send_command_input: { command_id: "0123456789ab@laptop", input: "y\n" },
+  kill_command: { command_id: "0123456789ab@laptop" },
+  list_commands: {},
+  edit_file: { path: "/tmp/x", edits: [{ old_text: "a", new_text: "b" }] },
+  search_files: { path: "/tmp", content: "TODO" },
+  file_info: { path: "/tmp/x" },
 };
 const TOOL_NAMES = Object.keys(TOOLS) as ToolName[];
 

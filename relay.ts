@@ -1,0 +1,231 @@
+// The relay's side of the agent protocol: registered agents by machine name, and calls matched to results by
+// request id in memory. A call is sent once and never again (at most once): it ends with the agent's answer, the
+// agent's disconnect, its deadline, or the caller's cancel, and the agent is told to stop in the last two cases.
+
+import { randomUUID } from "node:crypto";
+import type { ServerWebSocket } from "bun";
+import {
+  AgentFrame,
+  CloseCode,
+  HEARTBEAT_TIMEOUT_MS,
+  PROTOCOL_VERSION,
+  VERSION,
+  opSchemas,
+  parseFrame,
+  type AgentError,
+  type AgentOp,
+  type HelloFrame,
+  type OpArgs,
+  type OpResult,
+  type ProgressFrame,
+  type ServerFrame,
+} from "./protocol.ts";
+import type { AuditLog, CallOutcome } from "./audit.ts";
+import { logger } from "./log.ts";
+
+const log = logger("server");
+
+/** An agent must say hello this soon after its upgrade. */
+const HELLO_TIMEOUT_MS = 10_000;
+
+
+/** Per-socket state, set at upgrade (Bun passes it back as ws.data). */
+export interface SocketData {
+  address: string;
+  openedAt: number;
+  lastHeard: number;
+  /** Set once the agent's hello is accepted. */
+  agent?: AgentConn;
+}
+
+type AgentSocket = ServerWebSocket<SocketData>;
+
+interface PendingCall {
+  op: AgentOp;
+  resolve: (value: unknown) => void;
+  reject: (error: Error) => void;
+  onProgress?: (progress: ProgressFrame) => void;
+}
+
+export interface AgentConn {
+  ws: AgentSocket;
+  machine: string;
+  hello: HelloFrame;
+  connectedAt: Date;
+  /** Calls sent on this socket and not answered yet. A result is matched only against its own socket's calls. */
+  pending: Map<string, PendingCall>;
+}
+
+/** How long to wait for an agent's answer, what may cancel it, and where its progress goes. */
+interface CallOptions {
+  deadlineMs: number;
+  signal?: AbortSignal;
+  onProgress?: (progress: ProgressFrame) => void;
+}
+
+/** A failure the model should read as is: the message says what happened and what to do. */
+export class ToolError extends Error {
+  constructor(
+    message: string,
+    readonly outcome: CallOutcome = "error",
+  ) {
+    super(message);
+  }
+}
+
+/** Registered agents and their calls. `agents` maps a machine name to its live connection: `register` adds or
+ *  replaces an entry; `disconnected` removes it only if it is still that same connection, so the late close of a
+ *  replaced socket can never unregister its successor. */
+export class Relay {
+  readonly agents = new Map<string, AgentConn>();
+  readonly sockets = new Set<AgentSocket>();
+  constructor(readonly audit: AuditLog) {}
+
+  opened(ws: AgentSocket): void {
+    this.sockets.add(ws);
+  }
+
+  /** Handles one frame from an agent socket. */
+  received(ws: AgentSocket, data: string | Buffer): void {
+    ws.data.lastHeard = Date.now();
+    const parsed = parseFrame(AgentFrame, data);
+    if (!parsed.ok) return this.#refuse(ws, CloseCode.protocolError, parsed.reason);
+    const frame = parsed.frame;
+    const conn = ws.data.agent;
+    if (frame.type === "hello") return conn ? this.#refuse(ws, CloseCode.protocolError, "hello sent twice") : this.#register(ws, frame);
+    if (!conn) return this.#refuse(ws, CloseCode.protocolError, "the first frame must be hello");
+    if (frame.type === "ping") return void send(ws, { type: "pong", t: frame.t });
+    if (frame.type === "progress") return conn.pending.get(frame.id)?.onProgress?.(frame);
+    if (frame.type === "result") this.#settle(conn, frame.id, frame.ok ? { value: frame.value } : { error: frame.error });
+  }
+
+  disconnected(ws: AgentSocket, code: number, reason: string): void {
+    this.sockets.delete(ws);
+    const conn = ws.data.agent;
+    if (!conn) return;
+    this.#failPending(conn, `Machine '${conn.machine}' disconnected before answering; the operation may or may not have completed.`);
+    if (this.agents.get(conn.machine) !== conn) return; // replaced earlier: its successor stays registered
+    this.agents.delete(conn.machine);
+    log("info", "agent disconnected", { machine: conn.machine, code, reason });
+    this.audit.event("agent_disconnected", { machine: conn.machine, address: ws.data.address, detail: `code ${code}` });
+  }
+
+  /** The connection a tool call should go to, or a ToolError that lists the connected machines. */
+  pick(machine: string | undefined): AgentConn {
+    if (machine) {
+      const conn = this.agents.get(machine);
+      if (conn) return conn;
+      throw new ToolError(`Machine '${machine}' is not connected. ${this.#connectedList()}`);
+    }
+    const [only, ...others] = this.agents.values();
+    if (only && others.length === 0) return only;
+    if (!only) throw new ToolError(NO_MACHINE_MESSAGE);
+    throw new ToolError(`Several machines are connected; say which one with "machine". ${this.#connectedList()}`);
+  }
+
+  /** Sends one request and resolves with the agent's validated result. Never re-sent (at most once): if the
+   *  socket goes, the deadline passes or `signal` aborts, the call fails and the agent is told to cancel. */
+  call<O extends AgentOp>(conn: AgentConn, op: O, args: OpArgs<O>, options: CallOptions): Promise<OpResult<O>> {
+    const { deadlineMs, signal, onProgress } = options;
+    const id = randomUUID();
+    return new Promise<OpResult<O>>((resolve, reject) => {
+      const cleanup = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        conn.pending.delete(id);
+      };
+      const giveUp = (error: ToolError) => {
+        cleanup();
+        send(conn.ws, { type: "cancel", id });
+        reject(error);
+      };
+      const onAbort = () => giveUp(new ToolError("The call was cancelled.", "cancelled"));
+      const timer = setTimeout(
+        () => giveUp(new ToolError(`Machine '${conn.machine}' did not answer within ${Math.round(deadlineMs / 1000)} s.`)),
+        deadlineMs,
+      );
+      signal?.addEventListener("abort", onAbort, { once: true });
+      conn.pending.set(id, {
+        op,
+        resolve: (value) => (cleanup(), resolve(value as OpResult<O>)),
+        reject: (error) => (cleanup(), reject(error)),
+        onProgress,
+      });
+      if (signal?.aborted) return onAbort();
+      if (!send(conn.ws, { type: "request", id, op, args, progress: onProgress !== undefined })) {
+        conn.pending.get(id)?.reject(new ToolError(`Could not send to machine '${conn.machine}'; it may be disconnecting.`));
+      }
+    });
+  }
+
+  /** Closes sockets that fell silent or never said hello. Run every few seconds. */
+  sweep(now = Date.now()): void {
+    for (const ws of this.sockets) {
+      if (now - ws.data.lastHeard > HEARTBEAT_TIMEOUT_MS) {
+        log("warn", "agent link silent; closing", { machine: ws.data.agent?.machine, address: ws.data.address });
+        ws.close(CloseCode.heartbeatTimeout, "heartbeat timeout");
+        ws.terminate();
+      } else if (!ws.data.agent && now - ws.data.openedAt > HELLO_TIMEOUT_MS) {
+        this.#refuse(ws, CloseCode.protocolError, "no hello");
+      }
+    }
+  }
+
+  /** Closes every agent socket (server shutdown): agents reconnect with backoff. */
+  closeAll(): void {
+    for (const ws of this.sockets) ws.close(CloseCode.goingAway, "server restarting");
+  }
+
+  #register(ws: AgentSocket, hello: HelloFrame): void {
+    if (hello.protocol_version !== PROTOCOL_VERSION) {
+      return this.#refuse(ws, CloseCode.unsupportedVersion, `protocol ${hello.protocol_version} unsupported; this relay speaks ${PROTOCOL_VERSION}`);
+    }
+    const conn: AgentConn = { ws, machine: hello.machine, hello, connectedAt: new Date(), pending: new Map() };
+    const previous = this.agents.get(hello.machine);
+    if (previous) {
+      this.#failPending(previous, `Machine '${hello.machine}' was replaced by a new connection before answering.`);
+      previous.ws.close(CloseCode.replaced, "replaced: another agent connected with this machine name");
+      log("warn", "agent replaced by a new connection", { machine: hello.machine, old: previous.ws.data.address, new: ws.data.address });
+      this.audit.event("agent_replaced", { machine: hello.machine, address: ws.data.address });
+    }
+    ws.data.agent = conn;
+    this.agents.set(hello.machine, conn);
+    send(ws, { type: "welcome", machine: hello.machine, server_version: VERSION });
+    log("info", "agent connected", { machine: hello.machine, version: hello.agent_version, os: hello.os, address: ws.data.address });
+    this.audit.event("agent_connected", { machine: hello.machine, address: ws.data.address, detail: `${hello.agent_version} ${hello.os} ${hello.arch}` });
+  }
+
+  #settle(conn: AgentConn, id: string, outcome: { value: unknown } | { error: AgentError }): void {
+    const call = conn.pending.get(id);
+    if (!call) return; // cancelled or timed out already; a late answer is dropped
+    if ("error" in outcome) return call.reject(new ToolError(outcome.error.message));
+    const parsed = opSchemas(call.op).result.safeParse(outcome.value);
+    if (!parsed.success) {
+      log("warn", "agent sent a malformed result", { machine: conn.machine, op: call.op });
+      return call.reject(new ToolError(`Machine '${conn.machine}' sent a malformed answer; is its agent up to date?`));
+    }
+    call.resolve(parsed.data);
+  }
+
+  #failPending(conn: AgentConn, message: string): void {
+    for (const call of conn.pending.values()) call.reject(new ToolError(message));
+  }
+
+  #refuse(ws: AgentSocket, code: number, reason: string): void {
+    log("warn", "closing agent socket", { address: ws.data.address, reason });
+    ws.close(code, reason);
+  }
+
+  #connectedList(): string {
+    const names = [...this.agents.keys()].sort();
+    return names.length ? `Connected: ${names.join(", ")}.` : NO_MACHINE_MESSAGE;
+  }
+}
+
+export const NO_MACHINE_MESSAGE =
+  "No machine is connected. Start an agent on the machine: RELAY_URL=wss://<this server>/ws/agent AGENT_TOKEN=<token> code-remote-agent";
+
+/** Sends one frame; false when Bun dropped it (the socket is closing). */
+function send(ws: AgentSocket, frame: ServerFrame): boolean {
+  return ws.send(JSON.stringify(frame)) !== 0;
+}

@@ -1,0 +1,349 @@
+// The MCP tools as clients see them: registered from the table in protocol.ts, routed to a machine (by the
+// `machine` argument, a command_id, or the only machine connected), audited, and answered with structured content
+// plus a readable text. Errors come back as tool results with isError and a sentence on what to do next; the
+// model never sees a stack, a token or relay internals.
+
+import { createHash } from "node:crypto";
+import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import {
+  DEFAULT_COMMAND_TIMEOUT_S,
+  DEFAULT_OUTPUT_WAIT_S,
+  DEFAULT_WAIT_S,
+  KILL_GRACE_MS,
+  TOOLS,
+  VERSION,
+  machineOfCommandId,
+  toolInputSchema,
+  toolOutputSchema,
+  type AgentOp,
+  type OpArgs,
+  type ProgressFrame,
+  type ToolName,
+  type ToolResult,
+} from "./protocol.ts";
+import type { AuditLog } from "./audit.ts";
+import { NO_MACHINE_MESSAGE, ToolError, type Relay } from "./relay.ts";
+import { logger } from "./log.ts";
+
+const log = logger("server");
+
+/** The relay gives an agent this much longer than a command's own timeout (plus its kill grace) to answer. */
+const CALL_DEADLINE_MARGIN_MS = 5_000;
+/** File operations and status checks should take milliseconds; past these the agent is called unresponsive. */
+const FILE_OP_DEADLINE_MS = 60_000;
+const STATUS_DEADLINE_MS = 5_000;
+
+/** The arguments as they go into the audit log: what was written or typed is kept as its size and SHA-256, and
+ *  environment variables by name only, so the log never holds file contents, passwords or keys. */
+function redactArguments(tool: ToolName, args: Record<string, unknown>): Record<string, unknown> {
+  const redacted = { ...args };
+  const digest = (field: string, text: unknown, encoding: BufferEncoding = "utf8") => {
+    if (typeof text !== "string") return;
+    const bytes = Buffer.from(text, encoding);
+    delete redacted[field];
+    redacted[`${field}_bytes`] = bytes.length;
+    redacted[`${field}_sha256`] = createHash("sha256").update(bytes).digest("hex");
+  };
+  if (tool === "write_file") digest("content", args.content, args.encoding === "base64" ? "base64" : "utf8");
+  if (tool === "send_command_input") digest("input", args.input);
+  if (tool === "run_shell_command") {
+    digest("stdin", args.stdin);
+    if (args.env && typeof args.env === "object") redacted.env = Object.keys(args.env);
+  }
+  if (tool === "edit_file" && Array.isArray(args.edits)) {
+    redacted.edits = args.edits.map((e: { old_text?: string; new_text?: string; replace_all?: boolean }) => ({
+      old_bytes: Buffer.byteLength(e.old_text ?? ""),
+      new_bytes: Buffer.byteLength(e.new_text ?? ""),
+      replace_all: e.replace_all === true,
+    }));
+  }
+  return redacted;
+}
+
+
+/** How long the relay waits for an agent's answer: a foreground command answers by its wait limit or its
+ *  timeout (plus the kill grace), get_command_output by its wait; everything else within FILE_OP_DEADLINE_MS. */
+function deadlineFor(op: AgentOp, args: Record<string, unknown>): number {
+  const seconds = (value: unknown, fallback: number) => (typeof value === "number" ? value : fallback);
+  if (op === "run_shell_command" && args.background !== true) {
+    const wait = seconds(args.wait_seconds, DEFAULT_WAIT_S) * 1000;
+    const timeout = seconds(args.timeout, DEFAULT_COMMAND_TIMEOUT_S) * 1000 + KILL_GRACE_MS;
+    return Math.min(wait, timeout) + CALL_DEADLINE_MARGIN_MS;
+  }
+  if (op === "get_command_output") return seconds(args.wait_seconds, DEFAULT_OUTPUT_WAIT_S) * 1000 + CALL_DEADLINE_MARGIN_MS;
+  return op === "status" ? STATUS_DEADLINE_MS : FILE_OP_DEADLINE_MS;
+}
+
+/** Where a call goes: the named machine, the machine a command_id belongs to, or (undefined) the only one. */
+function routeTo(machine: string | undefined, args: Record<string, unknown>): string | undefined {
+  if (typeof args.command_id !== "string") return machine;
+  const owner = machineOfCommandId(args.command_id);
+  if (machine && machine !== owner) throw new ToolError(`Command ${args.command_id} runs on '${owner}', not on '${machine}'.`);
+  return owner;
+}
+
+// --- how results read ---
+
+type Shaped<N extends ToolName> = ToolResult<N> & ((typeof TOOLS)[N]["runsOn"] extends "agent" ? { machine: string } : object);
+
+const seconds = (ms: number) => `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
+
+function commandEnding(r: { state: string; exit_code: number | null; signal: string | null }): string {
+  if (r.state === "running") return "still running";
+  if (r.state === "queued") return "waiting for a free slot";
+  if (r.state === "timed_out") return `timed out and was killed${r.signal ? ` (${r.signal})` : ""}`;
+  if (r.state === "killed") return r.signal ? `killed by ${r.signal}` : "killed";
+  return `exit code ${r.exit_code}`;
+}
+
+function renderShell(r: Shaped<"run_shell_command">): string {
+  const running = r.state === "running" || r.state === "queued";
+  const lines = [`[${r.machine}] ${commandEnding(r)}, ${seconds(r.duration_ms)} (command_id ${r.command_id})`];
+  if (r.stdout) lines.push(r.stdout.replace(/\n$/, ""));
+  if (r.stderr) lines.push("[stderr]", r.stderr.replace(/\n$/, ""));
+  if (!r.stdout && !r.stderr && !running) lines.push("(no output)");
+  if (r.truncated) lines.push(`[output shortened: ${r.stdout_bytes} bytes of stdout and ${r.stderr_bytes} of stderr; beginning and end kept]`);
+  if (running) lines.push(`[it keeps running: get_command_output with command_id ${r.command_id} and offset ${r.next_offset} for more; kill_command to stop it]`);
+  return lines.join("\n");
+}
+
+function renderRead(r: Shaped<"read_file">): string {
+  const range =
+    r.encoding === "base64"
+      ? `bytes ${r.offset}-${r.offset + r.returned} of ${r.size}, base64`
+      : r.returned === 0
+        ? `no lines at ${r.offset} (the file has ${r.total_lines ?? "more than that many"} lines)`
+        : r.offset === 0
+          ? `its last ${r.returned} lines`
+          : `lines ${r.offset}-${r.offset + r.returned - 1} of ${r.total_lines ?? "?"}`;
+  const more = r.truncated ? `\n[more follows: read again with offset ${r.next_offset}]` : "";
+  return `[${r.machine}] ${r.path} (${range})\n${r.content}${more}`;
+}
+
+function renderWrite(r: Shaped<"write_file">): string {
+  return `[${r.machine}] ${r.created ? "Created" : "Wrote"} ${r.path}: ${r.bytes_written} bytes written, ${r.size} bytes now.`;
+}
+
+function renderEdit(r: Shaped<"edit_file">): string {
+  const verb = r.dry_run ? "Would replace" : "Replaced";
+  return `[${r.machine}] ${verb} ${r.replacements} occurrence(s) in ${r.path} (${r.line_endings.toUpperCase()} line endings kept)\n${r.diff}`;
+}
+
+function renderList(r: Shaped<"list_directory">): string {
+  const rows = r.entries.map((e) => {
+    const name = e.type === "dir" ? `${e.name}/` : e.type === "symlink" ? `${e.name}@` : e.name;
+    return `${e.type.padEnd(7)} ${String(e.size).padStart(10)}  ${e.modified.slice(0, 19)}  ${name}`;
+  });
+  const notes = [
+    ...(r.truncated ? [`[cut short: ${r.entries.length} of ${r.total}+ entries shown]`] : []),
+    ...(r.hidden_skipped ? [`[${r.hidden_skipped} hidden entries not shown: include_hidden]`] : []),
+  ];
+  return [`[${r.machine}] ${r.path}: ${r.entries.length} entries`, ...rows, ...notes].join("\n");
+}
+
+function renderSearch(r: Shaped<"search_files">): string {
+  const rows = r.matches.map((m) => (m.line === null ? m.file : `${m.file}:${m.line}: ${m.text}`));
+  const why = { max_results: "max_results reached", max_files: "too many files", time: "time limit", size: "result size limit" };
+  const footer = `[${r.matches.length} matches, ${r.files_visited} files searched, ${r.skipped_binary} binary skipped, ${r.elapsed_ms} ms` +
+    (r.truncated_reason ? `; stopped early: ${why[r.truncated_reason]}]` : "]");
+  return [`[${r.machine}] ${r.path}`, ...rows, footer].join("\n");
+}
+
+function renderInfo(r: Shaped<"file_info">): string {
+  const facts = [
+    `${r.type}, ${r.size} bytes, ${r.permissions} (${r.mode}), owner ${r.owner ?? r.uid}:${r.group ?? r.gid}`,
+    `modified ${r.modified}, changed ${r.changed}, accessed ${r.accessed}${r.created ? `, created ${r.created}` : ""}`,
+    ...(r.symlink_target !== null ? [`symlink to ${r.symlink_target} (leads to ${r.resolved_path})`] : []),
+    ...(r.binary !== null ? [r.binary ? "binary" : `text, ${r.line_count ?? "too many to count"} lines`] : []),
+  ];
+  return [`[${r.machine}] ${r.path}`, ...facts].join("\n");
+}
+
+function renderOutput(r: Shaped<"get_command_output">): string {
+  const head = `[${r.machine}] ${r.command_id} (${r.command}): ${commandEnding(r)}, ${seconds(r.duration_ms)}; bytes ${r.offset}-${r.next_offset} of ${r.total_bytes}`;
+  const next = r.more
+    ? `[more output: call again with offset ${r.next_offset}]`
+    : r.state === "running" || r.state === "queued"
+      ? `[still running: call again with offset ${r.next_offset} to wait for more]`
+      : "";
+  return [head, r.output.replace(/\n$/, ""), next].filter(Boolean).join("\n");
+}
+
+function renderInput(r: Shaped<"send_command_input">): string {
+  return `[${r.machine}] Wrote ${r.bytes_written} bytes to the stdin of ${r.command_id}${r.stdin_open ? "" : " and closed it"}; it is ${r.state}.`;
+}
+
+function renderKill(r: Shaped<"kill_command">): string {
+  const what = r.signal_sent ? `sent ${r.signal_sent} to its process group` : "it had already finished";
+  return `[${r.machine}] ${r.command_id}: ${what}; now ${r.state}.`;
+}
+
+function renderCommands(r: Shaped<"list_commands">): string {
+  if (r.machines.length === 0) return NO_MACHINE_MESSAGE;
+  const rows = r.commands.map(
+    (c) => `${c.machine}  ${c.command_id}  ${commandEnding(c).padEnd(14)}  ${c.started_at.slice(0, 19)}  ${seconds(c.duration_ms).padStart(7)}  ${c.background ? "bg " : ""}${c.command}`,
+  );
+  const errors = r.errors.map((e) => `[${e}]`);
+  return [`${r.commands.length} command(s) on ${r.machines.join(", ")}`, ...rows, ...errors].join("\n");
+}
+
+function renderStatus(r: Shaped<"check_agent_status">): string {
+  if (r.connected === 0) return NO_MACHINE_MESSAGE;
+  const rows = r.machines.map((m) =>
+    m.error
+      ? `- ${m.machine}: connected since ${m.connected_since} but not answering: ${m.error}`
+      : `- ${m.machine}: agent ${m.agent_version} on ${m.os} ${m.arch}, shell ${m.shell}, ` +
+        `round trip ${m.round_trip_ms} ms, ${m.running_commands} running / ${m.queued_commands} queued commands, ` +
+        `allowed roots ${m.allowed_roots?.join(", ")}, connected since ${m.connected_since}, last heartbeat ${m.last_heartbeat}`,
+  );
+  return [`${r.connected} machine(s) connected:`, ...rows].join("\n");
+}
+
+const RENDERERS: { [N in ToolName]: (r: Shaped<N>) => string } = {
+  run_shell_command: renderShell,
+  read_file: renderRead,
+  write_file: renderWrite,
+  list_directory: renderList,
+  check_agent_status: renderStatus,
+  get_command_output: renderOutput,
+  send_command_input: renderInput,
+  kill_command: renderKill,
+  list_commands: renderCommands,
+  edit_file: renderEdit,
+  search_files: renderSearch,
+  file_info: renderInfo,
+};
+
+// --- running a call ---
+
+const toolError = (message: string): CallToolResult => ({ isError: true, content: [{ type: "text", text: message }] });
+
+/** Who is calling, for the audit log and for binding sessions. */
+export interface CallerContext {
+  relay: Relay;
+  audit: AuditLog;
+  client: string;
+  session: () => string | null;
+  /** Counts calls in flight, so an idle-session sweep never closes a session that is waiting on a machine. */
+  inflight: { count: number };
+}
+
+/** What the SDK hands a tool handler that we use: the cancel signal, and a way to send progress. */
+interface CallExtra {
+  signal: AbortSignal;
+  progress?: (progress: ProgressFrame) => void;
+}
+
+async function checkAgentStatus(relay: Relay, machine: string | undefined): Promise<ToolResult<"check_agent_status">> {
+  const conns = machine ? [relay.pick(machine)] : [...relay.agents.values()];
+  const machines = await Promise.all(
+    conns.map(async (conn) => {
+      const base = {
+        machine: conn.machine,
+        connected_since: conn.connectedAt.toISOString(),
+        last_heartbeat: new Date(conn.ws.data.lastHeard).toISOString(),
+      };
+      const started = performance.now();
+      try {
+        const status = await relay.call(conn, "status", {}, { deadlineMs: STATUS_DEADLINE_MS });
+        return { ...base, ...status, round_trip_ms: Math.round((performance.now() - started) * 10) / 10 };
+      } catch (e) {
+        return { ...base, round_trip_ms: null, error: e instanceof Error ? e.message : String(e) };
+      }
+    }),
+  );
+  return { machines, connected: machines.length };
+}
+
+/** list_commands: one machine, or every connected machine merged newest first (a silent one is named in errors). */
+async function listCommands(relay: Relay, machine: string | undefined, args: OpArgs<"list_commands">): Promise<ToolResult<"list_commands">> {
+  const conns = machine ? [relay.pick(machine)] : [...relay.agents.values()];
+  const answers = await Promise.allSettled(conns.map((conn) => relay.call(conn, "list_commands", args, { deadlineMs: STATUS_DEADLINE_MS })));
+  const commands = answers
+    .flatMap((answer, i) => (answer.status === "fulfilled" ? answer.value.commands.map((c) => ({ ...c, machine: conns[i]!.machine })) : []))
+    .sort((a, b) => b.started_at.localeCompare(a.started_at));
+  const errors = answers.flatMap((answer, i) => (answer.status === "rejected" ? [`${conns[i]!.machine}: ${(answer.reason as Error).message}`] : []));
+  return { commands, machines: conns.map((c) => c.machine), errors };
+}
+
+/** The tools the relay answers itself (asking agents as it needs). */
+const SERVER_TOOLS: Partial<{ [N in ToolName]: (relay: Relay, machine: string | undefined, args: never) => Promise<ToolResult<N>> }> = {
+  check_agent_status: (relay, machine) => checkAgentStatus(relay, machine),
+  list_commands: (relay, machine, args) => listCommands(relay, machine, args),
+};
+
+/** Runs one tool call: audit row, routing, the agent round trip, and a result with both renderings. */
+async function callTool(name: ToolName, input: Record<string, unknown>, extra: CallExtra, ctx: CallerContext): Promise<CallToolResult> {
+  const { machine, ...args } = input as { machine?: string } & Record<string, unknown>;
+  const finish = ctx.audit.begin({ tool: name, machine: machine ?? null, arguments: redactArguments(name, args), client: ctx.client, session: ctx.session() });
+  let target = machine; // the machine the call went to, once known
+  ctx.inflight.count++;
+  try {
+    const serverTool = SERVER_TOOLS[name];
+    if (serverTool) {
+      const result = await serverTool(ctx.relay, machine, args as never);
+      finish({ outcome: "ok" });
+      return respond(name, result);
+    }
+    const conn = ctx.relay.pick(routeTo(machine, args));
+    target = conn.machine;
+    const value = await ctx.relay.call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: extra.signal, onProgress: extra.progress });
+    const shell = name === "run_shell_command" ? (value as ToolResult<"run_shell_command">) : undefined;
+    finish({ outcome: shell?.timed_out ? "timed_out" : "ok", machine: target, exitCode: shell?.exit_code });
+    return respond(name, { ...(value as object), machine: conn.machine });
+  } catch (e) {
+    const error = e instanceof ToolError ? e : new ToolError("The relay hit an unexpected error; its log has the details.");
+    if (!(e instanceof ToolError)) log("error", "tool call failed unexpectedly", { tool: name, error: String(e) });
+    finish({ outcome: extra.signal.aborted ? "cancelled" : error.outcome, machine: target, error: error.message });
+    return toolError(error.message);
+  } finally {
+    ctx.inflight.count--;
+  }
+}
+
+function respond(name: ToolName, result: object): CallToolResult {
+  const render = RENDERERS[name] as (r: object) => string;
+  return { structuredContent: result as Record<string, unknown>, content: [{ type: "text", text: render(result) }] };
+}
+
+/** A progress message: how long, how much output, and the last lines (what a person would glance at). */
+function progressMessage(p: ProgressFrame): string {
+  const last = p.tail.trimEnd().split("\n").slice(-3).join(" | ");
+  return `running ${seconds(p.elapsed_ms)}, ${p.output_bytes} bytes of output${last ? `: ${last}` : ""}`;
+}
+
+const INSTRUCTIONS =
+  "Code Remote runs commands and edits files on the user's own machines. Call check_agent_status to see which " +
+  "machines are connected; pass `machine` when more than one is. File tools are limited to each machine's allowed " +
+  "roots. Long commands come back with a command_id while they run: follow them with get_command_output.";
+
+/** One McpServer per session (the SDK allows one transport per server), with every tool of the table. */
+export function buildMcpServer(ctx: CallerContext): McpServer {
+  const server = new McpServer({ name: "code-remote", version: VERSION }, { instructions: INSTRUCTIONS });
+  for (const name of Object.keys(TOOLS) as ToolName[]) {
+    const def = TOOLS[name];
+    server.registerTool(
+      name,
+      {
+        title: def.title,
+        description: def.description,
+        inputSchema: toolInputSchema(name),
+        outputSchema: toolOutputSchema(name),
+        annotations: { title: def.title, ...def.annotations },
+      },
+      (args: Record<string, unknown>, extra) => {
+        const token = extra._meta?.progressToken;
+        const progress =
+          token === undefined
+            ? undefined
+            : (p: ProgressFrame) =>
+                void extra
+                  .sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: p.elapsed_ms / 1000, message: progressMessage(p) } })
+                  .catch(() => {}); // the client went away; the call itself decides what happens
+        return callTool(name, args, { signal: extra.signal, progress }, ctx);
+      },
+    );
+  }
+  return server;
+}

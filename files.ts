@@ -19,6 +19,9 @@ export interface FileScope {
 /** read_file returns at most this many JSON characters of text, or this many raw bytes as base64. */
 const READ_BUDGET_CHARS = 2 * FIELD_BUDGET_CHARS;
 const READ_BASE64_MAX_BYTES = 32 * 1024;
+/** An explicit `limit` may ask for up to this much base64 at once (for copying files; more than most clients
+ *  show a model, so it is never the default). */
+const READ_BASE64_BULK_BYTES = 1024 * 1024;
 /** read_file reads in chunks of this size, and stops counting lines past this many bytes (total_lines: null). */
 const READ_CHUNK_BYTES = 1024 * 1024;
 const COUNT_LINES_MAX_BYTES = 256 * 1024 * 1024;
@@ -38,7 +41,8 @@ const LIST_BUDGET_CHARS = 2 * FIELD_BUDGET_CHARS;
 
 /** Reads up to `length` bytes at `position` from an fd. */
 function readAt(fd: number, length: number, position: number): Buffer {
-  const buffer = Buffer.alloc(length);
+  // Not zero-filled: only the bytes read are returned (zero-filling a 1 MiB buffer per call dominated small reads).
+  const buffer = Buffer.allocUnsafe(length);
   const n = fs.readSync(fd, buffer, 0, length, position);
   return buffer.subarray(0, n);
 }
@@ -82,7 +86,7 @@ export async function readFile(args: OpArgs<"read_file">, scope: FileScope): Pro
 
 function readBase64(fd: number, real: string, size: number, args: OpArgs<"read_file">): OpResult<"read_file"> {
   const offset = args.offset ?? 0;
-  const length = Math.min(args.limit ?? READ_BASE64_MAX_BYTES, READ_BASE64_MAX_BYTES, Math.max(0, size - offset));
+  const length = Math.min(args.limit ?? READ_BASE64_MAX_BYTES, READ_BASE64_BULK_BYTES, Math.max(0, size - offset));
   const bytes = readAt(fd, length, offset);
   const end = offset + bytes.length;
   return {
@@ -242,9 +246,11 @@ function readTextLines(fd: number, real: string, size: number, args: OpArgs<"rea
   let position = 0;
   let atEnd = false;
   while (!atEnd && !(selection.done && position > COUNT_LINES_MAX_BYTES)) {
-    const chunk = readAt(fd, READ_CHUNK_BYTES, position);
+    // Ask for one byte more than the file should have left: a short read is the end, with no extra read to see it.
+    const want = Math.min(READ_CHUNK_BYTES, Math.max(0, size - position) + 1);
+    const chunk = readAt(fd, want, position);
     position += chunk.length;
-    atEnd = chunk.length === 0;
+    atEnd = chunk.length < want;
     let text: string;
     try {
       text = decoder.decode(chunk, { stream: !atEnd });

@@ -283,7 +283,12 @@ const ReadFileArgs = z
       .min(0)
       .optional()
       .describe("Text: first line to return, counted from 1 (default 1). Base64: first byte, counted from 0."),
-    limit: z.number().int().min(1).optional().describe("Text: how many lines. Base64: how many bytes."),
+    limit: z
+      .number()
+      .int()
+      .min(1)
+      .optional()
+      .describe("Text: how many lines. Base64: how many bytes (default 32 KiB; at most 1 MiB, for copying files)."),
     tail: z.number().int().min(1).optional().describe("Text: return the last this many lines (instead of offset)."),
     encoding: z
       .enum(["auto", "utf8", "base64"])

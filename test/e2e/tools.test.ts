@@ -117,6 +117,19 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
     expect(fs.readFileSync(file).equals(Buffer.from(bytes))).toBe(true);
   });
 
+  test("binary reads come in 32 KiB parts by default; an explicit limit takes up to 1 MiB at once", async () => {
+    await using client = await connectClient(relay, transport);
+    const bytes = Buffer.from(new Uint8Array(300_000).map((_, i) => (i * 31 + 7) % 256));
+    const file = path.join(root, `${transport}-bulk.bin`);
+    fs.writeFileSync(file, bytes);
+    const first = await call(client, "read_file", { path: file });
+    expect(first.data).toMatchObject({ encoding: "base64", offset: 0, returned: 32 * 1024, truncated: true, next_offset: 32 * 1024 });
+    const bulk = await call(client, "read_file", { path: file, offset: 32 * 1024, limit: 2_000_000 });
+    expect(bulk.data).toMatchObject({ returned: 300_000 - 32 * 1024, truncated: false, next_offset: null });
+    const joined = Buffer.concat([Buffer.from(first.data.content, "base64"), Buffer.from(bulk.data.content, "base64")]);
+    expect(joined.equals(bytes)).toBe(true);
+  });
+
   test("list_directory lists entries sorted with type, size and time", async () => {
     await using client = await connectClient(relay, transport);
     const dir = path.join(root, `${transport}-list`);

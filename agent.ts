@@ -30,7 +30,8 @@ import { CommandRunner } from "./commands.ts";
 import { editFile } from "./edit.ts";
 import { fileInfo, listDirectory, readFile, writeFile } from "./files.ts";
 import { searchFiles } from "./search.ts";
-import { logger } from "./log.ts";
+import { MIN_LOG_BYTES, logToFile, logger } from "./log.ts";
+import { SUBCOMMANDS, configFilePath, runSubcommand, withConfigFile } from "./service.ts";
 
 const log = logger("agent");
 
@@ -40,6 +41,11 @@ const log = logger("agent");
 const RECONNECT_BASE_MS = 1_000;
 const RECONNECT_MAX_MS = 30_000;
 const REPLACED_BACKOFF_MS = 60_000;
+/** How long setup's connection check waits for the relay's welcome: a relay that is up answers in milliseconds. */
+const CHECK_TIMEOUT_MS = 10_000;
+/** Log file rotation: 10 MB × 5 files is at most 50 MB of logs, days of a busy agent's calls. */
+const LOG_MAX_BYTES = 10 * 1024 * 1024;
+const LOG_FILES = 5;
 
 // --- config ---
 
@@ -55,10 +61,12 @@ export interface AgentConfig {
   maxBackgroundCommands: number;
   /** Where command records and output logs are kept (one directory per machine name). */
   stateDir: string;
+  /** The log file (absolute), rotated by size while running; unset: stderr. */
+  log: { file?: string; maxBytes: number; files: number };
 }
 
-/** Environment variables the agent reads; `--help` prints this table. */
-const ENV_HELP: [string, string][] = [
+/** Settings the agent reads, from the environment or its configuration file; `--help` prints this table. */
+export const ENV_HELP: [string, string][] = [
   ["RELAY_URL", "Relay WebSocket URL, e.g. wss://relay.example.com/ws/agent (required)"],
   ["AGENT_TOKEN", "Credential for the relay; AUTH_TOKEN is used when it is unset (required)"],
   ["MACHINE_NAME", "Name the assistant uses for this machine (default: the host name)"],
@@ -67,14 +75,28 @@ const ENV_HELP: [string, string][] = [
   ["MAX_BACKGROUND_COMMANDS", "Background commands run at once; more are refused (default 16)"],
   ["AGENT_STATE_DIR", "Where command output and records are kept (default ~/.local/state/code-remote/<machine>)"],
   ["SHELL", "Shell for run_shell_command (default /bin/sh)"],
+  ["LOG_FILE", "Log to this file instead of stderr, rotated by size (the service sets it; --log-file FILE too)"],
+  ["LOG_MAX_BYTES", `Size at which LOG_FILE is rotated, in bytes (default ${LOG_MAX_BYTES}, at least ${MIN_LOG_BYTES})`],
+  ["LOG_FILES", `Log files kept, LOG_FILE included: LOG_FILE.1 is the newest old one (default ${LOG_FILES})`],
 ];
 
-const USAGE = `code-remote-agent ${VERSION}: lets an AI assistant run commands and edit files on this machine,
+/** A function, not a constant: it names the configuration file, which depends on the environment. */
+const usage = () => `code-remote-agent ${VERSION}: lets an AI assistant run commands and edit files on this machine,
 through a Code Remote relay. It dials out to the relay; it opens no port.
 
-Usage: code-remote-agent [--help | --version]
+Usage:
+  code-remote-agent [--log-file FILE]   run the agent (what the service runs)
+  code-remote-agent setup               ask for the relay URL, token and machine name, check them, save them
+  code-remote-agent install-service     keep the agent running: launchd (macOS) or a systemd user unit (Linux)
+  code-remote-agent uninstall-service   stop and remove that service
+  code-remote-agent status              installed? running? connected?
+  code-remote-agent COMMAND --help      what a command does and its flags
+  code-remote-agent --version
 
-Configuration (environment variables, or a .env file in the working directory when run with bun):
+Getting started: code-remote-agent setup && code-remote-agent install-service && code-remote-agent status
+
+Configuration: the file setup writes (KEY=value lines, mode 600), ${configFilePath(process.env)};
+environment variables override it (and so does a .env file in the working directory, under bun run):
 ${ENV_HELP.map(([k, v]) => `  ${k.padEnd(24)} ${v}`).join("\n")}
 
 Security: run_shell_command runs anything this user can run. Only the file tools are confined to
@@ -104,17 +126,24 @@ export function loadConfig(env: Record<string, string | undefined>): AgentConfig
     maxConcurrentCommands: positiveInteger(env, "MAX_CONCURRENT_COMMANDS", 8),
     maxBackgroundCommands: positiveInteger(env, "MAX_BACKGROUND_COMMANDS", 16),
     stateDir: env.AGENT_STATE_DIR || defaultStateDir(env, home, machine),
+    log: {
+      file: env.LOG_FILE ? path.resolve(expandHome(env.LOG_FILE, home)) : undefined,
+      maxBytes: positiveInteger(env, "LOG_MAX_BYTES", LOG_MAX_BYTES, MIN_LOG_BYTES),
+      files: positiveInteger(env, "LOG_FILES", LOG_FILES),
+    },
   };
 }
 
-function positiveInteger(env: Record<string, string | undefined>, name: string, fallback: number): number {
+function positiveInteger(env: Record<string, string | undefined>, name: string, fallback: number, min = 1): number {
   const value = Number(env[name] ?? fallback);
-  if (!Number.isInteger(value) || value < 1) throw new ConfigError(`${name} must be a whole number of at least 1.`);
+  if (!Number.isInteger(value) || value < min) throw new ConfigError(`${name} must be a whole number of at least ${min}.`);
   return value;
 }
 
+const expandHome = (entry: string, home: string) => (entry === "~" ? home : entry.startsWith("~/") ? path.join(home, entry.slice(2)) : entry);
+
 /** Per machine name, so two agents with different names on one host keep their commands apart. */
-function defaultStateDir(env: Record<string, string | undefined>, home: string, machine: string): string {
+export function defaultStateDir(env: Record<string, string | undefined>, home: string, machine: string): string {
   const base =
     process.platform === "darwin"
       ? path.join(home, "Library", "Application Support")
@@ -122,7 +151,7 @@ function defaultStateDir(env: Record<string, string | undefined>, home: string, 
   return path.join(base, "code-remote", machine);
 }
 
-function parseRelayUrl(raw: string | undefined): string {
+export function parseRelayUrl(raw: string | undefined): string {
   if (!raw) throw new ConfigError("RELAY_URL is not set: e.g. RELAY_URL=ws://127.0.0.1:8080/ws/agent");
   let url: URL;
   try {
@@ -141,7 +170,7 @@ function parseRelayUrl(raw: string | undefined): string {
   return url.toString();
 }
 
-function defaultMachineName(): string {
+export function defaultMachineName(): string {
   const name = os.hostname().replace(/\.local$/, "").replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[^A-Za-z0-9]+/, "");
   return name.slice(0, 64) || "machine";
 }
@@ -150,7 +179,7 @@ function defaultMachineName(): string {
 function resolveRoots(raw: string[], home: string): string[] {
   const roots: string[] = [];
   for (const entry of raw.map((r) => r.trim()).filter(Boolean)) {
-    const expanded = entry === "~" ? home : entry.startsWith("~/") ? path.join(home, entry.slice(2)) : entry;
+    const expanded = expandHome(entry, home);
     if (!path.isAbsolute(expanded)) throw new ConfigError(`ALLOWED_ROOTS entry '${entry}' is not an absolute path.`);
     try {
       const real = fs.realpathSync(expanded);
@@ -276,11 +305,19 @@ function helloFrame(config: AgentConfig): AgentFrame {
   };
 }
 
+/** Opens the WebSocket with the token in the Authorization header (never in the URL) and says hello once it is
+ *  open. Every connection starts here: the daemon's, and setup's check, so the check proves what the daemon does. */
+function dial(config: AgentConfig): WebSocket {
+  const ws = new WebSocket(config.relayUrl, { headers: { Authorization: `Bearer ${config.token}` } });
+  ws.addEventListener("open", () => ws.send(JSON.stringify(helloFrame(config))));
+  return ws;
+}
+
 /** One connection: dial, say hello, serve requests until the socket closes or falls silent. Never throws. */
 function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
   const { config } = rt;
   return new Promise((resolve) => {
-    const ws = new WebSocket(config.relayUrl, { headers: { Authorization: `Bearer ${config.token}` } });
+    const ws = dial(config);
     const inflight = new Map<string, AbortController>();
     let registered = false;
     let lastHeard = Date.now();
@@ -325,6 +362,7 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
         case "welcome":
           registered = true;
           log("info", "connected", { relay: config.relayUrl, machine: frame.machine });
+          recordStatus(config, "connected");
           return;
         case "request":
           return startRequest(frame);
@@ -354,10 +392,7 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       });
     };
 
-    ws.addEventListener("open", () => {
-      lastHeard = Date.now();
-      send(helloFrame(config));
-    });
+    ws.addEventListener("open", () => (lastHeard = Date.now()));
     ws.addEventListener("message", (event) => {
       lastHeard = Date.now();
       onFrame(event.data);
@@ -367,6 +402,52 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
   });
 }
 
+/** What setup's check found. `problem` says which advice fits: the relay refused the token (HTTP 401/403 before
+ *  the upgrade, or a 4003 close), could not be reached, replaced this connection with another agent of the same
+ *  name, turned it away for another reason, or never answered. */
+export type CheckResult =
+  | { ok: true; machine: string; serverVersion: string }
+  | { ok: false; problem: "refused" | "unreachable" | "replaced" | "rejected" | "timeout"; detail: string };
+
+/** Connects once, exactly as the daemon does (dial, hello), and hangs up as soon as the relay welcomes this
+ *  machine: setup's proof that the URL, token and name work. Serves no request. Never throws. */
+export function checkConnection(config: AgentConfig, timeoutMs = CHECK_TIMEOUT_MS): Promise<CheckResult> {
+  return new Promise((resolve) => {
+    const ws = dial(config);
+    let failure = ""; // Bun reports an HTTP refusal of the upgrade only in the error event's message
+    let done = false;
+    const finish = (result: CheckResult) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      resolve(result);
+    };
+    const timer = setTimeout(() => {
+      ws.terminate();
+      finish({ ok: false, problem: "timeout", detail: `no answer from the relay within ${timeoutMs / 1000} s` });
+    }, timeoutMs);
+    ws.addEventListener("message", (event) => {
+      const parsed = parseFrame(ServerFrame, event.data as string);
+      if (!parsed.ok || parsed.frame.type !== "welcome") return; // a ping before the welcome needs no answer
+      ws.close(CloseCode.normal, "setup check done");
+      finish({ ok: true, machine: parsed.frame.machine, serverVersion: parsed.frame.server_version });
+    });
+    ws.addEventListener("error", (event) => (failure = (event as ErrorEvent).message ?? ""));
+    ws.addEventListener("close", (event) => finish(explainClose(event.code, event.reason, failure)));
+  });
+}
+
+function explainClose(code: number, reason: string, failure: string): CheckResult {
+  const status = Number(/Expected 101 status code: (\d+)/.exec(failure)?.[1] ?? 0);
+  if (status === 401 || status === 403 || code === CloseCode.forbidden) {
+    return { ok: false, problem: "refused", detail: status ? `HTTP ${status}` : reason || "forbidden" };
+  }
+  if (status) return { ok: false, problem: "rejected", detail: `HTTP ${status} instead of a WebSocket upgrade` };
+  if (code === CloseCode.replaced) return { ok: false, problem: "replaced", detail: reason };
+  if (code === 1006) return { ok: false, problem: "unreachable", detail: failure.replace(/^WebSocket connection to '[^']*' failed: /, "") || "connection failed" };
+  return { ok: false, problem: "rejected", detail: `closed with code ${code}${reason ? `: ${reason}` : ""}` };
+}
+
 /** Connects forever: backoff with jitter between attempts, reset after a connection that registered. */
 async function runForever(rt: Runtime): Promise<void> {
   let failures = 0;
@@ -374,6 +455,7 @@ async function runForever(rt: Runtime): Promise<void> {
     const result = await connectOnce(rt);
     if (rt.stopping.signal.aborted) return;
     failures = result.registered ? 0 : failures + 1;
+    recordStatus(rt.config, "disconnected", result.reason || `code ${result.code}`);
     let delay = nextDelayMs(Math.max(0, failures - 1));
     if (result.code === CloseCode.replaced) {
       log("warn", "another agent connected with this machine name; waiting before trying again", {
@@ -408,9 +490,22 @@ function sleepUnlessStopped(ms: number, signal: AbortSignal): Promise<void> {
 async function shutdown(rt: Runtime, signal: string): Promise<never> {
   log("info", "stopping", { signal, running_commands: rt.commands.running });
   rt.stopping.abort();
+  recordStatus(rt.config, "stopped");
   await rt.commands.stopAll();
   rt.closeConnection?.(CloseCode.normal, "agent stopping");
   process.exit(0);
+}
+
+/** `bun run dev` starts its agent with its own pid in CODE_REMOTE_DEV_PARENT: if the dev server dies without
+ *  stopping it (kill -9, a crash), the agent stops too instead of lingering and holding the machine's name. */
+function stopWithParent(rt: Runtime, parent: number): void {
+  if (!Number.isInteger(parent) || parent <= 0) return;
+  const watch = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(watch);
+    void shutdown(rt, "the dev server exited");
+  }, 1_000);
+  watch.unref();
 }
 
 /** Makes this the only agent using `dir`: two agents sharing one state would kill each other's commands. */
@@ -430,8 +525,39 @@ function lockStateDir(config: AgentConfig): void {
   });
 }
 
+/** The file in the state directory where the daemon records its connection, for `code-remote-agent status`. */
+export const STATUS_FILE = "status.json";
+
+export interface StatusRecord {
+  state: "connecting" | "connected" | "disconnected" | "stopped";
+  relay: string;
+  machine: string;
+  pid: number;
+  /** When this state began (ISO 8601): a run of failed reconnects keeps the time of the first. */
+  since: string;
+  /** Why the last connection ended, as the relay put it. */
+  reason?: string;
+}
+
+let lastRecorded: StatusRecord | undefined;
+
+/** Rewrites status.json (temp file and rename, so a reader never sees half of it). A failure is logged, never
+ *  thrown: the status file is a courtesy to `status`, and the agent keeps working without it. */
+function recordStatus(config: AgentConfig, state: StatusRecord["state"], reason?: string): void {
+  const since = lastRecorded?.state === state ? lastRecorded.since : new Date().toISOString();
+  const record: StatusRecord = { state, relay: config.relayUrl, machine: config.machine, pid: process.pid, since, reason };
+  const file = path.join(config.stateDir, STATUS_FILE);
+  try {
+    fs.writeFileSync(`${file}.tmp`, JSON.stringify(record) + "\n", { mode: 0o600 });
+    fs.renameSync(`${file}.tmp`, file);
+    lastRecorded = record;
+  } catch (e) {
+    log("warn", "could not write the status file", { file, error: (e as Error).message });
+  }
+}
+
 /** Whether `pid` is alive and (where /proc tells) an agent, so a pid reused by something else does not block. */
-function isAgentProcess(pid: number): boolean {
+export function isAgentProcess(pid: number): boolean {
   try {
     process.kill(pid, 0);
   } catch (e) {
@@ -453,26 +579,62 @@ function isLocalOrPrivate(url: string): boolean {
   return a === 127 || a === 10 || (a === 192 && b === 168) || (a === 172 && b >= 16 && b <= 31) || (a === 100 && b >= 64 && b <= 127);
 }
 
+/** An unknown argument as it may be shown: a word or a flag's name, but never text that could be a token typed
+ *  in the wrong place. */
+export function describeArg(arg: string): string {
+  if (/^(--?[a-z][a-z-]*|[a-z][a-z-]{0,30})(=|$)/.test(arg)) return `'${arg.replace(/=.*/s, "=…")}'`;
+  return "(not shown, in case it is a secret)";
+}
+
+/** The daemon's only flag, `--log-file FILE` (or `--log-file=FILE`), as the setting it overrides; or what is
+ *  wrong with the arguments. */
+function parseDaemonArgs(argv: string[]): { LOG_FILE?: string } | string {
+  const settings: { LOG_FILE?: string } = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    const inline = arg.startsWith("--log-file=") ? arg.slice("--log-file=".length) : undefined;
+    if (arg !== "--log-file" && inline === undefined) return `unknown argument ${describeArg(arg)}.`;
+    const file = inline ?? argv[++i];
+    if (!file) return "--log-file needs a file.";
+    settings.LOG_FILE = file;
+  }
+  return settings;
+}
+
 export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command && SUBCOMMANDS.includes(command)) return runSubcommand(command, rest);
   if (argv.includes("--help") || argv.includes("-h")) {
-    console.log(USAGE);
+    console.log(usage());
     return 0;
   }
   if (argv.includes("--version")) {
     console.log(VERSION);
     return 0;
   }
-  if (argv.length > 0) {
-    console.error(`code-remote-agent: unknown argument '${argv[0]}'. See --help.`);
+  const flags = parseDaemonArgs(argv);
+  if (typeof flags === "string") {
+    console.error(`code-remote-agent: ${flags} See --help.`);
     return 2;
   }
   let config: AgentConfig;
   try {
-    config = loadConfig(process.env);
+    // The file setup wrote, under the environment: a variable that is set wins, and --log-file wins over both.
+    config = loadConfig({ ...withConfigFile(process.env), ...flags });
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     console.error(`code-remote-agent: ${e.message} See --help.`);
     return 2;
+  }
+  if (config.log.file) {
+    try {
+      logToFile(config.log.file, config.log);
+    } catch (e) {
+      console.error(`code-remote-agent: cannot write the log file ${config.log.file}: ${(e as Error).message}`);
+      return 2;
+    }
+    // The last line on stderr, so whoever started it by hand knows where the rest went.
+    console.error(`code-remote-agent: logging to ${config.log.file}`);
   }
   if (config.relayUrl.startsWith("ws:") && !isLocalOrPrivate(config.relayUrl)) {
     log("warn", "RELAY_URL is ws:// to a public host: the token travels unencrypted; use wss://");
@@ -492,6 +654,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   log("info", "starting", { version: VERSION, machine: config.machine, roots: config.roots, shell: config.shell });
+  recordStatus(config, "connecting");
   const recovered = commands.recover();
   if (recovered.commandsLost > 0) {
     log("warn", "commands left running by a previous agent were killed", { commands: recovered.commandsLost, processes: recovered.orphansKilled });
@@ -499,6 +662,7 @@ export async function main(argv: string[]): Promise<number> {
   const rt: Runtime = { config, commands, stopping: new AbortController() };
   process.on("SIGINT", () => void shutdown(rt, "SIGINT"));
   process.on("SIGTERM", () => void shutdown(rt, "SIGTERM"));
+  stopWithParent(rt, Number(process.env.CODE_REMOTE_DEV_PARENT));
   await runForever(rt);
   return 0;
 }

@@ -24,25 +24,14 @@ export function runBinary(binary: string, args: string[], env: Record<string, st
   return { code: result.exitCode, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
 }
 
-/** Starts the binary as an agent of `relay` with a fresh temp directory as its only root, and waits until the
- *  relay has welcomed it. */
-export async function startBinaryAgent(binary: string, relay: Relay, machine: string): Promise<BinaryAgent> {
-  const root = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), "cr-bin-root-")));
-  const proc = Bun.spawn([binary], {
-    cwd: NEUTRAL_CWD,
-    env: {
-      PATH: process.env.PATH ?? "/usr/bin:/bin",
-      HOME: os.homedir(),
-      RELAY_URL: `ws://127.0.0.1:${relay.port}/ws/agent`,
-      AGENT_TOKEN: relay.token,
-      MACHINE_NAME: machine,
-      ALLOWED_ROOTS: root,
-      SHELL: "/bin/sh",
-    },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
+export interface BinaryProcess extends AsyncDisposable {
+  proc: Bun.Subprocess<"ignore", "pipe", "pipe">;
+  stderr: OutputLog;
+}
+
+/** Starts the binary with `args` and exactly `env`, as a service manager would; disposing stops it (SIGTERM). */
+export function spawnBinary(binary: string, args: string[], env: Record<string, string>): BinaryProcess {
+  const proc = Bun.spawn([binary, ...args], { cwd: NEUTRAL_CWD, env, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   const stderr = new OutputLog(proc.stderr);
   void new OutputLog(proc.stdout); // drained, so a chatty child never blocks on a full pipe
   const dispose = async () => {
@@ -50,13 +39,34 @@ export async function startBinaryAgent(binary: string, relay: Relay, machine: st
       proc.kill("SIGTERM");
       await proc.exited;
     }
+  };
+  return { proc, stderr, [Symbol.asyncDispose]: dispose };
+}
+
+/** Starts the binary as an agent of `relay` with a fresh temp directory as its only root, and waits until the
+ *  relay has welcomed it. */
+export async function startBinaryAgent(binary: string, relay: Relay, machine: string): Promise<BinaryAgent> {
+  const root = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), "cr-bin-root-")));
+  const child = spawnBinary(binary, [], {
+    PATH: process.env.PATH ?? "/usr/bin:/bin",
+    HOME: os.homedir(),
+    // Where no configuration file is: a developer's own `setup` must not leak into a test agent.
+    XDG_CONFIG_HOME: path.join(root, ".no-config"),
+    RELAY_URL: `ws://127.0.0.1:${relay.port}/ws/agent`,
+    AGENT_TOKEN: relay.token,
+    MACHINE_NAME: machine,
+    ALLOWED_ROOTS: root,
+    SHELL: "/bin/sh",
+  });
+  const dispose = async () => {
+    await child[Symbol.asyncDispose]();
     fs.rmSync(root, { recursive: true, force: true });
   };
   try {
-    await stderr.waitFor(/agent info connected/);
+    await child.stderr.waitFor(/agent info connected/);
   } catch (e) {
     await dispose();
     throw e;
   }
-  return { proc, stderr, machine, root, [Symbol.asyncDispose]: dispose };
+  return { proc: child.proc, stderr: child.stderr, machine, root, [Symbol.asyncDispose]: dispose };
 }

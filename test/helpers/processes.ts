@@ -173,6 +173,8 @@ export async function startAgent(relay: Relay, options: AgentOptions = {}): Prom
     ALLOWED_ROOTS: roots.join(":"),
     SHELL: "/bin/sh",
     AGENT_STATE_DIR: options.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "cr-state-")),
+    // A directory that does not exist, so a developer's own ~/.config/code-remote/agent.env never reaches a test agent.
+    XDG_CONFIG_HOME: path.join(os.tmpdir(), "cr-no-config", randomBytes(6).toString("hex")),
     ...options.env,
   });
   if (options.waitConnected !== false) await child.stderr.waitFor(/agent info connected/);

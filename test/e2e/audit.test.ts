@@ -1,12 +1,15 @@
 // The audit log in SQLite: one row per tool call, written at the start and completed at the end, with file
 // contents redacted, plus agent connects and disconnects.
 
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { connectClient, eventually, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
 
 let relay: Relay;
 let agent: Agent;

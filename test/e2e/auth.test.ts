@@ -1,10 +1,13 @@
 // Authentication and request guards on every route, against a real relay: bearer tokens (never in URLs),
 // DNS-rebinding checks on Host and Origin, what /health reveals, and that no token reaches a log or the database.
 
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import { connectClient, newToken, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
 
 let relay: Relay;
 let agent: Agent;

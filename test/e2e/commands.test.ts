@@ -2,12 +2,15 @@
 // whole process group, commands handed back with a command_id and followed with get_command_output, input to a
 // prompt, per-command argv/env/stdin/shell, limits, and what an agent restart does to running commands.
 
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { connectClient, eventually, pidsMatching, startAgent, startRelay, tempDir, TRANSPORTS, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
 
 let relay: Relay;
 let agent: Agent;

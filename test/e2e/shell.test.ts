@@ -1,10 +1,13 @@
 // run_shell_command's limits against a real agent: floods stay bounded in the result and in the agent's memory,
 // timeouts kill whole process groups, commands get a clean environment, and a burst waits in a queue.
 
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import { connectClient, eventually, pidsMatching, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { call, resultSize } from "../helpers/tools.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
 
 let relay: Relay;
 let agent: Agent;

@@ -1,12 +1,15 @@
 // The five tools end to end, the same suite over Streamable HTTP and legacy SSE: a real relay, a real agent,
 // the SDK's Client.
 
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { TOOLS } from "../../protocol.ts";
 import { connectClient, startAgent, startRelay, tempDir, TRANSPORTS, type Agent, type Relay } from "../helpers/processes.ts";
 import { call, resultSize } from "../helpers/tools.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
 
 let relay: Relay;
 let agent: Agent;

@@ -2,10 +2,7 @@
 // ends (so a crash leaves an "unfinished" row rather than nothing), and events for agent connections and refused
 // authentications. It never holds a token; tools.ts redacts file contents and typed input before they get here.
 
-import { Database } from "bun:sqlite";
-import * as fs from "node:fs";
-import * as path from "node:path";
-
+import type { Database } from "bun:sqlite";
 
 export type CallOutcome = "unfinished" | "ok" | "error" | "timed_out" | "cancelled";
 
@@ -32,12 +29,8 @@ export class AuditLog {
   readonly #finishCall;
   readonly #insertEvent;
 
-  constructor(file: string) {
-    if (file !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
-    this.#db = new Database(file, { create: true, strict: true });
-    this.#db.run("PRAGMA journal_mode = WAL");
-    this.#db.run("PRAGMA busy_timeout = 5000");
-    this.#db.run("PRAGMA synchronous = NORMAL"); // WAL + NORMAL survives a process crash; only power loss can drop the tail
+  constructor(db: Database) {
+    this.#db = db;
     this.#db.run(`CREATE TABLE IF NOT EXISTS tool_calls (
       id INTEGER PRIMARY KEY,
       started_at TEXT NOT NULL,
@@ -103,9 +96,5 @@ export class AuditLog {
       address: fields.address ?? null,
       detail: fields.detail ?? null,
     });
-  }
-
-  close(): void {
-    this.#db.close();
   }
 }

@@ -21,6 +21,7 @@ import {
   type ServerFrame,
 } from "./protocol.ts";
 import type { AuditLog, CallOutcome } from "./audit.ts";
+import type { AgentCredential } from "./auth.ts";
 import { logger } from "./log.ts";
 
 const log = logger("server");
@@ -32,6 +33,8 @@ const HELLO_TIMEOUT_MS = 10_000;
 /** Per-socket state, set at upgrade (Bun passes it back as ws.data). */
 export interface SocketData {
   address: string;
+  /** What the agent proved at the upgrade: the shared token, or a token for one machine. */
+  credential: AgentCredential;
   openedAt: number;
   lastHeard: number;
   /** Set once the agent's hello is accepted. */
@@ -171,6 +174,16 @@ export class Relay {
     }
   }
 
+  /** Cuts off agents whose per-machine token is no longer among `validHashes` (revoked). */
+  dropRevoked(validHashes: Set<string>): void {
+    for (const ws of this.sockets) {
+      const { credential } = ws.data;
+      if (credential.kind !== "machine" || validHashes.has(credential.tokenHash)) continue;
+      log("warn", "agent token revoked; disconnecting", { machine: credential.machine, address: ws.data.address });
+      ws.close(CloseCode.forbidden, "agent token revoked");
+    }
+  }
+
   /** Closes every agent socket (server shutdown): agents reconnect with backoff. */
   closeAll(): void {
     for (const ws of this.sockets) ws.close(CloseCode.goingAway, "server restarting");
@@ -179,6 +192,12 @@ export class Relay {
   #register(ws: AgentSocket, hello: HelloFrame): void {
     if (hello.protocol_version !== PROTOCOL_VERSION) {
       return this.#refuse(ws, CloseCode.unsupportedVersion, `protocol ${hello.protocol_version} unsupported; this relay speaks ${PROTOCOL_VERSION}`);
+    }
+    const { credential } = ws.data;
+    // A per-machine token admits only its machine: whoever holds it cannot take over another machine's name.
+    if (credential.kind === "machine" && credential.machine !== hello.machine) {
+      this.audit.event("auth_refused", { machine: hello.machine, address: ws.data.address, detail: `agent token of '${credential.machine}' used as '${hello.machine}'` });
+      return this.#refuse(ws, CloseCode.forbidden, `this agent token is for machine '${credential.machine}'`);
     }
     const conn: AgentConn = { ws, machine: hello.machine, hello, connectedAt: new Date(), pending: new Map() };
     const previous = this.agents.get(hello.machine);
@@ -191,7 +210,8 @@ export class Relay {
     ws.data.agent = conn;
     this.agents.set(hello.machine, conn);
     send(ws, { type: "welcome", machine: hello.machine, server_version: VERSION });
-    log("info", "agent connected", { machine: hello.machine, version: hello.agent_version, os: hello.os, address: ws.data.address });
+    const how = credential.kind === "machine" ? "machine token" : "shared token (compatibility)";
+    log("info", "agent connected", { machine: hello.machine, version: hello.agent_version, os: hello.os, address: ws.data.address, credential: how });
     this.audit.event("agent_connected", { machine: hello.machine, address: ws.data.address, detail: `${hello.agent_version} ${hello.os} ${hello.arch}` });
   }
 

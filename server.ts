@@ -4,7 +4,7 @@
 // answer by request id, in memory. It never runs commands itself, and it sees all traffic in clear (nothing is
 // end-to-end encrypted between client and agent). `bun run server.ts --help` lists the subcommands and settings.
 
-import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -13,9 +13,14 @@ import { WebStandardStreamableHTTPServerTransport } from "@modelcontextprotocol/
 import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { isInitializeRequest, JSONRPCMessageSchema, type JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
-import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
+import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MachineName, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
 import { AuditLog } from "./audit.ts";
+import { bearerToken, clientAddress, Guards, jsonRpcError, type TrustProxy } from "./auth.ts";
+import { AgentTokens, OAuthStore } from "./credentials.ts";
+import { CallLimits, Penalties, type CallLimitOptions } from "./limits.ts";
+import { AuthorizationServer, type ResourcePath } from "./oauth.ts";
 import { Relay, type SocketData } from "./relay.ts";
+import { openDatabase } from "./storage.ts";
 import { buildMcpServer, type CallerContext } from "./tools.ts";
 import { logger } from "./log.ts";
 
@@ -34,8 +39,10 @@ const SESSION_IDLE_MS = 60 * 60 * 1000;
 const SESSION_SWEEP_MS = 60 * 1000;
 /** Shortest AUTH_TOKEN accepted: 32 characters of `openssl rand -hex 32` carry 128 bits. */
 const MIN_TOKEN_LENGTH = 32;
-/** Query parameters that look like credentials: refused outright, since URLs end up in logs. */
-const TOKEN_QUERY_PARAMS = ["token", "access_token", "auth", "auth_token", "api_key", "apikey", "key", "bearer"];
+/** Shortest OWNER_PASSWORD: typed by a person, so shorter than a token, but failures are penalised per address. */
+const MIN_PASSWORD_LENGTH = 12;
+/** How often the relay looks for revoked agent tokens (revoking cuts an agent off within this). */
+const REVOCATION_SWEEP_MS = 1_000;
 
 export interface ServerConfig {
   /** Address to bind (default 127.0.0.1; 0.0.0.0 in containers). */
@@ -44,32 +51,45 @@ export interface ServerConfig {
   port: number;
   /** Credential MCP clients send as `Authorization: Bearer …`. */
   authToken: string;
-  /** Credential agents send; AUTH_TOKEN when AGENT_TOKEN is unset, as in the original. */
+  /** The shared credential agents may send; AUTH_TOKEN when AGENT_TOKEN is unset, as in the original. */
   agentToken: string;
+  /** What the owner types on the OAuth consent page: OWNER_PASSWORD, or AUTH_TOKEN. */
+  ownerSecret: string;
   databasePath: string;
-  /** Public origin (https://relay.example.com) when deployed behind a proxy; allowed as Host and Origin. */
+  /** Public origin (https://relay.example.com) when deployed behind a proxy: the OAuth issuer, and allowed as
+   *  Host and Origin. */
   publicUrl?: URL;
+  /** Which proxies to believe about the client's address (for penalties and logs). */
+  trustProxy: TrustProxy;
+  callLimits: CallLimitOptions;
 }
 
 /** Environment variables the server reads; `--help` prints this table. */
 const ENV_HELP: [string, string][] = [
   ["AUTH_TOKEN", `Bearer token for MCP clients, at least ${MIN_TOKEN_LENGTH} characters (required; make one: openssl rand -hex 32)`],
-  ["AGENT_TOKEN", "Token agents connect with (default: AUTH_TOKEN)"],
+  ["AGENT_TOKEN", "Shared token agents may connect with (default: AUTH_TOKEN); per-machine tokens: see agent-token"],
+  ["OWNER_PASSWORD", `What you type to approve an OAuth client, at least ${MIN_PASSWORD_LENGTH} characters (default: AUTH_TOKEN)`],
   ["PORT", "Port to listen on (default 8080)"],
   ["HOST", "Address to bind (default 127.0.0.1; use 0.0.0.0 in a container)"],
-  ["DATABASE_PATH", "SQLite audit database (default ./data/code-remote.db)"],
-  ["PUBLIC_URL", "Public https:// origin when behind a proxy or tunnel (e.g. https://abc.ngrok.app)"],
+  ["DATABASE_PATH", "SQLite database: audit log and issued credentials (default ./data/code-remote.db)"],
+  ["PUBLIC_URL", "Public https:// origin when behind a proxy or tunnel (e.g. https://abc.ngrok.app); the OAuth issuer"],
+  ["TRUST_PROXY", "Client address from: none (the socket, default), fly (Fly-Client-IP), or N (Nth from the right of X-Forwarded-For)"],
+  ["CLIENT_MAX_CALLS_IN_FLIGHT", "Tool calls one client may have running at once (default 32)"],
+  ["CLIENT_CALLS_PER_MINUTE", "Tool calls one client may start per minute; 0 for no limit (default 1200)"],
 ];
 
 const USAGE = `code-remote server ${VERSION}: the relay between MCP clients and Code Remote agents.
 
 Usage:
-  bun run server.ts            serve (also: bun run start)
-  bun run server.ts dev        serve on 127.0.0.1 with a local agent and a generated token (also: bun run dev)
+  bun run server.ts                          serve (also: bun run start)
+  bun run server.ts dev                      serve on 127.0.0.1 with a local agent and a generated token (bun run dev)
+  bun run server.ts agent-token create NAME  make a token that admits only the agent named NAME; printed once
+  bun run server.ts agent-token list         machines with a token, when made and last used
+  bun run server.ts agent-token revoke NAME  revoke it: a connected agent using it is cut off at once
   bun run server.ts --help | --version
 
 Configuration (environment variables; Bun also reads a .env file):
-${ENV_HELP.map(([k, v]) => `  ${k.padEnd(16)} ${v}`).join("\n")}`;
+${ENV_HELP.map(([k, v]) => `  ${k.padEnd(26)} ${v}`).join("\n")}`;
 
 export class ConfigError extends Error {}
 
@@ -80,21 +100,41 @@ function checkTokenStrength(name: string, token: string): void {
   if (new Set(token).size < 8) throw new ConfigError(`${name} is too repetitive to be a secret. ${hint}`);
 }
 
+/** A password is typed by a person (spaces welcome); wrong guesses are penalised per address. */
+function checkPasswordStrength(name: string, password: string): void {
+  if (password.length < MIN_PASSWORD_LENGTH || new Set(password).size < 6) {
+    throw new ConfigError(`${name} must be at least ${MIN_PASSWORD_LENGTH} characters and not repetitive (a passphrase of a few words is good).`);
+  }
+}
+
 export function loadConfig(env: Record<string, string | undefined>): ServerConfig {
   const authToken = env.AUTH_TOKEN ?? "";
   if (!authToken) throw new ConfigError("AUTH_TOKEN is not set. Make one with: openssl rand -hex 32");
   checkTokenStrength("AUTH_TOKEN", authToken);
   if (env.AGENT_TOKEN) checkTokenStrength("AGENT_TOKEN", env.AGENT_TOKEN);
-  const port = Number(env.PORT ?? 8080);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError("PORT must be a port number (0-65535).");
+  if (env.OWNER_PASSWORD) checkPasswordStrength("OWNER_PASSWORD", env.OWNER_PASSWORD);
   return {
     host: env.HOST || "127.0.0.1",
-    port,
+    port: wholeNumber(env, "PORT", 8080, 0, 65535),
     authToken,
     agentToken: env.AGENT_TOKEN || authToken,
-    databasePath: env.DATABASE_PATH || "./data/code-remote.db",
+    ownerSecret: env.OWNER_PASSWORD || authToken,
+    databasePath: databasePath(env),
     publicUrl: env.PUBLIC_URL ? parsePublicUrl(env.PUBLIC_URL) : undefined,
+    trustProxy: parseTrustProxy(env.TRUST_PROXY),
+    callLimits: {
+      maxInFlight: wholeNumber(env, "CLIENT_MAX_CALLS_IN_FLIGHT", 32, 1, 10_000),
+      perMinute: wholeNumber(env, "CLIENT_CALLS_PER_MINUTE", 1200, 0, 10_000_000),
+    },
   };
+}
+
+const databasePath = (env: Record<string, string | undefined>) => env.DATABASE_PATH || "./data/code-remote.db";
+
+function wholeNumber(env: Record<string, string | undefined>, name: string, fallback: number, min: number, max: number): number {
+  const value = Number(env[name] ?? fallback);
+  if (!Number.isInteger(value) || value < min || value > max) throw new ConfigError(`${name} must be a whole number from ${min} to ${max}.`);
+  return value;
 }
 
 function parsePublicUrl(raw: string): URL {
@@ -104,90 +144,20 @@ function parsePublicUrl(raw: string): URL {
   } catch {
     throw new ConfigError(`PUBLIC_URL '${raw}' is not a URL; e.g. PUBLIC_URL=https://relay.example.com`);
   }
-  if (url.protocol !== "https:" && url.protocol !== "http:") throw new ConfigError("PUBLIC_URL must be an http(s) URL.");
+  const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
+  // OAuth sends codes and tokens to and from this origin: plain http is only acceptable on this machine.
+  if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) {
+    throw new ConfigError("PUBLIC_URL must be https:// (plain http only for localhost); e.g. PUBLIC_URL=https://relay.example.com");
+  }
   return new URL(url.origin);
 }
 
-// --- auth and request guards ---
-
-const sha256 = (text: string) => createHash("sha256").update(text).digest();
-
-/** Compares a presented token with the expected one in constant time: both are hashed first, so neither the
- *  content nor the length of the secret leaks through timing (timingSafeEqual needs equal lengths). */
-export function tokenMatches(presented: string, expectedHash: Buffer): boolean {
-  return timingSafeEqual(sha256(presented), expectedHash);
-}
-
-/** The token of an `Authorization: Bearer <token>` header, or undefined. */
-export function bearerToken(req: Request): string | undefined {
-  const match = /^Bearer +(\S+) *$/i.exec(req.headers.get("authorization") ?? "");
-  return match?.[1];
-}
-
-/** A JSON-RPC error in an HTTP response: how every refusal of an MCP request is answered. */
-function jsonRpcError(status: number, code: number, message: string, headers: Record<string, string> = {}): Response {
-  return Response.json({ jsonrpc: "2.0", error: { code, message }, id: null }, { status, headers });
-}
-
-interface Guards {
-  /** Verifies an MCP client's bearer token; the OAuth issue adds its verifier here. */
-  checkClient(req: Request, address: string): AuthInfo | Response;
-  /** Verifies an agent's bearer token. */
-  checkAgent(req: Request, address: string): Response | undefined;
-  checkHost(req: Request): Response | undefined;
-  checkOrigin(req: Request): Response | undefined;
-}
-
-function hasTokenInQuery(req: Request): boolean {
-  const params = new URL(req.url).searchParams;
-  return [...params.keys()].some((k) => TOKEN_QUERY_PARAMS.includes(k.toLowerCase()));
-}
-
-const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
-
-function makeGuards(config: ServerConfig, port: number, audit: AuditLog): Guards {
-  const clientHash = sha256(config.authToken);
-  const agentHash = sha256(config.agentToken);
-  const allowedOrigins = new Set([`http://127.0.0.1:${port}`, `http://localhost:${port}`, `http://[::1]:${port}`]);
-  if (config.publicUrl) allowedOrigins.add(config.publicUrl.origin);
-
-  const refuse = (req: Request, address: string, reason: string, message: string) => {
-    const where = new URL(req.url).pathname;
-    log("warn", "authentication refused", { path: where, address, reason });
-    audit.event("auth_refused", { address, detail: `${where}: ${reason}` });
-    return jsonRpcError(401, -32001, message, { "WWW-Authenticate": 'Bearer realm="code-remote"' });
-  };
-  const checkBearer = (req: Request, address: string, expected: Buffer, credential: string) => {
-    if (hasTokenInQuery(req)) {
-      return refuse(req, address, "token in URL", "Tokens in URLs are refused (URLs end up in logs). Send the header Authorization: Bearer <token>.");
-    }
-    const token = bearerToken(req);
-    if (!token) return refuse(req, address, "no token", `Missing credentials. Send the header Authorization: Bearer <${credential}>.`);
-    if (!tokenMatches(token, expected)) return refuse(req, address, "wrong token", "Invalid token.");
-    return undefined;
-  };
-
-  return {
-    checkClient(req, address) {
-      const denied = checkBearer(req, address, clientHash, "AUTH_TOKEN");
-      if (denied) return denied;
-      return { token: bearerToken(req)!, clientId: "owner", scopes: [] };
-    },
-    checkAgent: (req, address) => checkBearer(req, address, agentHash, "AGENT_TOKEN"),
-    // DNS rebinding: a browser page on another site may reach us under a hostname it controls; only our own
-    // names are served. The MCP spec requires the Origin check; the Host check is defence in depth.
-    checkHost(req) {
-      const host = new URL(req.url).host;
-      const hostname = host.replace(/:\d+$/, "");
-      if (LOOPBACK_HOSTS.has(hostname) || host === config.publicUrl?.host) return undefined;
-      return jsonRpcError(403, -32000, `Host '${host.slice(0, 100)}' is not served here. If it is this server's public address, set PUBLIC_URL=https://${host.slice(0, 100)}`);
-    },
-    checkOrigin(req) {
-      const origin = req.headers.get("origin");
-      if (!origin || allowedOrigins.has(origin)) return undefined;
-      return jsonRpcError(403, -32000, "Origin not allowed.");
-    },
-  };
+function parseTrustProxy(raw: string | undefined): TrustProxy {
+  if (!raw || raw === "none") return "none";
+  if (raw === "fly") return "fly";
+  const hops = Number(raw);
+  if (Number.isInteger(hops) && hops >= 1 && hops <= 10) return hops;
+  throw new ConfigError("TRUST_PROXY must be none, fly, or the number of proxies in front of the relay (1-10).");
 }
 
 // --- transports: Streamable HTTP sessions and the legacy HTTP+SSE transport ---
@@ -350,15 +320,25 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-/** The address of the peer, for logs and the audit (never used for authentication). */
-const addressOf = (server: Server<SocketData>, req: Request) => server.requestIP(req)?.address ?? "unknown";
-
 export function startServer(config: ServerConfig): RunningServer {
-  const audit = new AuditLog(config.databasePath);
+  const db = openDatabase(config.databasePath);
+  const audit = new AuditLog(db);
+  const agentTokens = new AgentTokens(db);
   const relay = new Relay(audit);
+  const penalties = new Penalties();
+  const callLimits = new CallLimits(config.callLimits);
+  const oauth = new AuthorizationServer({
+    store: new OAuthStore(db),
+    ownerSecret: config.ownerSecret,
+    publicUrl: config.publicUrl,
+    penalties,
+    audit,
+    machines: () => [...relay.agents.keys()].sort(),
+  });
   const newContext = (client: string, session: () => string | null, inflight: { count: number }): CallerContext => ({
     relay,
     audit,
+    limits: callLimits,
     client,
     session,
     inflight,
@@ -366,18 +346,19 @@ export function startServer(config: ServerConfig): RunningServer {
   const streamable = new StreamableSessions(newContext);
   const sseSessions = new Map<string, SseTransport>();
   let guards: Guards; // needs the bound port, so it is made right after Bun.serve returns
+  const addressOf = (req: Request, server: Server<SocketData>) => clientAddress(server, req, config.trustProxy);
 
   /** Host, Origin and bearer checks shared by every MCP route. */
-  const authorize = (req: Request, server: Server<SocketData>): AuthInfo | Response =>
-    guards.checkHost(req) ?? guards.checkOrigin(req) ?? guards.checkClient(req, addressOf(server, req));
+  const authorize = (req: Request, server: Server<SocketData>, path: ResourcePath): AuthInfo | Response =>
+    guards.checkHost(req) ?? guards.checkOrigin(req) ?? guards.checkClient(req, addressOf(req, server), path);
 
   const mcp = async (req: Request, server: Server<SocketData>) => {
-    const auth = authorize(req, server);
+    const auth = authorize(req, server, "/mcp");
     return auth instanceof Response ? auth : streamable.handle(req, auth);
   };
 
   const openSse = async (req: Request, server: Server<SocketData>) => {
-    const auth = authorize(req, server);
+    const auth = authorize(req, server, "/sse");
     if (auth instanceof Response) return auth;
     server.timeout(req, 0); // the stream lives as long as the client keeps it; keep-alives show it is alive
     const transport = new SseTransport("/messages", auth.clientId);
@@ -388,7 +369,7 @@ export function startServer(config: ServerConfig): RunningServer {
   };
 
   const postSse = async (req: Request, server: Server<SocketData>) => {
-    const auth = authorize(req, server);
+    const auth = authorize(req, server, "/sse");
     if (auth instanceof Response) return auth;
     const transport = sseSessions.get(new URL(req.url).searchParams.get("sessionId") ?? "");
     if (!transport || transport.clientId !== auth.clientId) return jsonRpcError(404, -32001, "Session not found; open a new /sse stream.");
@@ -396,23 +377,39 @@ export function startServer(config: ServerConfig): RunningServer {
   };
 
   const upgradeAgent = (req: Request, server: Server<SocketData>) => {
-    const address = addressOf(server, req);
-    const denied = guards.checkOrigin(req) ?? guards.checkAgent(req, address);
+    const address = addressOf(req, server);
+    const denied = guards.checkOrigin(req);
     if (denied) return denied;
+    const credential = guards.checkAgent(req, address);
+    if (credential instanceof Response) return credential;
     const now = Date.now();
-    if (server.upgrade(req, { data: { address, openedAt: now, lastHeard: now } })) return undefined;
+    if (server.upgrade(req, { data: { address, credential, openedAt: now, lastHeard: now } })) return undefined;
     return new Response("Expected a WebSocket upgrade.", { status: 426 });
   };
 
   const health = (req: Request, server: Server<SocketData>) => {
     const base = { status: "ok", version: VERSION };
     // Machine names are only for someone who holds the token.
-    const auth = bearerToken(req) ? guards.checkClient(req, addressOf(server, req)) : undefined;
+    const auth = bearerToken(req) ? guards.checkClient(req, addressOf(req, server), "/mcp") : undefined;
     if (!auth || auth instanceof Response) return Response.json(base);
     return Response.json({ ...base, machines: [...relay.agents.keys()].sort(), sessions: streamable.size + sseSessions.size });
   };
 
+  /** The OAuth endpoints, behind the same Host check as MCP (they hand out tokens for this origin only). */
+  const oauthRoutes = Object.fromEntries(
+    Object.entries(oauth.routes()).map(([path, methods]) => [
+      path,
+      Object.fromEntries(
+        Object.entries(methods).map(([method, handler]) => [
+          method,
+          (req: Request, server: Server<SocketData>) => guards.checkHost(req) ?? handler(req, addressOf(req, server)),
+        ]),
+      ),
+    ]),
+  );
+
   const routes = {
+    ...oauthRoutes,
     "/health": { GET: health },
     "/mcp": { GET: mcp, POST: mcp, DELETE: mcp },
     "/sse": { GET: openSse },
@@ -444,11 +441,15 @@ export function startServer(config: ServerConfig): RunningServer {
       close: (ws, code, reason) => relay.disconnected(ws, code, reason),
     },
   });
-  guards = makeGuards(config, server.port!, audit);
+  guards = new Guards({ ...config, port: server.port!, audit, penalties, oauth, agentTokens });
+  if (config.agentToken === config.authToken) {
+    log("warn", "agents share AUTH_TOKEN (compatibility with the original): a command on any machine that reads it can drive every machine; give each agent its own token with agent-token create");
+  }
 
   const sweeps = [
     setInterval(() => relay.sweep(), HEARTBEAT_INTERVAL_MS),
     setInterval(() => streamable.sweep(), SESSION_SWEEP_MS),
+    setInterval(() => relay.dropRevoked(agentTokens.validHashes()), REVOCATION_SWEEP_MS),
   ];
   const url = new URL(`http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`);
   return {
@@ -461,7 +462,7 @@ export function startServer(config: ServerConfig): RunningServer {
       await streamable.closeAll();
       await Promise.all([...sseSessions.values()].map((t) => t.close()));
       await server.stop(true);
-      audit.close();
+      db.close();
     },
   };
 }
@@ -531,7 +532,13 @@ function dev(env: Record<string, string | undefined>): number {
   const url = loopbackUrl(running.url);
   console.log(devBanner(url, token, source));
   const agent = Bun.spawn([process.execPath, "run", path.join(import.meta.dir, "agent.ts")], {
-    env: { ...process.env, RELAY_URL: new URL("/ws/agent", url).toString().replace(/^http/, "ws"), AGENT_TOKEN: config.agentToken, MACHINE_NAME: env.MACHINE_NAME ?? os.hostname().split(".")[0] },
+    env: {
+      ...process.env,
+      RELAY_URL: new URL("/ws/agent", url).toString().replace(/^http/, "ws"),
+      AGENT_TOKEN: config.agentToken,
+      MACHINE_NAME: env.MACHINE_NAME ?? os.hostname().split(".")[0],
+      CODE_REMOTE_DEV_PARENT: String(process.pid), // the agent stops if this process dies without stopping it
+    },
     stdio: ["ignore", "inherit", "inherit"],
   });
   void agent.exited.then((code) => log(code === 0 ? "info" : "warn", "local agent exited", { code }));
@@ -541,6 +548,37 @@ function dev(env: Record<string, string | undefined>): number {
     await running.stop();
   });
   return 0;
+}
+
+/** `agent-token create|list|revoke`: per-machine agent credentials, kept as hashes in the database. */
+function agentTokenCommand([action, machine, ...extra]: string[], env: Record<string, string | undefined>): number {
+  const usage = "usage: bun run server.ts agent-token create NAME | list | revoke NAME";
+  const needsName = action === "create" || action === "revoke";
+  if (!["create", "list", "revoke"].includes(action ?? "") || extra.length > 0 || needsName !== (machine !== undefined)) throw new ConfigError(usage);
+  if (machine !== undefined && !MachineName.safeParse(machine).success) throw new ConfigError(`'${machine}' is not a machine name: 1-64 letters, digits, '.', '_' or '-'.`);
+  const db = openDatabase(databasePath(env));
+  try {
+    const tokens = new AgentTokens(db);
+    const audit = new AuditLog(db);
+    if (action === "list") {
+      const rows = tokens.list();
+      console.log(rows.length ? rows.map((r) => `${r.machine.padEnd(24)} made ${r.created_at}, last used ${r.last_used_at ?? "never"}`).join("\n") : "No per-machine agent tokens.");
+      return 0;
+    }
+    if (action === "revoke") {
+      if (!tokens.revoke(machine!)) throw new ConfigError(`No agent token for '${machine}'. See: agent-token list`);
+      audit.event("agent_token_revoked", { machine });
+      console.log(`Revoked the token of '${machine}'. A running relay disconnects that agent within a second.`);
+      return 0;
+    }
+    if (tokens.exists(machine!)) throw new ConfigError(`'${machine}' already has a token. Revoke it first: agent-token revoke ${machine}`);
+    const token = tokens.create(machine!);
+    audit.event("agent_token_created", { machine });
+    console.log(`Agent token for '${machine}' (shown once; it is stored only as a hash):\n\n  ${token}\n\nOn that machine: MACHINE_NAME=${machine} AGENT_TOKEN=<the token> RELAY_URL=wss://<relay>/ws/agent code-remote-agent`);
+    return 0;
+  } finally {
+    db.close();
+  }
 }
 
 export function main(argv: string[], env: Record<string, string | undefined> = process.env): number {
@@ -556,6 +594,7 @@ export function main(argv: string[], env: Record<string, string | undefined> = p
   try {
     if (command === undefined) return serve(env);
     if (command === "dev" && rest.length === 0) return dev(env);
+    if (command === "agent-token") return agentTokenCommand(rest, env);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     console.error(`code-remote: ${e.message}`);

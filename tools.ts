@@ -23,6 +23,7 @@ import {
   type ToolResult,
 } from "./protocol.ts";
 import type { AuditLog } from "./audit.ts";
+import type { CallLimits } from "./limits.ts";
 import { NO_MACHINE_MESSAGE, ToolError, type Relay } from "./relay.ts";
 import { logger } from "./log.ts";
 
@@ -223,6 +224,8 @@ const toolError = (message: string): CallToolResult => ({ isError: true, content
 export interface CallerContext {
   relay: Relay;
   audit: AuditLog;
+  /** Per-client concurrency and rate limits. */
+  limits: CallLimits;
   client: string;
   session: () => string | null;
   /** Counts calls in flight, so an idle-session sweep never closes a session that is waiting on a machine. */
@@ -278,6 +281,11 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
   const { machine, ...args } = input as { machine?: string } & Record<string, unknown>;
   const finish = ctx.audit.begin({ tool: name, machine: machine ?? null, arguments: redactArguments(name, args), client: ctx.client, session: ctx.session() });
   let target = machine; // the machine the call went to, once known
+  const release = ctx.limits.acquire(ctx.client);
+  if (typeof release === "string") {
+    finish({ outcome: "error", error: release });
+    return toolError(release);
+  }
   ctx.inflight.count++;
   try {
     const serverTool = SERVER_TOOLS[name];
@@ -299,6 +307,7 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
     return toolError(error.message);
   } finally {
     ctx.inflight.count--;
+    release();
   }
 }
 

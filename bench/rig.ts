@@ -43,11 +43,15 @@ export interface Rig extends AsyncDisposable {
   sessions(count: number): Promise<Client[]>;
 }
 
+/** The bench drives thousands of calls a minute with one token: lift the relay's per-client limits, which exist to
+ *  stop a runaway model, so they are not what gets measured. */
+export const UNLIMITED_CLIENT = { CLIENT_CALLS_PER_MINUTE: "0", CLIENT_MAX_CALLS_IN_FLIGHT: "10000" };
+
 /** Starts a relay, one agent whose only root is a fresh temp directory, and one client session. */
 export async function startRig(): Promise<Rig> {
   const dir = tempDir("cr-bench-");
   const data = tempDir("cr-bench-db-");
-  const relay = await startRelay({ databasePath: path.join(data.path, "audit.db") });
+  const relay = await startRelay({ databasePath: path.join(data.path, "audit.db"), env: UNLIMITED_CLIENT });
   const agent = await startAgent(relay, { roots: [dir.path] });
   const client = await connectClient(relay, "streamable-http");
   const extra: (Client & AsyncDisposable)[] = [];

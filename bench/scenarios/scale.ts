@@ -10,7 +10,7 @@ import { connectClient, startAgent, startRelay, tempDir, type Relay } from "../.
 import { spawnProgram } from "../../test/helpers/programs.ts";
 import { MB, peakRssBytes, progress, round, rssBytes, sampleAlternating } from "../harness.ts";
 import type { Results } from "../results.ts";
-import { callOk, writeSmallFile } from "../rig.ts";
+import { callOk, UNLIMITED_CLIENT, writeSmallFile } from "../rig.ts";
 import type { Settings } from "../settings.ts";
 
 const FAKE_AGENTS = path.join(import.meta.dir, "..", "load", "fake-agents.ts");
@@ -65,7 +65,7 @@ export async function scale(settings: Settings, results: Results): Promise<void>
   using dir = tempDir("cr-bench-scale-");
   using data = tempDir("cr-bench-db-");
   const file = writeSmallFile(dir.path);
-  await using relay = await startRelay({ databasePath: path.join(data.path, "audit.db") });
+  await using relay = await startRelay({ databasePath: path.join(data.path, "audit.db"), env: UNLIMITED_CLIENT });
   const pid = relay.proc.pid;
   const rss = { idle: rssBytes(pid), agents: 0, sessions: 0, reads: 0 };
 

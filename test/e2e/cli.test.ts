@@ -1,10 +1,26 @@
 // The entry points as a user meets them: --help and --version, refusals to start with a clear reason, and
 // `bun run dev` (server plus local agent, one Ctrl-C) checked with the real MCP Inspector CLI.
 
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { eventually, NEUTRAL_CWD, pidsMatching, ROOT, tempDir } from "../helpers/processes.ts";
+import { eventually, NEUTRAL_CWD, OutputLog, ROOT, tempDir } from "../helpers/processes.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
+
+/** The process ids whose parent is `pid`. */
+const childrenOf = (pid: number) =>
+  Bun.spawnSync(["ps", "-o", "pid=", "--ppid", String(pid)]).stdout.toString().split("\n").filter(Boolean).map(Number);
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** Runs an entry point to completion with a minimal environment. */
 function run(file: string, args: string[], env: Record<string, string> = {}) {
@@ -76,15 +92,22 @@ describe("agent.ts", () => {
   });
 });
 
+/** `bun run server.ts dev` in a fresh directory, on a free port; its stderr is read (so a full pipe never blocks
+ *  it) and shown if a wait fails. */
+function startDev(cwd: string, machine: string) {
+  const dev = Bun.spawn([process.execPath, "run", path.join(ROOT, "server.ts"), "dev"], {
+    cwd,
+    env: { PATH: process.env.PATH!, HOME: process.env.HOME!, PORT: "0", MACHINE_NAME: machine },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  return { dev, logs: new OutputLog(dev.stderr) };
+}
+
 describe("bun run dev", () => {
   test("starts a server and a local agent, prints ready-to-paste lines, works with the MCP Inspector, and stops on one Ctrl-C", async () => {
     using cwd = tempDir("cr-dev-");
-    const dev = Bun.spawn([process.execPath, "run", path.join(ROOT, "server.ts"), "dev"], {
-      cwd: cwd.path,
-      env: { PATH: process.env.PATH!, HOME: process.env.HOME!, PORT: "0", MACHINE_NAME: "devbox" },
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const { dev, logs } = startDev(cwd.path, "devbox");
     try {
       const reader = dev.stdout.getReader();
       let banner = "";
@@ -105,17 +128,30 @@ describe("bun run dev", () => {
         expect(await proc.exited).toBe(0);
         return JSON.parse(out);
       };
-      await eventually(async () => (await fetch(new URL("/health", url), { headers: { Authorization: `Bearer ${token}` } }).then((r) => r.json() as Promise<any>)).machines?.includes("devbox"), 10_000, "local agent connected");
+      await logs.waitFor(/agent info connected/, 10_000);
       const listed = await inspector("--method", "tools/list");
       expect(listed.tools.map((t: { name: string }) => t.name)).toContain("run_shell_command");
       const called = await inspector("--method", "tools/call", "--tool-name", "run_shell_command", "--tool-arg", "command=echo via-inspector");
       expect(called.structuredContent).toMatchObject({ stdout: "via-inspector\n", exit_code: 0, machine: "devbox" });
 
-      const agentPids = pidsMatching(path.join(ROOT, "agent.ts"));
-      expect(agentPids.length).toBe(1);
+      const [agentPid] = childrenOf(dev.pid);
+      expect(agentPid).toBeDefined();
       dev.kill("SIGINT");
       expect(await dev.exited).toBe(0);
-      await eventually(() => pidsMatching(path.join(ROOT, "agent.ts")).length === 0, 3_000, "agent stopped");
+      await eventually(() => !isAlive(agentPid!), 3_000, "agent stopped");
+    } finally {
+      dev.kill("SIGKILL");
+    }
+  }, 120_000);
+
+  test("if the dev server is killed outright, its agent stops too instead of holding the machine's name", async () => {
+    using cwd = tempDir("cr-dev-");
+    const { dev, logs } = startDev(cwd.path, "devbox-orphan");
+    try {
+      await logs.waitFor(/agent info connected/, 10_000);
+      const [agentPid] = childrenOf(dev.pid);
+      dev.kill("SIGKILL");
+      await eventually(() => !isAlive(agentPid!), 5_000, "orphaned agent stopped");
     } finally {
       dev.kill("SIGKILL");
     }

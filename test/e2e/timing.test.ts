@@ -1,15 +1,50 @@
 // Behaviour that only shows over tens of seconds: quiet streams and long silent calls outlive Bun's idle timeout
 // (30 s here; Bun's default of 10 s would cut them), and a dead link is noticed within 30 s on either side.
-// The tests run concurrently, so the file takes about 40 s in all.
+// An OAuth authorization code expires after 60 s. The tests run concurrently, so the file takes about a minute.
 
-import { describe, expect, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { createHash, randomBytes } from "node:crypto";
+import { approve } from "../helpers/oauth.ts";
 import { connectClient, startAgent, startRelay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
 
 const LONG = 40_000;
 const TEST_TIMEOUT = 60_000;
 
 describe.concurrent("over tens of seconds", () => {
+  test(
+    "an authorization code not redeemed within 60 s is refused with invalid_grant",
+    async () => {
+      await using relay = await startRelay();
+      const redirect = "http://127.0.0.1:1/callback";
+      const registered = (await (
+        await fetch(new URL("/register", relay.url), {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ redirect_uris: [redirect], token_endpoint_auth_method: "none" }),
+        })
+      ).json()) as { client_id: string };
+      const verifier = randomBytes(32).toString("base64url");
+      const url = new URL("/authorize", relay.url);
+      const params = { response_type: "code", client_id: registered.client_id, redirect_uri: redirect, code_challenge_method: "S256" };
+      for (const [key, value] of Object.entries(params)) url.searchParams.set(key, value);
+      url.searchParams.set("code_challenge", createHash("sha256").update(verifier).digest("base64url"));
+      const code = await approve(url, relay.token);
+      await Bun.sleep(61_000);
+      const response = await fetch(new URL("/token", relay.url), {
+        method: "POST",
+        headers: { "Content-Type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams({ grant_type: "authorization_code", code, redirect_uri: redirect, code_verifier: verifier, client_id: registered.client_id }),
+      });
+      expect(response.status).toBe(400);
+      expect(((await response.json()) as { error: string }).error).toBe("invalid_grant");
+    },
+    90_000,
+  );
+
   test(
     "a command silent for 35 s completes over both transports",
     async () => {

@@ -16,7 +16,8 @@ const BUN = process.execPath;
 /** Output of a child process, line by line, with a way to wait for a line. */
 export class OutputLog {
   readonly lines: string[] = [];
-  #waiters: { pattern: RegExp; resolve: (line: string) => void }[] = [];
+  #waiters: { pattern: RegExp; resolve: (line: string) => void; reject: (error: Error) => void }[] = [];
+  #ended = false;
 
   constructor(stream: ReadableStream<Uint8Array>) {
     void this.#read(stream);
@@ -30,8 +31,13 @@ export class OutputLog {
   waitFor(pattern: RegExp, timeoutMs = 10_000, from = 0): Promise<string> {
     const seen = this.lines.slice(from).find((l) => pattern.test(l));
     if (seen) return Promise.resolve(seen);
+    if (this.#ended) return Promise.reject(new Error(`the process ended without a line matching ${pattern}; its output:\n${this.text}`));
     return new Promise((resolve, reject) => {
-      const waiter = { pattern, resolve: (line: string) => (clearTimeout(timer), resolve(line)) };
+      const waiter = {
+        pattern,
+        resolve: (line: string) => (clearTimeout(timer), resolve(line)),
+        reject: (error: Error) => (clearTimeout(timer), reject(error)),
+      };
       const timer = setTimeout(() => {
         this.#waiters = this.#waiters.filter((w) => w !== waiter);
         reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms; output so far:\n${this.text}`));
@@ -49,6 +55,9 @@ export class OutputLog {
       for (const line of pieces) this.#push(line);
     }
     if (partial) this.#push(partial);
+    // The process is gone: nobody will print what the waiters wait for, so fail them now with what it did print.
+    this.#ended = true;
+    for (const waiter of this.#waiters.splice(0)) waiter.reject(new Error(`the process ended without a line matching ${waiter.pattern}; its output:\n${this.text}`));
   }
 
   #push(line: string) {

@@ -1,0 +1,457 @@
+// The OAuth 2.1 authorization server built into the relay, for clients that cannot send a static header (Claude.ai
+// connectors, ChatGPT): protected-resource metadata (RFC 9728), server metadata (RFC 8414), dynamic client
+// registration (RFC 7591), /authorize with PKCE S256 and a consent page the owner approves with the owner secret,
+// /token for authorization_code and refresh_token (refresh tokens rotate), and /revoke (RFC 7009). Tokens are bound
+// to the resource they were asked for (RFC 8707): one for /mcp is refused on /sse. The SDK's authorization-server
+// pieces are Express-only, so the endpoints are written here on web Request/Response, reusing its schemas and
+// error classes. Issued secrets are stored as hashes (credentials.ts).
+
+import { createHash, randomBytes } from "node:crypto";
+import {
+  AccessDeniedError,
+  InvalidClientError,
+  InvalidClientMetadataError,
+  InvalidGrantError,
+  InvalidRequestError,
+  InvalidScopeError,
+  InvalidTargetError,
+  OAuthError,
+  UnsupportedGrantTypeError,
+  UnsupportedResponseTypeError,
+} from "@modelcontextprotocol/sdk/server/auth/errors.js";
+import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
+import { OAuthClientMetadataSchema } from "@modelcontextprotocol/sdk/shared/auth.js";
+import type { AuditLog } from "./audit.ts";
+import { hashSecret, newSecret, secretMatches, type OAuthClient, type OAuthStore } from "./credentials.ts";
+import { Penalties, tooManyAttempts } from "./limits.ts";
+import { consentPage, errorPage } from "./pages.ts";
+import { logger } from "./log.ts";
+
+const log = logger("server");
+
+/** An authorization code must be redeemed this soon, once. */
+const CODE_TTL_MS = 60_000;
+/** A consent page may be answered this long after it was shown, with this many wrong owner secrets. */
+const CONSENT_TTL_MS = 10 * 60 * 1000;
+const MAX_CONSENT_ATTEMPTS = 5;
+/** Pending consents and unredeemed codes kept at most (each expires within minutes anyway). */
+const MAX_PENDING = 1_000;
+/** Registered clients at most, and registrations one address may make per hour. */
+const MAX_CLIENTS = 1_000;
+const REGISTRATIONS_PER_HOUR = 20;
+/** Form and JSON bodies of the OAuth endpoints are small; anything bigger is refused unread. */
+const MAX_OAUTH_BODY_BYTES = 64 * 1024;
+/** The one scope: full use of the relay's tools. */
+const SCOPE = "mcp";
+/** The protected endpoints; a token is bound to one of them, or to the whole origin. */
+export type ResourcePath = "/mcp" | "/sse";
+
+interface Consent {
+  client: OAuthClient;
+  redirectUri: string;
+  challenge: string;
+  state: string | null;
+  resource: string;
+  csrfHash: string;
+  expires: number;
+  attempts: number;
+}
+
+interface Code {
+  clientId: string;
+  redirectUri: string;
+  challenge: string;
+  resource: string;
+  expires: number;
+  /** Set once redeemed: a second redemption revokes the tokens of this family (RFC 6749 §4.1.2). */
+  family?: string;
+}
+
+export interface OAuthOptions {
+  store: OAuthStore;
+  /** OWNER_PASSWORD, or AUTH_TOKEN when none is set: what approves a client. */
+  ownerSecret: string;
+  publicUrl?: URL;
+  penalties: Penalties;
+  audit: AuditLog;
+  /** Names of the connected machines, for the consent page. */
+  machines: () => string[];
+}
+
+type Handler = (req: Request, address: string) => Response | Promise<Response>;
+
+export class AuthorizationServer {
+  readonly #consents = new Map<string, Consent>();
+  readonly #codes = new Map<string, Code>();
+  readonly #registrations = new Map<string, { count: number; since: number }>();
+
+  constructor(readonly options: OAuthOptions) {}
+
+  /** This server's origin as clients know it: PUBLIC_URL, or the loopback origin it was reached at (the Host
+   *  guard has already refused any other). */
+  base(req: Request): string {
+    return this.options.publicUrl?.origin ?? new URL(req.url).origin;
+  }
+
+  /** The WWW-Authenticate challenge for a 401 on `path`: where to find our metadata, and why the token failed. */
+  challenge(req: Request, path: ResourcePath, invalidToken: boolean): string {
+    const metadata = `${this.base(req)}/.well-known/oauth-protected-resource${path}`;
+    return `Bearer resource_metadata="${metadata}", scope="${SCOPE}"${invalidToken ? ', error="invalid_token"' : ""}`;
+  }
+
+  /** The grant of a live OAuth access token, if it was issued for this resource. */
+  verifyAccessToken(token: string, req: Request, path: ResourcePath): AuthInfo | undefined {
+    const grant = this.options.store.accessGrant(token);
+    if (!grant) return undefined;
+    const base = this.base(req);
+    if (grant.resource !== `${base}${path}` && grant.resource !== `${base}/`) return undefined;
+    return { token, clientId: grant.client_id, scopes: grant.scopes, expiresAt: Math.floor(grant.expires_at / 1000), resource: new URL(grant.resource) };
+  }
+
+  /** The HTTP routes of the authorization server. */
+  routes(): Record<string, Partial<Record<"GET" | "POST", Handler>>> {
+    const resourceMetadata = (path: string) => (req: Request) => this.#resourceMetadata(req, path);
+    return {
+      "/.well-known/oauth-protected-resource": { GET: resourceMetadata("/") },
+      "/.well-known/oauth-protected-resource/mcp": { GET: resourceMetadata("/mcp") },
+      "/.well-known/oauth-protected-resource/sse": { GET: resourceMetadata("/sse") },
+      "/.well-known/oauth-authorization-server": { GET: (req) => this.#serverMetadata(req) },
+      "/.well-known/openid-configuration": { GET: (req) => this.#serverMetadata(req) },
+      "/register": { POST: (req, address) => this.#register(req, address) },
+      "/authorize": { GET: (req) => this.#authorizeRequest(req), POST: (req, address) => this.#authorizeAnswer(req, address) },
+      "/token": { POST: (req, address) => this.#token(req, address) },
+      "/revoke": { POST: (req, address) => this.#revoke(req, address) },
+    };
+  }
+
+  // --- metadata ---
+
+  #resourceMetadata(req: Request, path: string): Response {
+    const base = this.base(req);
+    return Response.json({
+      resource: `${base}${path}`,
+      authorization_servers: [base],
+      scopes_supported: [SCOPE],
+      bearer_methods_supported: ["header"],
+      resource_name: "Code Remote",
+    });
+  }
+
+  #serverMetadata(req: Request): Response {
+    const base = this.base(req);
+    const authMethods = ["client_secret_basic", "client_secret_post", "none"];
+    return Response.json({
+      issuer: base,
+      authorization_endpoint: `${base}/authorize`,
+      token_endpoint: `${base}/token`,
+      registration_endpoint: `${base}/register`,
+      revocation_endpoint: `${base}/revoke`,
+      response_types_supported: ["code"],
+      response_modes_supported: ["query"],
+      grant_types_supported: ["authorization_code", "refresh_token"],
+      code_challenge_methods_supported: ["S256"],
+      token_endpoint_auth_methods_supported: authMethods,
+      revocation_endpoint_auth_methods_supported: authMethods,
+      scopes_supported: [SCOPE],
+      authorization_response_iss_parameter_supported: true,
+    });
+  }
+
+  // --- registration (RFC 7591) ---
+
+  async #register(req: Request, address: string): Promise<Response> {
+    if (!this.#mayRegister(address)) return oauthError(new InvalidRequestError("Too many registrations from this address; try again later."), 429);
+    if (this.options.store.clientCount() >= MAX_CLIENTS) return oauthError(new InvalidRequestError("This relay has too many registered clients."), 400);
+    const body = await readBody(req, "json");
+    if (body instanceof Response) return body;
+    const parsed = OAuthClientMetadataSchema.safeParse(body);
+    if (!parsed.success) return oauthError(new InvalidClientMetadataError("The client metadata is not valid (RFC 7591)."), 400);
+    const metadata = { ...parsed.data, token_endpoint_auth_method: parsed.data.token_endpoint_auth_method ?? "client_secret_basic" };
+    const problem = checkClientMetadata(metadata);
+    if (problem) return oauthError(new InvalidClientMetadataError(problem), 400);
+    const confidential = metadata.token_endpoint_auth_method !== "none";
+    const { client_id, client_secret, created_at } = this.options.store.register(metadata, confidential);
+    log("info", "oauth client registered", { client_id, name: metadata.client_name ?? null, address });
+    this.options.audit.event("oauth_client_registered", { address, detail: `${client_id} ${metadata.client_name ?? ""}`.trim() });
+    return Response.json(
+      { ...metadata, client_id, client_id_issued_at: created_at, ...(client_secret ? { client_secret, client_secret_expires_at: 0 } : {}) },
+      { status: 201, headers: { "Cache-Control": "no-store" } },
+    );
+  }
+
+  #mayRegister(address: string): boolean {
+    const now = Date.now();
+    const record = this.#registrations.get(address);
+    if (!record || now - record.since > 3_600_000) {
+      this.#registrations.set(address, { count: 1, since: now });
+      if (this.#registrations.size > MAX_PENDING) this.#registrations.delete(this.#registrations.keys().next().value!);
+      return true;
+    }
+    return ++record.count <= REGISTRATIONS_PER_HOUR;
+  }
+
+  // --- authorization ---
+
+  /** GET /authorize: checks the request and shows the consent page. Until the client and its redirect URI are
+   *  known good, errors are shown to the person and never redirected (an open redirector otherwise). */
+  #authorizeRequest(req: Request): Response {
+    const params = new URL(req.url).searchParams;
+    const client = this.options.store.client(params.get("client_id") ?? "");
+    if (!client) return errorPage(400, "Unknown application", "This application is not registered with this relay (it may have been registered with another one). Connect again from your MCP client so it registers afresh.");
+    const redirectUri = chooseRedirectUri(client, params.get("redirect_uri"));
+    if (!redirectUri) return errorPage(400, "Wrong redirect address", "The redirect_uri is not one this application registered, so the answer will not be sent there.");
+    const state = params.get("state");
+    const fail = (error: OAuthError) => redirectWithError(redirectUri, error, state, this.base(req));
+    if (params.get("response_type") !== "code") return fail(new UnsupportedResponseTypeError("response_type must be code."));
+    const challenge = params.get("code_challenge");
+    if (!challenge || params.get("code_challenge_method") !== "S256" || !/^[A-Za-z0-9_-]{43}$/.test(challenge)) {
+      return fail(new InvalidRequestError("PKCE is required: send code_challenge with code_challenge_method=S256."));
+    }
+    const scope = params.get("scope");
+    if (scope && scope.split(" ").some((s) => s !== SCOPE)) return fail(new InvalidScopeError(`The only scope is "${SCOPE}".`));
+    const resource = this.#canonicalResource(req, params.get("resource"));
+    if (!resource) return fail(new InvalidTargetError("The resource is not this server."));
+    return this.#showConsent(req, { client, redirectUri, challenge, state, resource });
+  }
+
+  #showConsent(req: Request, request: Omit<Consent, "csrfHash" | "expires" | "attempts">): Response {
+    this.#prune();
+    if (this.#consents.size >= MAX_PENDING) return errorPage(503, "Too many pending approvals", "Try again in a few minutes.");
+    const requestId = randomBytes(24).toString("base64url");
+    const csrf = randomBytes(32).toString("base64url");
+    this.#consents.set(requestId, { ...request, csrfHash: hashSecret(csrf), expires: Date.now() + CONSENT_TTL_MS, attempts: 0 });
+    return consentPage(this.#consentDetails(requestId, request.client, request.redirectUri), { "Set-Cookie": this.#csrfCookie(req, csrf) });
+  }
+
+  #consentDetails(requestId: string, client: OAuthClient, redirectUri: string, error?: string) {
+    const name = typeof client.metadata.client_name === "string" && client.metadata.client_name ? client.metadata.client_name : "An unnamed application";
+    return { clientName: name, clientId: client.client_id, redirectUri, machines: this.options.machines(), requestId, error };
+  }
+
+  /** The consent form's guard against cross-site requests: a cookie only our own pages set, SameSite=Strict, whose
+   *  hash the pending request holds. */
+  #csrfCookie(req: Request, value: string): string {
+    const secure = this.base(req).startsWith("https:");
+    const name = secure ? "__Host-code-remote-consent" : "code-remote-consent";
+    return `${name}=${value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${CONSENT_TTL_MS / 1000}${secure ? "; Secure" : ""}`;
+  }
+
+  /** POST /authorize: the owner's answer. Approve needs the owner secret; wrong secrets are penalised per address. */
+  async #authorizeAnswer(req: Request, address: string): Promise<Response> {
+    const wait = this.options.penalties.retryAfter(address);
+    if (wait > 0) return tooManyAttempts(wait, (message) => errorPage(429, "Too many attempts", message));
+    const form = await readBody(req, "form");
+    if (form instanceof Response) return form;
+    const requestId = form.get("request_id") ?? "";
+    const consent = this.#consents.get(requestId);
+    if (!consent || consent.expires < Date.now()) return errorPage(400, "This approval page has expired", "Start again from your MCP client.");
+    if (!this.#hasCsrfCookie(req, consent)) return errorPage(403, "Approval refused", "This form was not sent from the relay's own page. Start again from your MCP client.");
+    const base = this.base(req);
+    if (form.get("decision") !== "approve") {
+      this.#consents.delete(requestId);
+      this.options.audit.event("oauth_consent_denied", { address, detail: consent.client.client_id });
+      return redirectWithError(consent.redirectUri, new AccessDeniedError("The owner denied access."), consent.state, base);
+    }
+    if (!secretMatches(form.get("owner_secret") ?? "", this.options.ownerSecret)) return this.#wrongSecret(req, address, requestId, consent);
+    this.#consents.delete(requestId);
+    this.options.penalties.succeeded(address);
+    const code = newSecret("code");
+    this.#codes.set(hashSecret(code), { clientId: consent.client.client_id, redirectUri: consent.redirectUri, challenge: consent.challenge, resource: consent.resource, expires: Date.now() + CODE_TTL_MS });
+    log("info", "oauth client approved", { client_id: consent.client.client_id, address });
+    this.options.audit.event("oauth_consent_approved", { address, detail: consent.client.client_id });
+    const target = new URL(consent.redirectUri);
+    target.searchParams.set("code", code);
+    if (consent.state !== null) target.searchParams.set("state", consent.state);
+    target.searchParams.set("iss", base); // RFC 9207: the client can tell which server answered
+    return new Response(null, { status: 302, headers: { Location: target.toString(), "Cache-Control": "no-store" } });
+  }
+
+  #wrongSecret(req: Request, address: string, requestId: string, consent: Consent): Response {
+    this.options.penalties.failed(address);
+    log("warn", "authentication refused", { path: "/authorize", address, reason: "wrong owner secret" });
+    this.options.audit.event("auth_refused", { address, detail: "/authorize: wrong owner secret" });
+    if (++consent.attempts >= MAX_CONSENT_ATTEMPTS) {
+      this.#consents.delete(requestId);
+      return errorPage(401, "Too many wrong attempts", "This approval is cancelled. Start again from your MCP client.");
+    }
+    const csrf = randomBytes(32).toString("base64url");
+    consent.csrfHash = hashSecret(csrf);
+    const details = this.#consentDetails(requestId, consent.client, consent.redirectUri, "Wrong owner secret. Try again.");
+    return consentPage(details, { "Set-Cookie": this.#csrfCookie(req, csrf) }, 401);
+  }
+
+  #hasCsrfCookie(req: Request, consent: Consent): boolean {
+    const cookies = (req.headers.get("cookie") ?? "").split(";").map((c) => c.trim());
+    const value = cookies.map((c) => /^(?:__Host-)?code-remote-consent=(.+)$/.exec(c)?.[1]).find(Boolean);
+    return value !== undefined && secretMatches(hashSecret(value), consent.csrfHash);
+  }
+
+  /** The resource a token will be bound to: one of our endpoints, or our whole origin when none was named. */
+  #canonicalResource(req: Request, requested: string | null): string | undefined {
+    const base = this.base(req);
+    if (requested === null || requested === base || requested === `${base}/`) return `${base}/`;
+    return [`${base}/mcp`, `${base}/sse`].find((r) => r === requested || `${r}/` === requested);
+  }
+
+  // --- tokens ---
+
+  async #token(req: Request, address: string): Promise<Response> {
+    const wait = this.options.penalties.retryAfter(address);
+    if (wait > 0) return tooManyAttempts(wait, (message) => oauthError(new InvalidRequestError(message), 429));
+    const form = await readBody(req, "form");
+    if (form instanceof Response) return form;
+    try {
+      const client = this.#authenticateClient(req, form, address);
+      const grantType = form.get("grant_type");
+      const tokens =
+        grantType === "authorization_code" ? this.#redeemCode(req, client, form) : grantType === "refresh_token" ? this.#refresh(req, client, form) : undefined;
+      if (!tokens) throw new UnsupportedGrantTypeError("grant_type must be authorization_code or refresh_token.");
+      return Response.json({ ...tokens, token_type: "Bearer" }, { headers: { "Cache-Control": "no-store", Pragma: "no-cache" } });
+    } catch (e) {
+      if (e instanceof OAuthError) return oauthError(e, e instanceof InvalidClientError ? 401 : 400);
+      throw e;
+    }
+  }
+
+  /** The client behind a token or revoke request (HTTP Basic, or client_id/client_secret in the body). An unknown
+   *  client gets invalid_client, status 401, which tells Claude to register again. */
+  #authenticateClient(req: Request, form: URLSearchParams, address: string): OAuthClient {
+    const basic = parseBasic(req.headers.get("authorization"));
+    const clientId = basic?.id ?? form.get("client_id") ?? "";
+    const secret = basic?.secret ?? form.get("client_secret");
+    const client = this.options.store.client(clientId);
+    const secretOk = client && (!client.secret_hash || (secret !== null && secretMatches(hashSecret(secret), client.secret_hash)));
+    if (!client || !secretOk) {
+      this.options.penalties.failed(address);
+      this.options.audit.event("auth_refused", { address, detail: `${new URL(req.url).pathname}: ${client ? "wrong client secret" : "unknown client"}` });
+      throw new InvalidClientError(client ? "Client authentication failed." : "Unknown client: register again.");
+    }
+    return client;
+  }
+
+  #redeemCode(req: Request, client: OAuthClient, form: URLSearchParams) {
+    const hash = hashSecret(form.get("code") ?? "");
+    const code = this.#codes.get(hash);
+    if (!code || code.expires < Date.now()) throw new InvalidGrantError("The authorization code is unknown or expired.");
+    if (code.family) {
+      this.options.store.revokeFamily(code.family); // a code redeemed twice may have been stolen: revoke what it gave
+      throw new InvalidGrantError("The authorization code was already used.");
+    }
+    if (code.clientId !== client.client_id) throw new InvalidGrantError("The authorization code was issued to another client.");
+    if (form.get("redirect_uri") !== code.redirectUri) throw new InvalidGrantError("redirect_uri does not match the authorization request.");
+    const verifier = form.get("code_verifier") ?? "";
+    if (!/^[A-Za-z0-9._~-]{43,128}$/.test(verifier) || createHash("sha256").update(verifier).digest("base64url") !== code.challenge) {
+      throw new InvalidGrantError("The PKCE code_verifier does not match the code_challenge.");
+    }
+    this.#checkResourceUnchanged(req, form, code.resource);
+    const family = randomBytes(16).toString("hex");
+    code.family = family;
+    return this.options.store.issue({ client_id: client.client_id, scopes: [SCOPE], resource: code.resource }, family);
+  }
+
+  #refresh(req: Request, client: OAuthClient, form: URLSearchParams) {
+    const spent = this.options.store.spendRefresh(form.get("refresh_token") ?? "", client.client_id);
+    if (spent === "reused") throw new InvalidGrantError("This refresh token was already used; its tokens are revoked. Authorize again.");
+    if (!spent) throw new InvalidGrantError("The refresh token is unknown, expired or revoked.");
+    this.#checkResourceUnchanged(req, form, spent.resource);
+    return this.options.store.issue({ client_id: client.client_id, scopes: spent.scopes, resource: spent.resource }, spent.family);
+  }
+
+  /** RFC 8707: a resource named at the token endpoint must be the one that was authorized. */
+  #checkResourceUnchanged(req: Request, form: URLSearchParams, granted: string): void {
+    const requested = form.get("resource");
+    if (requested !== null && this.#canonicalResource(req, requested) !== granted) {
+      throw new InvalidTargetError("The resource differs from the one authorized.");
+    }
+  }
+
+  // --- revocation (RFC 7009) ---
+
+  async #revoke(req: Request, address: string): Promise<Response> {
+    const form = await readBody(req, "form");
+    if (form instanceof Response) return form;
+    try {
+      const client = this.#authenticateClient(req, form, address);
+      this.options.store.revoke(form.get("token") ?? "", client.client_id);
+      return new Response(null, { status: 200, headers: { "Cache-Control": "no-store" } }); // the same whether it existed or not
+    } catch (e) {
+      if (e instanceof OAuthError) return oauthError(e, 401);
+      throw e;
+    }
+  }
+
+  /** Drops expired consents and codes (both maps stay small: entries live minutes). */
+  #prune(now = Date.now()): void {
+    for (const [id, consent] of this.#consents) if (consent.expires < now) this.#consents.delete(id);
+    for (const [hash, code] of this.#codes) if (code.expires < now) this.#codes.delete(hash);
+  }
+}
+
+// --- helpers ---
+
+/** A problem with registered metadata, or undefined. Redirect URIs must be HTTPS, or HTTP on a loopback host (a
+ *  native app), and carry no fragment (OAuth 2.1 §2.3.1). */
+function checkClientMetadata(metadata: { redirect_uris: string[]; token_endpoint_auth_method: string; grant_types?: string[]; response_types?: string[] }): string | undefined {
+  if (metadata.redirect_uris.length === 0) return "redirect_uris must name at least one URI.";
+  for (const uri of metadata.redirect_uris) {
+    const url = new URL(uri);
+    const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
+    if (url.hash) return `redirect_uri ${uri} must not have a fragment.`;
+    if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) return `redirect_uri ${uri} must be https, or http on localhost.`;
+  }
+  if (!["none", "client_secret_post", "client_secret_basic"].includes(metadata.token_endpoint_auth_method)) {
+    return "token_endpoint_auth_method must be none, client_secret_post or client_secret_basic.";
+  }
+  if (metadata.grant_types?.some((g) => g !== "authorization_code" && g !== "refresh_token")) return "grant_types may only be authorization_code and refresh_token.";
+  if (metadata.response_types?.some((r) => r !== "code")) return "response_types may only be code.";
+  return undefined;
+}
+
+/** The redirect URI to answer to: exactly one the client registered (the only one, when it names none). */
+function chooseRedirectUri(client: OAuthClient, requested: string | null): string | undefined {
+  if (requested === null) return client.metadata.redirect_uris.length === 1 ? client.metadata.redirect_uris[0] : undefined;
+  return client.metadata.redirect_uris.includes(requested) ? requested : undefined;
+}
+
+function redirectWithError(redirectUri: string, error: OAuthError, state: string | null, issuer: string): Response {
+  const target = new URL(redirectUri);
+  target.searchParams.set("error", error.errorCode);
+  target.searchParams.set("error_description", error.message);
+  if (state !== null) target.searchParams.set("state", state);
+  target.searchParams.set("iss", issuer);
+  return new Response(null, { status: 302, headers: { Location: target.toString(), "Cache-Control": "no-store" } });
+}
+
+function oauthError(error: OAuthError, status: number): Response {
+  return Response.json(error.toResponseObject(), { status, headers: { "Cache-Control": "no-store" } });
+}
+
+/** HTTP Basic client credentials (each part form-encoded, RFC 6749 §2.3.1), or undefined. */
+function parseBasic(header: string | null): { id: string; secret: string } | undefined {
+  const match = /^Basic +([A-Za-z0-9+/=]+)$/i.exec(header ?? "");
+  if (!match) return undefined;
+  const decoded = Buffer.from(match[1]!, "base64").toString("utf8");
+  const colon = decoded.indexOf(":");
+  if (colon === -1) return undefined;
+  try {
+    return { id: decodeURIComponent(decoded.slice(0, colon)), secret: decodeURIComponent(decoded.slice(colon + 1)) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reads a small body as a form or JSON; an oversized or malformed one becomes the error response. */
+async function readBody(req: Request, kind: "form"): Promise<URLSearchParams | Response>;
+async function readBody(req: Request, kind: "json"): Promise<unknown>;
+async function readBody(req: Request, kind: "form" | "json"): Promise<unknown> {
+  const declared = Number(req.headers.get("content-length") ?? 0);
+  if (declared > MAX_OAUTH_BODY_BYTES) return oauthError(new InvalidRequestError("The request body is too large."), 413);
+  const text = await req.text();
+  if (text.length > MAX_OAUTH_BODY_BYTES) return oauthError(new InvalidRequestError("The request body is too large."), 413);
+  if (kind === "form") return new URLSearchParams(text);
+  try {
+    return JSON.parse(text);
+  } catch {
+    return oauthError(new InvalidClientMetadataError("The body is not JSON."), 400);
+  }
+}

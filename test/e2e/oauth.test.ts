@@ -1,0 +1,331 @@
+// OAuth 2.1 against a real relay: the SDK's own OAuth client end to end (register, consent, token, tool call,
+// refresh) over both transports, and each bad input of the flow getting the right OAuth error and no token.
+
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { createHash, randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { UnauthorizedError } from "@modelcontextprotocol/sdk/client/auth.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { connectClient, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { answerConsent, approve, openConsent, TestOAuthProvider } from "../helpers/oauth.ts";
+import { call } from "../helpers/tools.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
+
+let relay: Relay;
+let agent: Agent;
+const OWNER_PASSWORD = "correct horse battery staple";
+const REDIRECT = "http://127.0.0.1:1/callback";
+
+beforeAll(async () => {
+  relay = await startRelay({ env: { OWNER_PASSWORD } });
+  agent = await startAgent(relay, { machine: "oauth-box" });
+});
+
+afterAll(async () => {
+  await agent[Symbol.asyncDispose]();
+  await relay[Symbol.asyncDispose]();
+});
+
+function transportFor(kind: "streamable-http" | "sse", provider: TestOAuthProvider) {
+  return kind === "streamable-http"
+    ? new StreamableHTTPClientTransport(new URL("/mcp", relay.url), { authProvider: provider })
+    : new SSEClientTransport(new URL("/sse", relay.url), { authProvider: provider });
+}
+
+/** The SDK client's whole flow: a first connect that needs authorization, the owner's consent, then a client. */
+async function oauthClient(kind: "streamable-http" | "sse", provider = new TestOAuthProvider()): Promise<{ client: Client; provider: TestOAuthProvider }> {
+  const first = transportFor(kind, provider);
+  await expect(new Client({ name: "t", version: "1" }).connect(first)).rejects.toThrow(UnauthorizedError);
+  expect(provider.authorizationUrl).toBeDefined();
+  await first.finishAuth(await approve(provider.authorizationUrl!, OWNER_PASSWORD));
+  const client = new Client({ name: "t", version: "1" });
+  await client.connect(transportFor(kind, provider));
+  return { client, provider };
+}
+
+describe.each(["streamable-http", "sse"] as const)("the SDK's OAuth client over %s", (kind) => {
+  test("registers, is approved by the owner, gets tokens, calls a tool, and refreshes (rotating the refresh token)", async () => {
+    const { client, provider } = await oauthClient(kind);
+    const first = await call(client, "run_shell_command", { command: "echo via-oauth" });
+    expect(first.data.stdout).toBe("via-oauth\n");
+    const before = provider.tokens()!;
+    expect(before.access_token).toStartWith("cra_");
+    expect(before.refresh_token).toStartWith("crr_");
+    expect(before.expires_in).toBe(3600);
+    await client.close();
+    // The access token stops working (as after an hour): the SDK refreshes with its refresh token and goes on.
+    provider.saveTokens({ ...before, access_token: "cra_expired" });
+    const again = new Client({ name: "t", version: "1" });
+    await again.connect(transportFor(kind, provider));
+    expect((await call(again, "check_agent_status")).data.connected).toBe(1);
+    const after = provider.tokens()!;
+    expect(after.access_token).not.toBe(before.access_token);
+    expect(after.refresh_token).not.toBe(before.refresh_token);
+    await again.close();
+  });
+});
+
+test("a public client (token_endpoint_auth_method none, PKCE only) completes the flow too", async () => {
+  const { client } = await oauthClient("streamable-http", new TestOAuthProvider("none"));
+  expect((await call(client, "check_agent_status")).data.connected).toBe(1);
+  await client.close();
+});
+
+// --- the flow by hand, to feed it bad inputs ---
+
+function pkce() {
+  const verifier = randomBytes(32).toString("base64url");
+  return { verifier, challenge: createHash("sha256").update(verifier).digest("base64url") };
+}
+
+async function register(metadata: Record<string, unknown> = {}): Promise<{ client_id: string; client_secret: string }> {
+  const response = await fetch(new URL("/register", relay.url), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ client_name: "Raw client", redirect_uris: [REDIRECT], token_endpoint_auth_method: "client_secret_post", ...metadata }),
+  });
+  expect(response.status).toBe(201);
+  return (await response.json()) as never;
+}
+
+function authorizeUrl(clientId: string, params: Record<string, string | null> = {}): URL {
+  const url = new URL("/authorize", relay.url);
+  const { challenge } = pkce();
+  const all: Record<string, string | null> = {
+    response_type: "code",
+    client_id: clientId,
+    redirect_uri: REDIRECT,
+    code_challenge: challenge,
+    code_challenge_method: "S256",
+    state: "s-123",
+    resource: new URL("/mcp", relay.url).toString(),
+    ...params,
+  };
+  for (const [key, value] of Object.entries(all)) if (value !== null) url.searchParams.set(key, value);
+  return url;
+}
+
+function token(params: Record<string, string>): Promise<Response> {
+  return fetch(new URL("/token", relay.url), {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams(params),
+  });
+}
+
+/** A registered client with a code in hand, ready to be redeemed (or misused). */
+async function codeInHand(resource = new URL("/mcp", relay.url).toString()) {
+  const client = await register();
+  const { verifier, challenge } = pkce();
+  const code = await approve(authorizeUrl(client.client_id, { code_challenge: challenge, resource }), OWNER_PASSWORD);
+  const redeem = (extra: Record<string, string> = {}) =>
+    token({ grant_type: "authorization_code", code, redirect_uri: REDIRECT, code_verifier: verifier, client_id: client.client_id, client_secret: client.client_secret, ...extra });
+  return { client, code, verifier, redeem };
+}
+
+const errorOf = async (response: Response) => ((await response.json()) as { error: string }).error;
+
+/** An MCP initialize with a bearer token: the status tells whether the token is accepted. */
+async function initializeWith(tokenValue: string, path = "/mcp"): Promise<Response> {
+  return fetch(new URL(path, relay.url), {
+    method: path === "/mcp" ? "POST" : "GET",
+    headers: { Authorization: `Bearer ${tokenValue}`, "Content-Type": "application/json", Accept: "application/json, text/event-stream" },
+    body:
+      path === "/mcp"
+        ? JSON.stringify({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } } })
+        : undefined,
+  });
+}
+
+describe("discovery", () => {
+  test("a 401 on /mcp and /sse points to the protected-resource metadata, which names this server", async () => {
+    for (const path of ["/mcp", "/sse"]) {
+      const response = await fetch(new URL(path, relay.url), { method: path === "/mcp" ? "POST" : "GET" });
+      expect(response.status).toBe(401);
+      const challenge = response.headers.get("www-authenticate")!;
+      expect(challenge).not.toContain("error="); // no token is not an invalid token
+      const metadataUrl = /resource_metadata="([^"]+)"/.exec(challenge)![1]!;
+      expect(metadataUrl).toBe(new URL(`/.well-known/oauth-protected-resource${path}`, relay.url).toString());
+      const metadata = (await (await fetch(metadataUrl)).json()) as any;
+      expect(metadata).toMatchObject({ resource: new URL(path, relay.url).toString(), authorization_servers: [relay.url.origin] });
+    }
+  });
+
+  test("the authorization server metadata requires PKCE S256 and names every endpoint", async () => {
+    const metadata = (await (await fetch(new URL("/.well-known/oauth-authorization-server", relay.url))).json()) as any;
+    expect(metadata).toMatchObject({
+      issuer: relay.url.origin,
+      authorization_endpoint: `${relay.url.origin}/authorize`,
+      token_endpoint: `${relay.url.origin}/token`,
+      registration_endpoint: `${relay.url.origin}/register`,
+      revocation_endpoint: `${relay.url.origin}/revoke`,
+      code_challenge_methods_supported: ["S256"],
+      grant_types_supported: ["authorization_code", "refresh_token"],
+    });
+  });
+});
+
+describe("bad inputs get the right error and no token", () => {
+  test("a redirect URI that was not registered is refused on a page, never redirected to", async () => {
+    const client = await register();
+    for (const redirect of ["https://evil.example/callback", `${REDIRECT}/extra`, "http://127.0.0.1:1/callback?x=1"]) {
+      const response = await fetch(authorizeUrl(client.client_id, { redirect_uri: redirect }), { redirect: "manual" });
+      expect(response.status).toBe(400);
+      expect(response.headers.get("location")).toBeNull();
+      expect(await response.text()).toContain("Wrong redirect address");
+    }
+  });
+
+  test("registration refuses a non-https redirect URI to another host", async () => {
+    const response = await fetch(new URL("/register", relay.url), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ redirect_uris: ["http://evil.example/callback"] }),
+    });
+    expect(response.status).toBe(400);
+    expect(await errorOf(response)).toBe("invalid_client_metadata");
+  });
+
+  test("missing PKCE, or plain PKCE, is refused with invalid_request", async () => {
+    const client = await register();
+    const cases: Record<string, string | null>[] = [{ code_challenge: null, code_challenge_method: null }, { code_challenge_method: "plain" }];
+    for (const params of cases) {
+      const response = await fetch(authorizeUrl(client.client_id, params), { redirect: "manual" });
+      expect(response.status).toBe(302);
+      const location = new URL(response.headers.get("location")!);
+      expect(location.searchParams.get("error")).toBe("invalid_request");
+      expect(location.searchParams.get("state")).toBe("s-123");
+      expect(location.searchParams.get("code")).toBeNull();
+    }
+  });
+
+  test("a resource that is not this server is refused with invalid_target", async () => {
+    const client = await register();
+    const response = await fetch(authorizeUrl(client.client_id, { resource: "https://other.example/mcp" }), { redirect: "manual" });
+    expect(new URL(response.headers.get("location")!).searchParams.get("error")).toBe("invalid_target");
+  });
+
+  test("a wrong code_verifier is invalid_grant", async () => {
+    const { redeem } = await codeInHand();
+    const response = await redeem({ code_verifier: pkce().verifier });
+    expect(response.status).toBe(400);
+    expect(await errorOf(response)).toBe("invalid_grant");
+  });
+
+  test("a code used twice is invalid_grant, and the tokens it gave are revoked", async () => {
+    const { redeem } = await codeInHand();
+    const first = (await (await redeem()).json()) as any;
+    expect((await initializeWith(first.access_token)).status).toBe(200);
+    const second = await redeem();
+    expect(await errorOf(second)).toBe("invalid_grant");
+    expect((await initializeWith(first.access_token)).status).toBe(401);
+  });
+
+  test("an unknown client at the token endpoint gets 401 invalid_client (so Claude registers again)", async () => {
+    const response = await token({ grant_type: "authorization_code", code: "crc_x", client_id: "nobody", client_secret: "x", redirect_uri: REDIRECT, code_verifier: pkce().verifier });
+    expect(response.status).toBe(401);
+    expect(await errorOf(response)).toBe("invalid_client");
+  });
+
+  test("a refresh token used after rotation is invalid_grant and revokes the family", async () => {
+    const { client, redeem } = await codeInHand();
+    const tokens = (await (await redeem()).json()) as any;
+    const refresh = (params: Record<string, string>) => token({ grant_type: "refresh_token", client_id: client.client_id, client_secret: client.client_secret, ...params });
+    const rotated = (await (await refresh({ refresh_token: tokens.refresh_token })).json()) as any;
+    expect(rotated.refresh_token).not.toBe(tokens.refresh_token);
+    expect((await initializeWith(rotated.access_token)).status).toBe(200);
+    const reused = await refresh({ refresh_token: tokens.refresh_token });
+    expect(await errorOf(reused)).toBe("invalid_grant");
+    expect((await initializeWith(rotated.access_token)).status).toBe(401);
+    expect(await errorOf(await refresh({ refresh_token: rotated.refresh_token }))).toBe("invalid_grant");
+  });
+
+  test("a token issued for /sse is refused on /mcp", async () => {
+    const { redeem } = await codeInHand(new URL("/sse", relay.url).toString());
+    const tokens = (await (await redeem()).json()) as any;
+    const refused = await initializeWith(tokens.access_token, "/mcp");
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get("www-authenticate")).toContain('error="invalid_token"');
+    const sse = await initializeWith(tokens.access_token, "/sse");
+    expect(sse.status).toBe(200);
+    await sse.body?.cancel();
+  });
+
+  test("an OAuth access token is not an agent token, and an agent token is not a client token", async () => {
+    const { redeem } = await codeInHand();
+    const tokens = (await (await redeem()).json()) as any;
+    const wrongAgent = await startAgent(relay, { machine: "impostor", token: tokens.access_token, waitConnected: false });
+    await wrongAgent.stderr.waitFor(/could not register with the relay/);
+    await wrongAgent.stop();
+    const agentToken = Bun.spawnSync([process.execPath, "run", `${import.meta.dir}/../../server.ts`, "agent-token", "create", "token-kind-check"], {
+      env: { ...process.env, DATABASE_PATH: relay.databasePath },
+    }).stdout.toString();
+    const machineToken = /crm_[A-Za-z0-9_-]+/.exec(agentToken)![0];
+    expect((await initializeWith(machineToken)).status).toBe(401);
+    expect((await initializeWith(relay.token)).status).toBe(200);
+  });
+
+  test("?access_token= in the URL is refused even when it is valid", async () => {
+    const { redeem } = await codeInHand();
+    const tokens = (await (await redeem()).json()) as any;
+    const response = await fetch(new URL(`/mcp?access_token=${tokens.access_token}`, relay.url), {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json, text/event-stream" },
+      body: "{}",
+    });
+    expect(response.status).toBe(401);
+  });
+
+  test("a wrong owner secret is refused and the page asks again; deny sends access_denied", async () => {
+    const client = await register();
+    const consent = await openConsent(authorizeUrl(client.client_id));
+    const wrong = await answerConsent(relay.url, consent, { secret: "guess" });
+    expect(wrong.status).toBe(401);
+    expect(await wrong.text()).toContain("Wrong owner secret");
+    const again = await openConsent(authorizeUrl(client.client_id));
+    const denied = await answerConsent(relay.url, again, { decision: "deny" });
+    expect(new URL(denied.headers.get("location")!).searchParams.get("error")).toBe("access_denied");
+  });
+
+  test("the consent form without its cookie (a cross-site post) is refused", async () => {
+    const client = await register();
+    const consent = await openConsent(authorizeUrl(client.client_id));
+    const forged = await answerConsent(relay.url, { ...consent, cookie: "code-remote-consent=forged" }, { secret: OWNER_PASSWORD });
+    expect(forged.status).toBe(403);
+    expect(forged.headers.get("location")).toBeNull();
+  });
+
+  test("the consent page cannot be framed and loads nothing from elsewhere", async () => {
+    const client = await register();
+    const { response, html } = await openConsent(authorizeUrl(client.client_id));
+    expect(response.headers.get("x-frame-options")).toBe("DENY");
+    expect(response.headers.get("content-security-policy")).toContain("frame-ancestors 'none'");
+    expect(response.headers.get("content-security-policy")).toContain("default-src 'none'");
+    expect(html).toContain("Raw client");
+    expect(html).toContain(REDIRECT);
+    expect(html).toContain("oauth-box");
+    expect(html).not.toMatch(/<script|src=|href="http/);
+  });
+});
+
+test("no token, code or secret ever reaches the relay's output or its database", async () => {
+  const { client, provider } = await oauthClient("streamable-http");
+  await call(client, "check_agent_status");
+  await client.close();
+  const secrets = [provider.tokens()!.access_token, provider.tokens()!.refresh_token!, (provider.clientInformation() as any).client_secret, OWNER_PASSWORD, relay.token];
+  const output = relay.stderr.text + relay.stdout.text + agent.stderr.text;
+  const database = Buffer.concat([relay.databasePath, `${relay.databasePath}-wal`].filter(fs.existsSync).map((f) => fs.readFileSync(f)));
+  for (const secret of secrets) {
+    expect(output).not.toContain(secret);
+    expect(database.includes(secret)).toBe(false);
+  }
+});
+
+test("the static bearer token keeps working beside OAuth", async () => {
+  await using client = await connectClient(relay, "streamable-http");
+  expect((await call(client, "check_agent_status")).data.connected).toBe(1);
+});

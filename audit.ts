@@ -1,8 +1,26 @@
-// The relay's audit log in SQLite (WAL): one row per tool call, written when it starts and completed when it
-// ends (so a crash leaves an "unfinished" row rather than nothing), and events for agent connections and refused
-// authentications. It never holds a token; tools.ts redacts file contents and typed input before they get here.
+// The relay's audit log: an append-only chain of events in SQLite. Each event has a sequence number, the hash of
+// the event before it and its own hash (SHA-256 over a canonical encoding of all its fields), so changing,
+// deleting or reordering an event breaks the chain at that event, which `audit verify` finds. A tool call is two
+// events, written when it starts and when it ends, so a crash leaves a call visibly unfinished rather than missing.
+// Secrets are never stored: tools.ts redacts file contents and typed input to size and hash, and environment
+// values to their names. Old events are pruned after AUDIT_RETENTION_DAYS; the chain stays verifiable from an
+// anchor (the last pruned event's hash) that the chain itself confirms.
+//
+// What the chain does not do: someone who can rewrite the whole database can recompute every hash. The relay
+// logs the chain's head now and then, so a rewritten history disagrees with the logs kept elsewhere.
 
 import type { Database } from "bun:sqlite";
+import { createHash, randomBytes } from "node:crypto";
+import { logger } from "./log.ts";
+
+const log = logger("server");
+
+/** The hash before the first event. */
+const GENESIS = "0".repeat(64);
+/** Every this many events, the head of the chain goes to the log (evidence kept outside the database). */
+const LOG_HEAD_EVERY = 1_000;
+/** Rows a query returns at most. */
+export const MAX_QUERY_ROWS = 500;
 
 export type CallOutcome = "unfinished" | "ok" | "error" | "timed_out" | "cancelled";
 
@@ -19,82 +37,269 @@ interface CallEnd {
   machine?: string;
   exitCode?: number | null;
   error?: string;
+  /** Characters of the result returned to the client. */
+  outputBytes?: number;
 }
 
-/** The audit log in SQLite (WAL). A tool call's row is written when it starts and completed when it ends, so a
- *  crash leaves an "unfinished" row rather than nothing. Written file contents are kept as size + SHA-256 only. */
+/** One stored event. `data` is the canonical JSON of its details. */
+interface EventRow {
+  seq: number;
+  at: string;
+  kind: string;
+  machine: string | null;
+  client: string | null;
+  call_id: string | null;
+  data: string;
+  prev_hash: string;
+  hash: string;
+}
+
+/** A tool call as the audit shows it: its start and end events joined. */
+export interface CallRecord {
+  call_id: string;
+  started_at: string;
+  finished_at: string | null;
+  tool: string;
+  machine: string | null;
+  client: string | null;
+  session: string | null;
+  arguments: Record<string, unknown>;
+  outcome: CallOutcome;
+  exit_code: number | null;
+  duration_ms: number | null;
+  output_bytes: number | null;
+  error: string | null;
+}
+
+/** Anything else: a connection, a refusal, a token made or revoked. */
+export interface EventRecord {
+  seq: number;
+  at: string;
+  kind: string;
+  machine: string | null;
+  detail: Record<string, unknown>;
+}
+
+export interface AuditFilter {
+  machine?: string;
+  tool?: string;
+  /** ISO time: only what happened at or after it. */
+  since?: string;
+  limit?: number;
+}
+
+export type VerifyResult =
+  | { ok: true; events: number; head: { seq: number; hash: string } | null; anchor: number | null }
+  | { ok: false; events: number; seq: number; reason: string };
+
+/** JSON with object keys sorted at every level: the same value always encodes to the same text. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v) =>
+    v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v,
+  );
+}
+
+/** The hash of an event: every stored field but the hash itself, in a fixed order. */
+export function eventHash(row: Omit<EventRow, "hash">): string {
+  const fields = [row.seq, row.at, row.kind, row.machine, row.client, row.call_id, row.data, row.prev_hash];
+  return createHash("sha256").update(canonicalJson(fields)).digest("hex");
+}
+
 export class AuditLog {
   readonly #db: Database;
-  readonly #insertCall;
-  readonly #finishCall;
-  readonly #insertEvent;
+  readonly #last;
+  readonly #insert;
+  readonly #anchor;
+  #appended = 0;
 
   constructor(db: Database) {
     this.#db = db;
-    this.#db.run(`CREATE TABLE IF NOT EXISTS tool_calls (
-      id INTEGER PRIMARY KEY,
-      started_at TEXT NOT NULL,
-      finished_at TEXT,
-      client TEXT NOT NULL,
-      session TEXT,
-      machine TEXT,
-      tool TEXT NOT NULL,
-      arguments TEXT NOT NULL,
-      outcome TEXT NOT NULL DEFAULT 'unfinished',
-      exit_code INTEGER,
-      duration_ms INTEGER,
-      error TEXT)`);
-    this.#db.run(`CREATE TABLE IF NOT EXISTS events (
-      id INTEGER PRIMARY KEY,
+    db.run(`CREATE TABLE IF NOT EXISTS audit_events (
+      seq INTEGER PRIMARY KEY,
       at TEXT NOT NULL,
       kind TEXT NOT NULL,
       machine TEXT,
-      address TEXT,
-      detail TEXT)`);
-    this.#insertCall = this.#db.prepare(
-      `INSERT INTO tool_calls (started_at, client, session, machine, tool, arguments)
-       VALUES ($started_at, $client, $session, $machine, $tool, $arguments) RETURNING id`,
+      client TEXT,
+      call_id TEXT,
+      data TEXT NOT NULL,
+      prev_hash TEXT NOT NULL,
+      hash TEXT NOT NULL)`);
+    db.run("CREATE INDEX IF NOT EXISTS audit_events_call ON audit_events (call_id)");
+    db.run("CREATE INDEX IF NOT EXISTS audit_events_at ON audit_events (at)");
+    // The last pruned event, from which the remaining chain continues (one row, or none before any pruning).
+    db.run(`CREATE TABLE IF NOT EXISTS audit_anchor (
+      id INTEGER PRIMARY KEY CHECK (id = 1),
+      through_seq INTEGER NOT NULL,
+      through_hash TEXT NOT NULL)`);
+    this.#last = db.query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1");
+    this.#anchor = db.query("SELECT through_seq, through_hash FROM audit_anchor WHERE id = 1");
+    this.#insert = db.query(
+      "INSERT INTO audit_events (seq, at, kind, machine, client, call_id, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
-    this.#finishCall = this.#db.prepare(
-      `UPDATE tool_calls SET finished_at = $finished_at, outcome = $outcome, machine = coalesce($machine, machine),
-       exit_code = $exit_code, duration_ms = $duration_ms, error = $error WHERE id = $id`,
-    );
-    this.#insertEvent = this.#db.prepare(
-      "INSERT INTO events (at, kind, machine, address, detail) VALUES ($at, $kind, $machine, $address, $detail)",
-    );
+  }
+
+  /** Appends one event to the chain. The tail is read inside the write transaction, so another process writing
+   *  the same database (the agent-token command) extends the chain instead of forking it. */
+  #append(kind: string, fields: { machine?: string | null; client?: string | null; call_id?: string | null; data: Record<string, unknown> }): void {
+    const row = this.#db
+      .transaction(() => {
+        const tail = (this.#last.get() as { seq: number; hash: string } | null) ?? this.#anchorRow();
+        const unhashed = {
+          seq: tail.seq + 1,
+          at: new Date().toISOString(),
+          kind,
+          machine: fields.machine ?? null,
+          client: fields.client ?? null,
+          call_id: fields.call_id ?? null,
+          data: canonicalJson(fields.data),
+          prev_hash: tail.hash,
+        };
+        const hash = eventHash(unhashed);
+        const { seq, at, machine, client, call_id, data, prev_hash } = unhashed;
+        this.#insert.run(seq, at, kind, machine, client, call_id, data, prev_hash, hash);
+        return { seq, hash };
+      })
+      .immediate();
+    if (++this.#appended % LOG_HEAD_EVERY === 0) log("info", "audit chain head", row);
+  }
+
+  #anchorRow(): { seq: number; hash: string } {
+    const anchor = this.#anchor.get() as { through_seq: number; through_hash: string } | null;
+    return anchor ? { seq: anchor.through_seq, hash: anchor.through_hash } : { seq: 0, hash: GENESIS };
   }
 
   /** Records the start of a tool call; returns a function that records its end. */
   begin(call: CallStart): (end: CallEnd) => void {
     const started = performance.now();
-    const row = this.#insertCall.get({
-      started_at: new Date().toISOString(),
-      client: call.client,
-      session: call.session,
+    const call_id = randomBytes(8).toString("hex");
+    this.#append("call_started", {
       machine: call.machine,
-      tool: call.tool,
-      arguments: JSON.stringify(call.arguments),
-    }) as { id: number };
+      client: call.client,
+      call_id,
+      data: { tool: call.tool, session: call.session, arguments: call.arguments },
+    });
     return (end) =>
-      this.#finishCall.run({
-        id: row.id,
-        finished_at: new Date().toISOString(),
-        outcome: end.outcome,
-        machine: end.machine ?? null,
-        exit_code: end.exitCode ?? null,
-        duration_ms: Math.round(performance.now() - started),
-        error: end.error?.slice(0, 2000) ?? null,
+      this.#append("call_finished", {
+        machine: end.machine ?? call.machine,
+        client: call.client,
+        call_id,
+        data: {
+          outcome: end.outcome,
+          exit_code: end.exitCode ?? null,
+          duration_ms: Math.round(performance.now() - started),
+          output_bytes: end.outputBytes ?? null,
+          error: end.error?.slice(0, 2000) ?? null,
+        },
       });
   }
 
-  /** Records an event: agent connects and disconnects, refused authentications. */
-  event(kind: string, fields: { machine?: string; address?: string; detail?: string }): void {
-    this.#insertEvent.run({
-      at: new Date().toISOString(),
-      kind,
-      machine: fields.machine ?? null,
-      address: fields.address ?? null,
-      detail: fields.detail ?? null,
+  /** Records an event: agent connections, refused authentications, path denials, tokens made or revoked. */
+  event(kind: string, fields: { machine?: string; address?: string; detail?: string; client?: string }): void {
+    const data: Record<string, unknown> = {};
+    if (fields.address !== undefined) data.address = fields.address;
+    if (fields.detail !== undefined) data.detail = fields.detail;
+    this.#append(kind, { machine: fields.machine, client: fields.client, data });
+  }
+
+  /** Tool calls, newest first, with their outcome ("unfinished" when no end was recorded). */
+  calls(filter: AuditFilter = {}): CallRecord[] {
+    const where = ["s.kind = 'call_started'"];
+    const params: (string | number)[] = [];
+    if (filter.machine) (where.push("coalesce(f.machine, s.machine) = ?"), params.push(filter.machine));
+    if (filter.tool) (where.push("json_extract(s.data, '$.tool') = ?"), params.push(filter.tool));
+    if (filter.since) (where.push("s.at >= ?"), params.push(filter.since));
+    const rows = this.#db
+      .query(
+        `SELECT s.call_id, s.at AS started_at, f.at AS finished_at, coalesce(f.machine, s.machine) AS machine, s.client,
+                s.data AS start_data, f.data AS end_data
+         FROM audit_events s LEFT JOIN audit_events f ON f.call_id = s.call_id AND f.kind = 'call_finished'
+         WHERE ${where.join(" AND ")} ORDER BY s.seq DESC LIMIT ?`,
+      )
+      .all(...params, limitOf(filter)) as { call_id: string; started_at: string; finished_at: string | null; machine: string | null; client: string | null; start_data: string; end_data: string | null }[];
+    return rows.map((r) => {
+      const start = JSON.parse(r.start_data);
+      const end = r.end_data ? JSON.parse(r.end_data) : {};
+      return {
+        call_id: r.call_id,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        tool: start.tool,
+        machine: r.machine,
+        client: r.client,
+        session: start.session ?? null,
+        arguments: start.arguments ?? {},
+        outcome: end.outcome ?? "unfinished",
+        exit_code: end.exit_code ?? null,
+        duration_ms: end.duration_ms ?? null,
+        output_bytes: end.output_bytes ?? null,
+        error: end.error ?? null,
+      };
     });
   }
+
+  /** Events other than tool calls, newest first. */
+  events(filter: AuditFilter = {}): EventRecord[] {
+    const where = ["kind NOT IN ('call_started', 'call_finished')"];
+    const params: (string | number)[] = [];
+    if (filter.machine) (where.push("machine = ?"), params.push(filter.machine));
+    if (filter.since) (where.push("at >= ?"), params.push(filter.since));
+    const rows = this.#db
+      .query(`SELECT seq, at, kind, machine, data FROM audit_events WHERE ${where.join(" AND ")} ORDER BY seq DESC LIMIT ?`)
+      .all(...params, limitOf(filter)) as { seq: number; at: string; kind: string; machine: string | null; data: string }[];
+    return rows.map((r) => ({ seq: r.seq, at: r.at, kind: r.kind, machine: r.machine, detail: JSON.parse(r.data) }));
+  }
+
+  /** Walks the whole chain: the first event that is missing, out of order or changed, or the head if all is well. */
+  verify(): VerifyResult {
+    const anchor = this.#anchor.get() as { through_seq: number; through_hash: string } | null;
+    let expected = anchor ? { seq: anchor.through_seq + 1, prev: anchor.through_hash } : { seq: 1, prev: GENESIS };
+    let events = 0;
+    let anchorConfirmed = !anchor;
+    let head: { seq: number; hash: string } | null = null;
+    for (const row of this.#db.query("SELECT * FROM audit_events ORDER BY seq").iterate() as IterableIterator<EventRow>) {
+      events++;
+      if (row.seq !== expected.seq) return broken(events, expected.seq, `event ${expected.seq} is missing (the next one stored is ${row.seq})`);
+      if (row.prev_hash !== expected.prev) return broken(events, row.seq, `event ${row.seq} does not follow event ${row.seq - 1}: one of them was changed, removed or moved`);
+      if (eventHash(row) !== row.hash) return broken(events, row.seq, `event ${row.seq} was changed after it was written`);
+      if (anchor && row.kind === "audit_pruned") anchorConfirmed ||= prunedThrough(row, anchor.through_seq, anchor.through_hash);
+      expected = { seq: row.seq + 1, prev: row.hash };
+      head = { seq: row.seq, hash: row.hash };
+    }
+    if (!anchorConfirmed) return broken(events, anchor!.through_seq, "the pruning anchor is not confirmed by an audit_pruned event in the chain");
+    return { ok: true, events, head, anchor: anchor?.through_seq ?? null };
+  }
+
+  /** Deletes events older than `days` days; the chain goes on from an anchor (the last deleted event's hash), which
+   *  an audit_pruned event records in the chain itself. A call is never cut in half: only events before the oldest
+   *  unfinished call's start go. Returns how many were deleted. */
+  prune(days: number, now = Date.now()): number {
+    const cutoff = new Date(now - days * 86_400_000).toISOString();
+    const oldestOpen = this.#db
+      .query(`SELECT min(s.seq) AS seq FROM audit_events s LEFT JOIN audit_events f ON f.call_id = s.call_id AND f.kind = 'call_finished'
+              WHERE s.kind = 'call_started' AND f.seq IS NULL`)
+      .get() as { seq: number | null };
+    const through = this.#db
+      .query("SELECT seq, hash FROM audit_events WHERE at < ? AND seq < ? ORDER BY seq DESC LIMIT 1")
+      .get(cutoff, oldestOpen.seq ?? Number.MAX_SAFE_INTEGER) as { seq: number; hash: string } | null;
+    if (!through) return 0;
+    const deleted = this.#db
+      .transaction(() => {
+        const count = this.#db.query("DELETE FROM audit_events WHERE seq <= ?").run(through.seq).changes;
+        this.#db.query("INSERT OR REPLACE INTO audit_anchor (id, through_seq, through_hash) VALUES (1, ?, ?)").run(through.seq, through.hash);
+        return count;
+      })
+      .immediate();
+    this.#append("audit_pruned", { data: { through_seq: through.seq, through_hash: through.hash, deleted, retention_days: days } });
+    log("info", "audit events pruned", { deleted, through_seq: through.seq, retention_days: days });
+    return deleted;
+  }
+}
+
+const limitOf = (filter: AuditFilter) => Math.min(Math.max(1, filter.limit ?? 50), MAX_QUERY_ROWS);
+
+const broken = (events: number, seq: number, reason: string): VerifyResult => ({ ok: false, events, seq, reason });
+
+function prunedThrough(row: EventRow, seq: number, hash: string): boolean {
+  const data = JSON.parse(row.data) as { through_seq?: number; through_hash?: string };
+  return data.through_seq === seq && data.through_hash === hash;
 }

@@ -14,6 +14,7 @@ import {
   parseFrame,
   type AgentError,
   type AgentOp,
+  type ErrorCode,
   type HelloFrame,
   type OpArgs,
   type OpResult,
@@ -71,6 +72,8 @@ export class ToolError extends Error {
   constructor(
     message: string,
     readonly outcome: CallOutcome = "error",
+    /** The agent's error code, when the agent refused (path_denied is audited as such). */
+    readonly code?: ErrorCode,
   ) {
     super(message);
   }
@@ -218,7 +221,7 @@ export class Relay {
   #settle(conn: AgentConn, id: string, outcome: { value: unknown } | { error: AgentError }): void {
     const call = conn.pending.get(id);
     if (!call) return; // cancelled or timed out already; a late answer is dropped
-    if ("error" in outcome) return call.reject(new ToolError(outcome.error.message));
+    if ("error" in outcome) return call.reject(new ToolError(outcome.error.message, "error", outcome.error.code));
     const parsed = opSchemas(call.op).result.safeParse(outcome.value);
     if (!parsed.success) {
       log("warn", "agent sent a malformed result", { machine: conn.machine, op: call.op });

@@ -14,7 +14,7 @@ import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { isInitializeRequest, JSONRPCMessageSchema, type JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MachineName, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
-import { AuditLog } from "./audit.ts";
+import { AuditLog, type AuditFilter, type CallRecord, type EventRecord, type VerifyResult } from "./audit.ts";
 import { bearerToken, clientAddress, Guards, jsonRpcError, type TrustProxy } from "./auth.ts";
 import { AgentTokens, OAuthStore } from "./credentials.ts";
 import { CallLimits, Penalties, type CallLimitOptions } from "./limits.ts";
@@ -43,6 +43,8 @@ const MIN_TOKEN_LENGTH = 32;
 const MIN_PASSWORD_LENGTH = 12;
 /** How often the relay looks for revoked agent tokens (revoking cuts an agent off within this). */
 const REVOCATION_SWEEP_MS = 1_000;
+/** How often old audit events are pruned (also once at start). */
+const AUDIT_PRUNE_EVERY_MS = 24 * 60 * 60 * 1000;
 
 export interface ServerConfig {
   /** Address to bind (default 127.0.0.1; 0.0.0.0 in containers). */
@@ -62,6 +64,8 @@ export interface ServerConfig {
   /** Which proxies to believe about the client's address (for penalties and logs). */
   trustProxy: TrustProxy;
   callLimits: CallLimitOptions;
+  /** Audit events older than this many days are pruned (0: kept forever). */
+  auditRetentionDays: number;
 }
 
 /** Environment variables the server reads; `--help` prints this table. */
@@ -76,6 +80,7 @@ const ENV_HELP: [string, string][] = [
   ["TRUST_PROXY", "Client address from: none (the socket, default), fly (Fly-Client-IP), or N (Nth from the right of X-Forwarded-For)"],
   ["CLIENT_MAX_CALLS_IN_FLIGHT", "Tool calls one client may have running at once (default 32)"],
   ["CLIENT_CALLS_PER_MINUTE", "Tool calls one client may start per minute; 0 for no limit (default 1200)"],
+  ["AUDIT_RETENTION_DAYS", "Audit events older than this are pruned, keeping the chain verifiable; 0 keeps all (default 90)"],
 ];
 
 const USAGE = `code-remote server ${VERSION}: the relay between MCP clients and Code Remote agents.
@@ -86,6 +91,9 @@ Usage:
   bun run server.ts agent-token create NAME  make a token that admits only the agent named NAME; printed once
   bun run server.ts agent-token list         machines with a token, when made and last used
   bun run server.ts agent-token revoke NAME  revoke it: a connected agent using it is cut off at once
+  bun run server.ts audit [--machine M] [--tool T] [--since 1h] [--limit N] [--events] [--json]
+                                             recent tool calls (or other events) from the audit log
+  bun run server.ts audit verify             check the audit chain; names the first changed or missing event
   bun run server.ts --help | --version
 
 Configuration (environment variables; Bun also reads a .env file):
@@ -126,6 +134,7 @@ export function loadConfig(env: Record<string, string | undefined>): ServerConfi
       maxInFlight: wholeNumber(env, "CLIENT_MAX_CALLS_IN_FLIGHT", 32, 1, 10_000),
       perMinute: wholeNumber(env, "CLIENT_CALLS_PER_MINUTE", 1200, 0, 10_000_000),
     },
+    auditRetentionDays: wholeNumber(env, "AUDIT_RETENTION_DAYS", 90, 0, 100_000),
   };
 }
 
@@ -395,6 +404,16 @@ export function startServer(config: ServerConfig): RunningServer {
     return Response.json({ ...base, machines: [...relay.agents.keys()].sort(), sessions: streamable.size + sseSessions.size });
   };
 
+  /** GET /audit: the audit log as JSON, for the owner only (the static token; OAuth clients are not the owner). */
+  const auditRoute = (req: Request, server: Server<SocketData>) => {
+    const auth = authorize(req, server, "/mcp");
+    if (auth instanceof Response) return auth;
+    if (auth.clientId !== "owner") return jsonRpcError(403, -32000, "The audit log is for the owner: use the relay's AUTH_TOKEN.");
+    const filter = auditFilter(new URL(req.url).searchParams);
+    if (typeof filter === "string") return jsonRpcError(400, -32602, filter);
+    return Response.json({ calls: audit.calls(filter), events: audit.events(filter) }, { headers: { "Cache-Control": "no-store" } });
+  };
+
   /** The OAuth endpoints, behind the same Host check as MCP (they hand out tokens for this origin only). */
   const oauthRoutes = Object.fromEntries(
     Object.entries(oauth.routes()).map(([path, methods]) => [
@@ -411,6 +430,7 @@ export function startServer(config: ServerConfig): RunningServer {
   const routes = {
     ...oauthRoutes,
     "/health": { GET: health },
+    "/audit": { GET: auditRoute },
     "/mcp": { GET: mcp, POST: mcp, DELETE: mcp },
     "/sse": { GET: openSse },
     "/messages": { POST: postSse },
@@ -450,7 +470,9 @@ export function startServer(config: ServerConfig): RunningServer {
     setInterval(() => relay.sweep(), HEARTBEAT_INTERVAL_MS),
     setInterval(() => streamable.sweep(), SESSION_SWEEP_MS),
     setInterval(() => relay.dropRevoked(agentTokens.validHashes()), REVOCATION_SWEEP_MS),
+    setInterval(() => pruneAudit(audit, config.auditRetentionDays), AUDIT_PRUNE_EVERY_MS),
   ];
+  pruneAudit(audit, config.auditRetentionDays);
   const url = new URL(`http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`);
   return {
     url,
@@ -550,6 +572,91 @@ function dev(env: Record<string, string | undefined>): number {
   return 0;
 }
 
+function pruneAudit(audit: AuditLog, days: number): void {
+  if (days > 0) audit.prune(days);
+}
+
+/** Filters for the audit, from query parameters or command-line flags; a string says what is wrong. */
+function auditFilter(params: URLSearchParams): AuditFilter | string {
+  const since = params.get("since");
+  const sinceIso = since === null ? undefined : parseSince(since);
+  if (sinceIso === null) return "since must be a duration such as 30m, 1h or 7d, or an ISO time.";
+  const limit = params.get("limit") === null ? undefined : Number(params.get("limit"));
+  if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) return "limit must be a whole number of at least 1.";
+  return { machine: params.get("machine") ?? undefined, tool: params.get("tool") ?? undefined, since: sinceIso, limit };
+}
+
+/** "30m", "1h", "7d" (ago) or an ISO time, as an ISO time; null when it is neither. */
+function parseSince(value: string, now = Date.now()): string | null {
+  const relative = /^(\d+)([smhd])$/.exec(value);
+  if (relative) return new Date(now - Number(relative[1]) * { s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[relative[2] as "s"]).toISOString();
+  const time = Date.parse(value);
+  return Number.isNaN(time) ? null : new Date(time).toISOString();
+}
+
+/** `audit [flags]` and `audit verify`: read the audit log of the database at DATABASE_PATH. */
+function auditCommand(args: string[], env: Record<string, string | undefined>): number {
+  const db = openDatabase(databasePath(env));
+  try {
+    const audit = new AuditLog(db);
+    if (args[0] === "verify" && args.length === 1) return printVerify(audit.verify());
+    const { params, json, events } = parseAuditFlags(args);
+    const filter = auditFilter(params);
+    if (typeof filter === "string") throw new ConfigError(filter);
+    if (json) console.log(JSON.stringify(events ? { events: audit.events(filter) } : { calls: audit.calls(filter) }, null, 2));
+    else console.log(events ? renderEventTable(audit.events(filter)) : renderCallTable(audit.calls(filter)));
+    return 0;
+  } finally {
+    db.close();
+  }
+}
+
+function parseAuditFlags(args: string[]): { params: URLSearchParams; json: boolean; events: boolean } {
+  const params = new URLSearchParams();
+  let json = false;
+  let events = false;
+  for (let i = 0; i < args.length; i++) {
+    const flag = args[i]!;
+    if (flag === "--json") json = true;
+    else if (flag === "--events") events = true;
+    else if (["--machine", "--tool", "--since", "--limit"].includes(flag) && args[i + 1] !== undefined) params.set(flag.slice(2), args[++i]!);
+    else throw new ConfigError(`unknown audit option '${flag}'. See --help.`);
+  }
+  return { params, json, events };
+}
+
+function printVerify(result: VerifyResult): number {
+  if (!result.ok) {
+    console.error(`audit chain BROKEN at event ${result.seq}: ${result.reason} (${result.events} events checked)`);
+    return 1;
+  }
+  const head = result.head ? `head: event ${result.head.seq}, hash ${result.head.hash}` : "no events yet";
+  const anchor = result.anchor ? `, continuing from pruned event ${result.anchor}` : "";
+  console.log(`audit chain intact: ${result.events} events${anchor}; ${head}`);
+  return 0;
+}
+
+/** A plain-text table: each column as wide as its widest cell. */
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [header, ...rows].map((r) => r.map((cell, i) => cell.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n");
+}
+
+const shortTime = (iso: string) => iso.replace("T", " ").slice(0, 19);
+
+function renderCallTable(calls: CallRecord[]): string {
+  if (calls.length === 0) return "No tool calls match.";
+  const summary = (args: Record<string, unknown>) => JSON.stringify(args).slice(0, 60);
+  const rows = calls.map((c) => [shortTime(c.started_at), c.machine ?? "-", c.tool, c.outcome, String(c.exit_code ?? "-"), String(c.duration_ms ?? "-"), c.client ?? "-", summary(c.arguments)]);
+  return table(["TIME (UTC)", "MACHINE", "TOOL", "OUTCOME", "EXIT", "MS", "CLIENT", "ARGUMENTS"], rows);
+}
+
+function renderEventTable(events: EventRecord[]): string {
+  if (events.length === 0) return "No events match.";
+  const rows = events.map((e) => [shortTime(e.at), e.kind, e.machine ?? "-", JSON.stringify(e.detail).slice(0, 80)]);
+  return table(["TIME (UTC)", "EVENT", "MACHINE", "DETAIL"], rows);
+}
+
 /** `agent-token create|list|revoke`: per-machine agent credentials, kept as hashes in the database. */
 function agentTokenCommand([action, machine, ...extra]: string[], env: Record<string, string | undefined>): number {
   const usage = "usage: bun run server.ts agent-token create NAME | list | revoke NAME";
@@ -595,6 +702,7 @@ export function main(argv: string[], env: Record<string, string | undefined> = p
     if (command === undefined) return serve(env);
     if (command === "dev" && rest.length === 0) return dev(env);
     if (command === "agent-token") return agentTokenCommand(rest, env);
+    if (command === "audit") return auditCommand(rest, env);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     console.error(`code-remote: ${e.message}`);

@@ -291,19 +291,19 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
     const serverTool = SERVER_TOOLS[name];
     if (serverTool) {
       const result = await serverTool(ctx.relay, machine, args as never);
-      finish({ outcome: "ok" });
-      return respond(name, result);
+      return respond(name, result, (outputBytes) => finish({ outcome: "ok", outputBytes }));
     }
     const conn = ctx.relay.pick(routeTo(machine, args));
     target = conn.machine;
     const value = await ctx.relay.call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: extra.signal, onProgress: extra.progress });
     const shell = name === "run_shell_command" ? (value as ToolResult<"run_shell_command">) : undefined;
-    finish({ outcome: shell?.timed_out ? "timed_out" : "ok", machine: target, exitCode: shell?.exit_code });
-    return respond(name, { ...(value as object), machine: conn.machine });
+    const outcome = shell?.timed_out ? "timed_out" : "ok";
+    return respond(name, { ...(value as object), machine: conn.machine }, (outputBytes) => finish({ outcome, machine: target, exitCode: shell?.exit_code, outputBytes }));
   } catch (e) {
     const error = e instanceof ToolError ? e : new ToolError("The relay hit an unexpected error; its log has the details.");
     if (!(e instanceof ToolError)) log("error", "tool call failed unexpectedly", { tool: name, error: String(e) });
     finish({ outcome: extra.signal.aborted ? "cancelled" : error.outcome, machine: target, error: error.message });
+    if (error.code === "path_denied") ctx.audit.event("path_denied", { machine: target, client: ctx.client, detail: `${name}: ${error.message}` });
     return toolError(error.message);
   } finally {
     ctx.inflight.count--;
@@ -311,9 +311,13 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
   }
 }
 
-function respond(name: ToolName, result: object): CallToolResult {
+/** The result with both renderings; the audit's end event is written before it goes out, so every call a client
+ *  got an answer to is recorded as finished, even if the relay dies right after. */
+function respond(name: ToolName, result: object, finish: (outputBytes: number) => void): CallToolResult {
   const render = RENDERERS[name] as (r: object) => string;
-  return { structuredContent: result as Record<string, unknown>, content: [{ type: "text", text: render(result) }] };
+  const text = render(result);
+  finish(text.length);
+  return { structuredContent: result as Record<string, unknown>, content: [{ type: "text", text }] };
 }
 
 /** A progress message: how long, how much output, and the last lines (what a person would glance at). */

@@ -1,11 +1,14 @@
-// The audit log in SQLite: one row per tool call, written at the start and completed at the end, with file
-// contents redacted, plus agent connects and disconnects.
+// The audit log as a user reads it (`bun run server.ts audit`, `audit verify`, GET /audit) against a real relay:
+// calls recorded when they start and when they end, secrets redacted, a hash chain that catches any change,
+// deletion or reordering, pruning that keeps the chain verifiable, and a relay killed with -9 mid-burst.
 
-import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
-import { connectClient, eventually, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import * as path from "node:path";
+import { auditCli, callsOf, eventsOf } from "../helpers/audit.ts";
+import { connectClient, eventually, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
@@ -24,82 +27,223 @@ afterAll(async () => {
   await relay[Symbol.asyncDispose]();
 });
 
-function query<T>(sql: string, ...params: (string | number)[]): T[] {
-  const db = new Database(relay.databasePath, { readonly: true });
-  try {
-    return db.query(sql).all(...params) as T[];
-  } finally {
-    db.close();
-  }
-}
-
-interface CallRow {
-  tool: string;
-  machine: string | null;
-  arguments: string;
-  outcome: string;
-  exit_code: number | null;
-  duration_ms: number | null;
-  client: string;
-  finished_at: string | null;
-}
-
-test("the database is in WAL mode", () => {
-  const db = new Database(relay.databasePath, { readonly: true });
-  expect((db.query("PRAGMA journal_mode").get() as any).journal_mode).toBe("wal");
-  db.close();
-});
-
-test("a call's row exists as unfinished while it runs and is completed when it ends", async () => {
-  await using client = await connectClient(relay, "streamable-http");
-  const pending = call(client, "run_shell_command", { command: "sleep 1; exit 4", timeout: 30 });
-  await eventually(() => query<CallRow>("SELECT * FROM tool_calls WHERE arguments LIKE '%sleep 1; exit 4%'").length === 1, 3_000);
-  const [running] = query<CallRow>("SELECT * FROM tool_calls WHERE arguments LIKE '%sleep 1; exit 4%'");
-  expect(running).toMatchObject({ tool: "run_shell_command", outcome: "unfinished", finished_at: null, client: "owner" });
-  await pending;
-  const [done] = query<CallRow>("SELECT * FROM tool_calls WHERE arguments LIKE '%sleep 1; exit 4%'");
-  expect(done).toMatchObject({ machine: "audited", outcome: "ok", exit_code: 4 });
-  expect(done!.duration_ms).toBeGreaterThanOrEqual(900);
-});
-
-test("write_file content is stored as its size and SHA-256, never in full", async () => {
-  await using client = await connectClient(relay, "sse");
-  const content = `secret-content-${Date.now()}`;
-  const file = `${agent.roots[0]}/audited.txt`;
-  await call(client, "write_file", { path: file, content });
-  const [row] = query<CallRow>("SELECT * FROM tool_calls WHERE tool = 'write_file' ORDER BY id DESC LIMIT 1");
-  expect(JSON.parse(row!.arguments)).toEqual({
-    path: file,
-    content_bytes: content.length,
-    content_sha256: createHash("sha256").update(content).digest("hex"),
+describe("reading the audit", () => {
+  test("a call is listed as unfinished while it runs and with its outcome when it ends", async () => {
+    await using client = await connectClient(relay, "streamable-http");
+    const pending = call(client, "run_shell_command", { command: "sleep 1; exit 4", timeout: 30 });
+    const mine = () => callsOf(relay.databasePath, "--tool", "run_shell_command").find((c) => c.arguments.command === "sleep 1; exit 4");
+    await eventually(() => mine() !== undefined, 3_000, "call recorded");
+    expect(mine()).toMatchObject({ outcome: "unfinished", finished_at: null, client: "owner" });
+    await pending;
+    const done = mine();
+    expect(done).toMatchObject({ machine: "audited", outcome: "ok", exit_code: 4 });
+    expect(done.duration_ms).toBeGreaterThanOrEqual(900);
+    expect(done.output_bytes).toBeGreaterThan(0);
   });
-  const raw = Buffer.concat([fs.readFileSync(relay.databasePath), fs.readFileSync(`${relay.databasePath}-wal`)]);
-  expect(raw.includes(content)).toBe(false);
+
+  test("the table is readable and filters by machine, tool, time and count", async () => {
+    await using client = await connectClient(relay, "sse");
+    await call(client, "list_directory", { path: agent.roots[0] });
+    const { code, stdout } = auditCli(relay.databasePath, "--tool", "list_directory", "--since", "10m", "--limit", "1");
+    expect(code).toBe(0);
+    const lines = stdout.trim().split("\n");
+    expect(lines[0]).toMatch(/^TIME \(UTC\)\s+MACHINE\s+TOOL\s+OUTCOME\s+EXIT\s+MS\s+CLIENT\s+ARGUMENTS$/);
+    expect(lines.length).toBe(2);
+    expect(lines[1]).toContain("audited");
+    expect(lines[1]).toContain("list_directory");
+    expect(auditCli(relay.databasePath, "--machine", "nowhere").stdout.trim()).toBe("No tool calls match.");
+    expect(auditCli(relay.databasePath, "--since", "yesterday-ish").stderr).toContain("since must be a duration");
+  });
+
+  test("write_file content is stored as its size and SHA-256, and env values by name only", async () => {
+    await using client = await connectClient(relay, "streamable-http");
+    const content = `secret-content-${Date.now()}`;
+    await call(client, "write_file", { path: `${agent.roots[0]}/audited.txt`, content });
+    await call(client, "run_shell_command", { command: "true", env: { API_KEY: "sk-do-not-store" }, stdin: "typed-password" });
+    const [write] = callsOf(relay.databasePath, "--tool", "write_file");
+    expect(write.arguments).toEqual({
+      path: `${agent.roots[0]}/audited.txt`,
+      content_bytes: content.length,
+      content_sha256: createHash("sha256").update(content).digest("hex"),
+    });
+    const [shell] = callsOf(relay.databasePath, "--tool", "run_shell_command");
+    expect(shell.arguments.env).toEqual(["API_KEY"]);
+    const raw = Buffer.concat([relay.databasePath, `${relay.databasePath}-wal`].filter(fs.existsSync).map((f) => fs.readFileSync(f)));
+    for (const secret of [content, "sk-do-not-store", "typed-password"]) expect(raw.includes(secret)).toBe(false);
+  });
+
+  test("failed calls, path denials and calls to a missing machine are recorded", async () => {
+    await using client = await connectClient(relay, "streamable-http");
+    await call(client, "read_file", { path: "/etc/hostname" });
+    await call(client, "list_directory", { path: "/tmp", machine: "ghost" });
+    const failed = callsOf(relay.databasePath).filter((c) => c.outcome === "error");
+    expect(failed.find((c) => c.tool === "read_file")).toMatchObject({ machine: "audited" });
+    expect(failed.find((c) => c.tool === "list_directory")).toMatchObject({ machine: "ghost" });
+    const denial = eventsOf(relay.databasePath).find((e) => e.kind === "path_denied");
+    expect(denial).toMatchObject({ machine: "audited" });
+    expect(denial.detail.detail).toContain("read_file: Access denied");
+  });
+
+  test("timed-out commands are recorded as timed_out", async () => {
+    await using client = await connectClient(relay, "streamable-http");
+    await call(client, "run_shell_command", { command: "sleep 30", timeout: 1 });
+    expect(callsOf(relay.databasePath, "--tool", "run_shell_command").find((c) => c.arguments.command === "sleep 30").outcome).toBe("timed_out");
+  });
+
+  test("agent connects and disconnects are recorded", async () => {
+    await using extra = await startAgent(relay, { machine: "visitor" });
+    await extra.stop();
+    await eventually(() => eventsOf(relay.databasePath, "--machine", "visitor").some((e) => e.kind === "agent_disconnected"), 3_000, "disconnect recorded");
+    expect(eventsOf(relay.databasePath, "--machine", "visitor").map((e) => e.kind).reverse()).toEqual(["agent_connected", "agent_disconnected"]);
+  });
+
+  test("GET /audit answers the owner with the same records, and refuses others", async () => {
+    const url = new URL("/audit?tool=write_file&limit=1", relay.url);
+    const response = await fetch(url, { headers: { Authorization: `Bearer ${relay.token}` } });
+    expect(response.status).toBe(200);
+    const body = (await response.json()) as any;
+    expect(body.calls.length).toBe(1);
+    expect(body.calls[0].tool).toBe("write_file");
+    expect((await fetch(url)).status).toBe(401);
+    expect((await fetch(new URL("/audit?since=bogus", relay.url), { headers: { Authorization: `Bearer ${relay.token}` } })).status).toBe(400);
+  });
+
+  test("the database is in WAL mode", () => {
+    const db = new Database(relay.databasePath, { readonly: true });
+    expect((db.query("PRAGMA journal_mode").get() as any).journal_mode).toBe("wal");
+    db.close();
+  });
 });
 
-test("failed calls are recorded with their error, including calls to a machine that is not there", async () => {
-  await using client = await connectClient(relay, "streamable-http");
-  await call(client, "read_file", { path: "/etc/hostname" });
-  await call(client, "list_directory", { path: "/tmp", machine: "ghost" });
-  const rows = query<CallRow & { error: string }>("SELECT * FROM tool_calls WHERE outcome = 'error' ORDER BY id");
-  expect(rows.map((r) => [r.tool, r.machine])).toEqual([
-    ["read_file", "audited"],
-    ["list_directory", "ghost"],
-  ]);
-  expect(rows[0]!.error).toContain("Access denied");
+describe("audit verify", () => {
+  /** A stopped relay's database with some history, copied so each test can damage its own. */
+  let pristine: string;
+  const work = tempDir("cr-audit-");
+
+  beforeAll(async () => {
+    await using r = await startRelay();
+    await using a = await startAgent(r, { machine: "chain" });
+    await using client = await connectClient(r, "streamable-http");
+    for (let i = 0; i < 5; i++) await call(client, "run_shell_command", { command: `echo ${i}` });
+    await r.stop(); // closes the database: the WAL is checkpointed into the file
+    pristine = r.databasePath;
+    expect(a.machine).toBe("chain");
+  });
+  afterAll(() => work[Symbol.dispose]());
+
+  /** A copy of the pristine database with `damage` done to it in SQL; returns its path. */
+  function damaged(name: string, damage: string): string {
+    const copy = path.join(work.path, `${name}.db`);
+    fs.copyFileSync(pristine, copy);
+    const db = new Database(copy);
+    for (const statement of damage.split(";")) db.run(statement);
+    db.close();
+    return copy;
+  }
+
+  test("an untouched chain verifies and names its head", () => {
+    const result = auditCli(pristine, "verify");
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/^audit chain intact: \d+ events; head: event \d+, hash [0-9a-f]{64}$/m);
+  });
+
+  test("a changed event is found", () => {
+    const result = auditCli(damaged("changed", "UPDATE audit_events SET data = replace(data, 'echo 2', 'echo 9') WHERE data LIKE '%echo 2%'"), "verify");
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/BROKEN at event \d+: event \d+ was changed after it was written/);
+  });
+
+  test("a deleted event is found", () => {
+    const result = auditCli(damaged("deleted", "DELETE FROM audit_events WHERE seq = 3"), "verify");
+    expect(result.stderr).toContain("BROKEN at event 3: event 3 is missing (the next one stored is 4)");
+  });
+
+  test("two events swapped are found", () => {
+    const swap = "UPDATE audit_events SET seq = -3 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = 4; UPDATE audit_events SET seq = 4 WHERE seq = -3";
+    const result = auditCli(damaged("swapped", swap), "verify");
+    expect(result.stderr).toContain("BROKEN at event 3: event 3 does not follow event 2");
+  });
+
+  test("a changed event whose hash was recomputed breaks the link to the next one", () => {
+    const copy = damaged("rehashed", "UPDATE audit_events SET client = 'someone-else' WHERE seq = 3");
+    const db = new Database(copy);
+    const row = db.query("SELECT * FROM audit_events WHERE seq = 3").get() as any;
+    const fields = [row.seq, row.at, row.kind, row.machine, row.client, row.call_id, row.data, row.prev_hash];
+    const hash = createHash("sha256").update(JSON.stringify(fields)).digest("hex");
+    db.query("UPDATE audit_events SET hash = ? WHERE seq = 3").run(hash);
+    db.close();
+    expect(auditCli(copy, "verify").stderr).toContain("BROKEN at event 4: event 4 does not follow event 3");
+  });
 });
 
-test("timed-out commands are recorded as timed_out", async () => {
-  await using client = await connectClient(relay, "streamable-http");
-  await call(client, "run_shell_command", { command: "sleep 30", timeout: 1 });
-  const [row] = query<CallRow>("SELECT * FROM tool_calls WHERE arguments LIKE '%sleep 30%'");
-  expect(row!.outcome).toBe("timed_out");
+describe("retention", () => {
+  test("old events are pruned at start and the chain still verifies from the anchor", async () => {
+    await using first = await startRelay();
+    {
+      await using a = await startAgent(first, { machine: "aging" });
+      await using client = await connectClient(first, "streamable-http");
+      for (let i = 0; i < 3; i++) await call(client, "check_agent_status", { machine: a.machine });
+    }
+    await first.stop();
+    // Make every event ten days old, then start a relay that keeps five days.
+    const db = new Database(first.databasePath);
+    const rows = db.query("SELECT * FROM audit_events ORDER BY seq").all() as any[];
+    const old = new Date(Date.now() - 10 * 86_400_000).toISOString();
+    let prev = "0".repeat(64);
+    for (const row of rows) {
+      const fields = [row.seq, old, row.kind, row.machine, row.client, row.call_id, row.data, prev];
+      const hash = createHash("sha256").update(JSON.stringify(fields)).digest("hex");
+      db.query("UPDATE audit_events SET at = ?, prev_hash = ?, hash = ? WHERE seq = ?").run(old, prev, hash, row.seq);
+      prev = hash;
+    }
+    db.close();
+    expect(auditCli(first.databasePath, "verify").code).toBe(0);
+    await using second = await startRelay({ databasePath: first.databasePath, env: { AUDIT_RETENTION_DAYS: "5" } });
+    await second.stderr.waitFor(/audit events pruned deleted=\d+/);
+    await second.stop();
+    const verified = auditCli(first.databasePath, "verify");
+    expect(verified.code).toBe(0);
+    expect(verified.stdout).toContain(`continuing from pruned event ${rows.at(-1).seq}`);
+    expect(eventsOf(first.databasePath).some((e) => e.kind === "audit_pruned")).toBe(true);
+  });
 });
 
-test("agent connects and disconnects are recorded", async () => {
-  await using extra = await startAgent(relay, { machine: "visitor" });
-  await extra.stop();
-  await eventually(() => query("SELECT * FROM events WHERE kind = 'agent_disconnected' AND machine = 'visitor'").length === 1);
-  const kinds = query<{ kind: string }>("SELECT kind FROM events WHERE machine = 'visitor' ORDER BY id").map((r) => r.kind);
-  expect(kinds).toEqual(["agent_connected", "agent_disconnected"]);
-});
+test("kill -9 of the relay during a burst of 1,000 calls leaves a sound database where every answered call is finished", async () => {
+  await using r = await startRelay();
+  await using a = await startAgent(r, { machine: "burst" });
+  const file = path.join(a.roots[0]!, "small.txt");
+  fs.writeFileSync(file, "one line\n");
+  const clients = await Promise.all(Array.from({ length: 16 }, () => connectClient(r, "streamable-http")));
+  const answered = new Set<number>();
+  let next = 0;
+  const worker = async (client: (typeof clients)[number]) => {
+    while (next < 1_000) {
+      const n = next++;
+      try {
+        await call(client, "read_file", { path: file, offset: n + 1 }); // the offset marks the call in the audit
+        answered.add(n + 1);
+      } catch {
+        return; // the relay is gone
+      }
+    }
+  };
+  const burst = Promise.all(clients.map(worker));
+  await eventually(() => answered.size >= 300, 20_000, "300 calls answered");
+  r.proc.kill("SIGKILL");
+  await burst;
+  await r.proc.exited;
+  expect(answered.size).toBeLessThan(1_000);
+
+  const db = new Database(r.databasePath, { readonly: true });
+  expect((db.query("PRAGMA integrity_check").get() as any).integrity_check).toBe("ok");
+  const finished = new Set(
+    (db
+      .query(`SELECT json_extract(s.data, '$.arguments.offset') AS offset FROM audit_events s
+              JOIN audit_events f ON f.call_id = s.call_id AND f.kind = 'call_finished' WHERE s.kind = 'call_started'`)
+      .all() as { offset: number }[]).map((row) => row.offset),
+  );
+  db.close();
+  const missing = [...answered].filter((offset) => !finished.has(offset));
+  expect(missing).toEqual([]);
+  expect(auditCli(r.databasePath, "verify").code).toBe(0);
+}, 60_000);

@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import { connectClient, newToken, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { eventsOf } from "../helpers/audit.ts";
 import { call } from "../helpers/tools.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
@@ -149,11 +150,8 @@ describe("/health", () => {
 describe("audit and secrecy", () => {
   test("refused authentications are recorded without the token", async () => {
     await post(`/mcp?access_token=${relay.token}`);
-    const { Database } = await import("bun:sqlite");
-    const db = new Database(relay.databasePath, { readonly: true });
-    const rows = db.query("SELECT kind, address, detail FROM events WHERE kind = 'auth_refused'").all() as any[];
-    db.close();
-    expect(rows.some((r) => r.detail === "/mcp: token in URL" && r.address === "127.0.0.1")).toBe(true);
+    const refusals = eventsOf(relay.databasePath).filter((e) => e.kind === "auth_refused");
+    expect(refusals.some((e) => e.detail.detail === "/mcp: token in URL" && e.detail.address === "127.0.0.1")).toBe(true);
   });
 
   test("neither process ever writes the token to its output, and the database does not hold it", async () => {

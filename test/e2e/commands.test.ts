@@ -3,7 +3,7 @@
 // prompt, per-command argv/env/stdin/shell, limits, and what an agent restart does to running commands.
 
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { Database } from "bun:sqlite";
+import { callsOf } from "../helpers/audit.ts";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import { connectClient, eventually, pidsMatching, startAgent, startRelay, tempDir, TRANSPORTS, type Agent, type Relay } from "../helpers/processes.ts";
@@ -78,12 +78,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
     const cancelledAt = Date.now();
     await eventually(() => pidsMatching(`sleep ${tag}`).length === 0, 2_000, "no process left");
     expect(Date.now() - cancelledAt).toBeLessThan(2_000);
-    await eventually(() => {
-      const db = new Database(relay.databasePath, { readonly: true });
-      const row = db.query("SELECT outcome FROM tool_calls WHERE arguments LIKE ?").get(`%sleep ${tag}%`) as { outcome: string } | null;
-      db.close();
-      return row?.outcome === "cancelled";
-    }, 2_000, "audit row cancelled");
+    await eventually(() => callsOf(relay.databasePath).find((c) => c.arguments.command?.includes(`sleep ${tag}`))?.outcome === "cancelled", 3_000, "audit says cancelled");
   });
 
   test("a background loop is followed to completion with get_command_output", async () => {

@@ -1,0 +1,18 @@
+// The audit log as a user reads it: `bun run server.ts audit …` against a relay's database.
+
+import * as path from "node:path";
+import { NEUTRAL_CWD, ROOT } from "./processes.ts";
+
+export function auditCli(databasePath: string, ...args: string[]) {
+  const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "audit", ...args], {
+    cwd: NEUTRAL_CWD,
+    env: { PATH: process.env.PATH!, DATABASE_PATH: databasePath },
+  });
+  return { code: result.exitCode, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
+}
+
+/** Recent tool calls (newest first), as `audit --json` gives them. */
+export const callsOf = (databasePath: string, ...args: string[]) => JSON.parse(auditCli(databasePath, "--json", "--limit", "500", ...args).stdout).calls as any[];
+
+/** Recent events other than calls (newest first), as `audit --json --events` gives them. */
+export const eventsOf = (databasePath: string, ...args: string[]) => JSON.parse(auditCli(databasePath, "--json", "--events", "--limit", "500", ...args).stdout).events as any[];

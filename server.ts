@@ -15,7 +15,7 @@ import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { isInitializeRequest, JSONRPCMessageSchema, type JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MachineName, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
 import { AuditLog, type AuditFilter, type CallRecord, type EventRecord, type VerifyResult } from "./audit.ts";
-import { bearerToken, clientAddress, Guards, jsonRpcError, type TrustProxy } from "./auth.ts";
+import { bearerToken, clientAddress, Guards, jsonRpcError, parseCidr, TAILSCALE_NETWORKS, type Cidr, type TrustProxy } from "./auth.ts";
 import { AgentTokens, OAuthStore } from "./credentials.ts";
 import { CallLimits, Penalties, type CallLimitOptions } from "./limits.ts";
 import { AuthorizationServer, type ResourcePath } from "./oauth.ts";
@@ -66,6 +66,8 @@ export interface ServerConfig {
   callLimits: CallLimitOptions;
   /** Audit events older than this many days are pruned (0: kept forever). */
   auditRetentionDays: number;
+  /** Networks agents must come from, when REQUIRE_PRIVATE_NETWORK is on (undefined: the gate is off). */
+  privateNetworks?: Cidr[];
 }
 
 /** Environment variables the server reads; `--help` prints this table. */
@@ -80,6 +82,8 @@ const ENV_HELP: [string, string][] = [
   ["TRUST_PROXY", "Client address from: none (the socket, default), fly (Fly-Client-IP), or N (Nth from the right of X-Forwarded-For)"],
   ["CLIENT_MAX_CALLS_IN_FLIGHT", "Tool calls one client may have running at once (default 32)"],
   ["CLIENT_CALLS_PER_MINUTE", "Tool calls one client may start per minute; 0 for no limit (default 1200)"],
+  ["REQUIRE_PRIVATE_NETWORK", "true: agents must connect from PRIVATE_NETWORKS (default: true when TAILSCALE_AUTHKEY is set, else false)"],
+  ["PRIVATE_NETWORKS", `Networks agents may come from, comma-separated CIDRs (default ${TAILSCALE_NETWORKS}: Tailscale)`],
   ["AUDIT_RETENTION_DAYS", "Audit events older than this are pruned, keeping the chain verifiable; 0 keeps all (default 90)"],
 ];
 
@@ -135,6 +139,7 @@ export function loadConfig(env: Record<string, string | undefined>): ServerConfi
       perMinute: wholeNumber(env, "CLIENT_CALLS_PER_MINUTE", 1200, 0, 10_000_000),
     },
     auditRetentionDays: wholeNumber(env, "AUDIT_RETENTION_DAYS", 90, 0, 100_000),
+    privateNetworks: requirePrivateNetwork(env) ? parseNetworks(env.PRIVATE_NETWORKS ?? TAILSCALE_NETWORKS) : undefined,
   };
 }
 
@@ -159,6 +164,27 @@ function parsePublicUrl(raw: string): URL {
     throw new ConfigError("PUBLIC_URL must be https:// (plain http only for localhost); e.g. PUBLIC_URL=https://relay.example.com");
   }
   return new URL(url.origin);
+}
+
+function requirePrivateNetwork(env: Record<string, string | undefined>): boolean {
+  const raw = env.REQUIRE_PRIVATE_NETWORK?.trim().toLowerCase();
+  if (raw === undefined || raw === "") return Boolean(env.TAILSCALE_AUTHKEY);
+  if (["true", "1", "yes", "on"].includes(raw)) return true;
+  if (["false", "0", "no", "off"].includes(raw)) return false;
+  throw new ConfigError("REQUIRE_PRIVATE_NETWORK must be true or false.");
+}
+
+function parseNetworks(raw: string): Cidr[] {
+  const networks: Cidr[] = [];
+  for (const entry of raw.split(",").filter((e) => e.trim())) {
+    try {
+      networks.push(parseCidr(entry));
+    } catch (e) {
+      throw new ConfigError(`PRIVATE_NETWORKS: ${(e as Error).message}.`);
+    }
+  }
+  if (networks.length === 0) throw new ConfigError("PRIVATE_NETWORKS names no network.");
+  return networks;
 }
 
 function parseTrustProxy(raw: string | undefined): TrustProxy {
@@ -387,7 +413,7 @@ export function startServer(config: ServerConfig): RunningServer {
 
   const upgradeAgent = (req: Request, server: Server<SocketData>) => {
     const address = addressOf(req, server);
-    const denied = guards.checkOrigin(req);
+    const denied = guards.checkNetwork(req, address) ?? guards.checkOrigin(req);
     if (denied) return denied;
     const credential = guards.checkAgent(req, address);
     if (credential instanceof Response) return credential;
@@ -462,6 +488,9 @@ export function startServer(config: ServerConfig): RunningServer {
     },
   });
   guards = new Guards({ ...config, port: server.port!, audit, penalties, oauth, agentTokens });
+  if (config.privateNetworks) {
+    log("info", "private-network gate on: agents must connect from PRIVATE_NETWORKS", { networks: process.env.PRIVATE_NETWORKS ?? TAILSCALE_NETWORKS, trust_proxy: config.trustProxy });
+  }
   if (config.agentToken === config.authToken) {
     log("warn", "agents share AUTH_TOKEN (compatibility with the original): a command on any machine that reads it can drive every machine; give each agent its own token with agent-token create");
   }

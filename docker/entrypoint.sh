@@ -57,6 +57,12 @@ fi
 
 if [ -n "${TAILSCALE_AUTHKEY:-}" ]; then
   start_tailscale
+  # The relay turns its private-network gate on when Tailscale is, but it never sees the key (unset below), so
+  # the default is set here. In userspace networking, tailscaled hands tailnet connections to the relay from
+  # loopback, so loopback is admitted too; nothing else in this container forwards outside traffic to loopback
+  # (Fly's proxy reaches the relay on the Machine's private address, which is refused).
+  export REQUIRE_PRIVATE_NETWORK="${REQUIRE_PRIVATE_NETWORK:-true}"
+  export PRIVATE_NETWORKS="${PRIVATE_NETWORKS:-100.64.0.0/10,fd7a:115c:a1e0::/48,127.0.0.1/32,::1/128}"
 fi
 # The relay has no use for the tailnet key; keep it out of its environment.
 unset TAILSCALE_AUTHKEY

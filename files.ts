@@ -494,7 +494,24 @@ class Listing {
       if (!stat) continue; // removed while we listed
       this.seen++;
       this.#add({ name: prefix + name, type: entryType(stat), size: stat.size, modified: stat.mtime.toISOString() });
-      if (stat.isDirectory() && levels > 1) this.walk(`${dirPath}/${name}`, `${prefix}${name}/`, levels - 1);
+      if (stat.isDirectory() && levels > 1) this.#enter(`${dirPath}/${name}`, `${prefix}${name}/`, levels - 1);
+    }
+  }
+
+  /** Lists a subdirectory through a descriptor of its own, opened without following a symlink: a directory swapped
+   *  for a symlink since the lstat above (a race a local user can run in /tmp) is listed but never entered, so the
+   *  walk cannot wander outside the roots. */
+  #enter(dirPath: string, prefix: string, levels: number): void {
+    let fd: number;
+    try {
+      fd = fs.openSync(dirPath, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+    } catch {
+      return; // now a symlink, gone, or unreadable: listed as a dir, not entered
+    }
+    try {
+      this.walk(fdPath(fd, dirPath), prefix, levels);
+    } finally {
+      fs.closeSync(fd);
     }
   }
 

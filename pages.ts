@@ -19,6 +19,24 @@ const STYLE = `
   button { flex: 1; font-size: 1rem; padding: 0.8rem; border-radius: 0.5rem; border: 1px solid #8888; cursor: pointer; }
   button[value=approve] { background: #2563eb; color: white; border-color: #2563eb; font-weight: 600; }
   .small { font-size: 0.85rem; opacity: 0.75; }
+  main.wide { max-width: 60rem; }
+  header { display: flex; justify-content: space-between; align-items: baseline; gap: 1rem; flex-wrap: wrap; }
+  h2 { font-size: 1.05rem; margin: 1.5rem 0 0.6rem; }
+  .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(17rem, 1fr)); gap: 0.75rem; }
+  .card { border: 1px solid #8884; border-radius: 0.6rem; padding: 0.75rem 1rem; overflow-wrap: anywhere; }
+  .card h3 { margin: 0 0 0.35rem; font-size: 1rem; }
+  .card p { margin: 0.15rem 0; font-size: 0.9rem; }
+  .actions { display: flex; gap: 0.5rem; margin-top: 0.6rem; flex-wrap: wrap; }
+  a.button, button.link { display: inline-block; padding: 0.45rem 0.75rem; border-radius: 0.45rem; border: 1px solid #8888;
+    text-decoration: none; color: inherit; font-size: 0.9rem; background: none; cursor: pointer; }
+  ul.list { list-style: none; padding: 0; margin: 0; }
+  ul.list li { padding: 0.5rem 0; border-bottom: 1px solid #8883; font-size: 0.9rem; overflow-wrap: anywhere; }
+  .tag { display: inline-block; padding: 0 0.4rem; border-radius: 0.3rem; font-size: 0.8rem; background: #8882; }
+  .tag.ok { background: #30a46c33; } .tag.error, .tag.timed_out, .tag.cancelled { background: #e5484d33; } .tag.unfinished { background: #f5a62333; }
+  nav.filter { display: flex; gap: 0.4rem; flex-wrap: wrap; margin-bottom: 0.5rem; }
+  nav.filter a { font-size: 0.85rem; padding: 0.2rem 0.55rem; border-radius: 1rem; border: 1px solid #8886; text-decoration: none; color: inherit; }
+  nav.filter a.on { background: #2563eb; color: white; border-color: #2563eb; }
+  button.danger { background: #e5484d; color: white; border-color: #e5484d; font-weight: 600; }
 `;
 
 /** Escapes text for HTML content and attribute values. */
@@ -35,22 +53,23 @@ function pageHeaders(formTarget?: string): Record<string, string> {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin", // nothing leaves the relay; same-origin posts keep their Origin (no-referrer would send "null")
     "Content-Security-Policy": `default-src 'none'; style-src 'unsafe-inline'; form-action ${formAction}; frame-ancestors 'none'; base-uri 'none'`,
   };
 }
 
-function page(title: string, body: string): string {
+function page(title: string, body: string, options: { wide?: boolean; refreshSeconds?: number } = {}): string {
+  const refresh = options.refreshSeconds ? `<meta http-equiv="refresh" content="${options.refreshSeconds}">\n` : "";
   return `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<title>${escapeHtml(title)}</title>
+<meta name="referrer" content="same-origin">
+${refresh}<title>${escapeHtml(title)}</title>
 <style>${STYLE}</style>
 </head>
-<body><main>
+<body><main${options.wide ? ' class="wide"' : ""}>
 ${body}
 </main></body>
 </html>`;
@@ -102,4 +121,126 @@ ${details.error ? `<p class="error" role="alert">${escapeHtml(details.error)}</p
 export function errorPage(status: number, title: string, message: string): Response {
   const body = `<h1>${escapeHtml(title)}</h1>\n<p class="error">${escapeHtml(message)}</p>`;
   return new Response(page(title, body), { status, headers: pageHeaders() });
+}
+
+// --- the owner's dashboard ---
+
+const html = (status: number, title: string, body: string, options?: { wide?: boolean; refreshSeconds?: number }) =>
+  new Response(page(title, body, options), { status, headers: pageHeaders() });
+
+/** The only thing a visitor without a session sees. */
+export function loginPage(error?: string, status = 200): Response {
+  return html(
+    status,
+    "Code Remote",
+    `<h1>Code Remote</h1>
+${error ? `<p class="error" role="alert">${escapeHtml(error)}</p>` : ""}
+<form method="post" action="/login">
+  <label for="owner_secret">Owner secret</label>
+  <input type="password" id="owner_secret" name="owner_secret" autocomplete="current-password" autofocus>
+  <p class="small">The relay's OWNER_PASSWORD, or its AUTH_TOKEN when no password is set.</p>
+  <div class="buttons"><button type="submit" name="decision" value="approve">Sign in</button></div>
+</form>`,
+  );
+}
+
+export interface DashboardView {
+  csrf: string;
+  /** The machine the recent calls are filtered by, if any. */
+  filter?: string;
+  machines: { name: string; version: string; os: string; roots: string[]; connectedSince: string; lastHeartbeat: string; credential: string; hasToken: boolean }[];
+  offlineTokens: { machine: string; created_at: string; last_used_at: string | null }[];
+  running: { machine: string; command_id: string; command: string; started_at: string; duration_ms: number; background: boolean }[];
+  calls: { started_at: string; machine: string | null; tool: string; outcome: string; duration_ms: number | null; exit_code: number | null; client: string | null; arguments: Record<string, unknown> }[];
+  events: { at: string; kind: string; machine: string | null; detail: Record<string, unknown> }[];
+}
+
+const when = (iso: string) => escapeHtml(iso.replace("T", " ").slice(0, 19));
+const seconds = (ms: number | null) => (ms === null ? "" : `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`);
+const confirmLink = (action: string, machine: string, label: string) =>
+  `<a class="button" href="/confirm?action=${action}&amp;machine=${encodeURIComponent(machine)}">${label}</a>`;
+
+function machineCards(view: DashboardView): string {
+  if (view.machines.length === 0) return `<p class="small">No machine is connected. Start an agent: see the README.</p>`;
+  return `<div class="cards">${view.machines
+    .map(
+      (m) => `<div class="card">
+  <h3>${escapeHtml(m.name)}</h3>
+  <p>agent ${escapeHtml(m.version)} on ${escapeHtml(m.os)}</p>
+  <p class="small">roots: ${m.roots.map(escapeHtml).join(", ")}</p>
+  <p class="small">connected since ${when(m.connectedSince)}, last heartbeat ${when(m.lastHeartbeat)}, with ${escapeHtml(m.credential)}</p>
+  <div class="actions">${confirmLink("disconnect", m.name, "Disconnect")}${m.hasToken ? confirmLink("revoke", m.name, "Revoke token") : ""}</div>
+</div>`,
+    )
+    .join("\n")}</div>`;
+}
+
+function offlineTokens(view: DashboardView): string {
+  if (view.offlineTokens.length === 0) return "";
+  const rows = view.offlineTokens.map((t) => `<li><strong>${escapeHtml(t.machine)}</strong> <span class="small">token made ${when(t.created_at)}, last used ${t.last_used_at ? when(t.last_used_at) : "never"}</span> ${confirmLink("revoke", t.machine, "Revoke token")}</li>`);
+  return `<h2>Agent tokens of machines not connected</h2><ul class="list">${rows.join("")}</ul>`;
+}
+
+function runningCommands(view: DashboardView): string {
+  if (view.running.length === 0) return `<p class="small">Nothing running.</p>`;
+  const rows = view.running.map(
+    (c) => `<li><span class="tag">${escapeHtml(c.machine)}</span> <code>${escapeHtml(c.command.slice(0, 120))}</code> <span class="small">${c.background ? "background, " : ""}running ${seconds(c.duration_ms)} (${escapeHtml(c.command_id)})</span></li>`,
+  );
+  return `<ul class="list">${rows.join("")}</ul>`;
+}
+
+function recentCalls(view: DashboardView): string {
+  const names = [...new Set([...view.machines.map((m) => m.name), ...(view.filter ? [view.filter] : [])])].sort();
+  const filter = `<nav class="filter"><a href="/"${view.filter ? "" : ' class="on"'}>all</a>${names
+    .map((n) => `<a href="/?machine=${encodeURIComponent(n)}"${view.filter === n ? ' class="on"' : ""}>${escapeHtml(n)}</a>`)
+    .join("")}</nav>`;
+  if (view.calls.length === 0) return `${filter}<p class="small">No tool calls yet.</p>`;
+  const rows = view.calls.map((c) => {
+    const args = escapeHtml(JSON.stringify(c.arguments).slice(0, 140));
+    const exit = c.exit_code !== null ? ` exit ${c.exit_code}` : "";
+    return `<li><span class="small">${when(c.started_at)}</span> <span class="tag">${escapeHtml(c.machine ?? "-")}</span> <strong>${escapeHtml(c.tool)}</strong> <span class="tag ${escapeHtml(c.outcome)}">${escapeHtml(c.outcome)}${exit}</span> <span class="small">${seconds(c.duration_ms)} · ${escapeHtml(c.client ?? "-")}</span><br><code class="small">${args}</code></li>`;
+  });
+  return `${filter}<ul class="list">${rows.join("")}</ul>`;
+}
+
+function recentEvents(view: DashboardView): string {
+  if (view.events.length === 0) return "";
+  const rows = view.events.map((e) => `<li><span class="small">${when(e.at)}</span> <strong>${escapeHtml(e.kind)}</strong> ${e.machine ? `<span class="tag">${escapeHtml(e.machine)}</span> ` : ""}<span class="small">${escapeHtml(JSON.stringify(e.detail).slice(0, 160))}</span></li>`);
+  return `<h2>Recent events</h2><ul class="list">${rows.join("")}</ul>`;
+}
+
+/** The dashboard: machines, what runs, what was called. Refreshes itself every 30 s. */
+export function dashboardPage(view: DashboardView): Response {
+  const body = `<header><h1>Code Remote</h1>
+<form method="post" action="/logout"><input type="hidden" name="csrf" value="${escapeHtml(view.csrf)}"><button class="link" type="submit">Sign out</button></form></header>
+<h2>Machines (${view.machines.length})</h2>
+${machineCards(view)}
+${offlineTokens(view)}
+<h2>Running commands</h2>
+${runningCommands(view)}
+<h2>Recent tool calls${view.filter ? ` on ${escapeHtml(view.filter)}` : ""}</h2>
+${recentCalls(view)}
+${recentEvents(view)}`;
+  return html(200, "Code Remote", body, { wide: true, refreshSeconds: 30 });
+}
+
+/** "Are you sure?" for a dashboard action; the answer is a form post with the session's token. */
+export function confirmPage(details: { action: "disconnect" | "revoke"; machine: string; csrf: string; holdMinutes: number }): Response {
+  const machine = escapeHtml(details.machine);
+  const what =
+    details.action === "disconnect"
+      ? `Disconnect <strong>${machine}</strong>? Its running calls fail, and it is turned away for ${details.holdMinutes} minutes before it may connect again.`
+      : `Revoke the agent token of <strong>${machine}</strong>? The agent is cut off at once and cannot connect with that token again; make a new one with agent-token create.`;
+  return html(
+    200,
+    "Confirm",
+    `<h1>Are you sure?</h1>
+<p class="warning">${what}</p>
+<form method="post" action="/actions">
+  <input type="hidden" name="csrf" value="${escapeHtml(details.csrf)}">
+  <input type="hidden" name="action" value="${details.action}">
+  <input type="hidden" name="machine" value="${machine}">
+  <div class="buttons"><a class="button" href="/">Cancel</a><button class="danger" type="submit">${details.action === "disconnect" ? "Disconnect" : "Revoke token"}</button></div>
+</form>`,
+  );
 }

@@ -85,6 +85,8 @@ export class ToolError extends Error {
 export class Relay {
   readonly agents = new Map<string, AgentConn>();
   readonly sockets = new Set<AgentSocket>();
+  /** Machines the owner disconnected, and until when (ms) they are turned away. */
+  readonly #heldOff = new Map<string, number>();
   constructor(readonly audit: AuditLog) {}
 
   opened(ws: AgentSocket): void {
@@ -177,6 +179,17 @@ export class Relay {
     }
   }
 
+  /** The owner disconnects a machine from the dashboard: its socket is closed and it is turned away for
+   *  `holdMs`, so it does not simply reconnect a second later. False when it is not connected. */
+  disconnect(machine: string, holdMs: number): boolean {
+    const conn = this.agents.get(machine);
+    this.#heldOff.set(machine, Date.now() + holdMs);
+    if (!conn) return false;
+    log("warn", "agent disconnected by the owner", { machine, address: conn.ws.data.address, hold_s: Math.round(holdMs / 1000) });
+    conn.ws.close(CloseCode.forbidden, "disconnected by the owner");
+    return true;
+  }
+
   /** Cuts off agents whose per-machine token is no longer among `validHashes` (revoked). */
   dropRevoked(validHashes: Set<string>): void {
     for (const ws of this.sockets) {
@@ -196,6 +209,11 @@ export class Relay {
     if (hello.protocol_version !== PROTOCOL_VERSION) {
       return this.#refuse(ws, CloseCode.unsupportedVersion, `protocol ${hello.protocol_version} unsupported; this relay speaks ${PROTOCOL_VERSION}`);
     }
+    const heldUntil = this.#heldOff.get(hello.machine) ?? 0;
+    if (heldUntil > Date.now()) {
+      return this.#refuse(ws, CloseCode.forbidden, `disconnected by the owner; turned away until ${new Date(heldUntil).toISOString()}`);
+    }
+    this.#heldOff.delete(hello.machine);
     const { credential } = ws.data;
     // A per-machine token admits only its machine: whoever holds it cannot take over another machine's name.
     if (credential.kind === "machine" && credential.machine !== hello.machine) {

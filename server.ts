@@ -18,6 +18,7 @@ import { AuditLog, type AuditFilter, type CallRecord, type EventRecord, type Ver
 import { bearerToken, clientAddress, Guards, jsonRpcError, parseCidr, TAILSCALE_NETWORKS, type Cidr, type TrustProxy } from "./auth.ts";
 import { AgentTokens, OAuthStore } from "./credentials.ts";
 import { CallLimits, Penalties, type CallLimitOptions } from "./limits.ts";
+import { Dashboard } from "./dashboard.ts";
 import { AuthorizationServer, type ResourcePath } from "./oauth.ts";
 import { Relay, type SocketData } from "./relay.ts";
 import { openDatabase } from "./storage.ts";
@@ -378,6 +379,7 @@ export function startServer(config: ServerConfig): RunningServer {
     session,
     inflight,
   });
+  const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, penalties });
   const streamable = new StreamableSessions(newContext);
   const sseSessions = new Map<string, SseTransport>();
   let guards: Guards; // needs the bound port, so it is made right after Bun.serve returns
@@ -430,31 +432,39 @@ export function startServer(config: ServerConfig): RunningServer {
     return Response.json({ ...base, machines: [...relay.agents.keys()].sort(), sessions: streamable.size + sseSessions.size });
   };
 
-  /** GET /audit: the audit log as JSON, for the owner only (the static token; OAuth clients are not the owner). */
+  /** GET /audit: the audit log as JSON, for the owner only: a dashboard session or the static token (an OAuth
+   *  client the owner approved uses the tools, but is not the owner). */
   const auditRoute = (req: Request, server: Server<SocketData>) => {
-    const auth = authorize(req, server, "/mcp");
-    if (auth instanceof Response) return auth;
-    if (auth.clientId !== "owner") return jsonRpcError(403, -32000, "The audit log is for the owner: use the relay's AUTH_TOKEN.");
+    if (!dashboard.isOwner(req)) {
+      const auth = authorize(req, server, "/mcp");
+      if (auth instanceof Response) return auth;
+      if (auth.clientId !== "owner") return jsonRpcError(403, -32000, "The audit log is for the owner: use the relay's AUTH_TOKEN.");
+    }
     const filter = auditFilter(new URL(req.url).searchParams);
     if (typeof filter === "string") return jsonRpcError(400, -32602, filter);
     return Response.json({ calls: audit.calls(filter), events: audit.events(filter) }, { headers: { "Cache-Control": "no-store" } });
   };
 
-  /** The OAuth endpoints, behind the same Host check as MCP (they hand out tokens for this origin only). */
-  const oauthRoutes = Object.fromEntries(
-    Object.entries(oauth.routes()).map(([path, methods]) => [
-      path,
-      Object.fromEntries(
-        Object.entries(methods).map(([method, handler]) => [
-          method,
-          (req: Request, server: Server<SocketData>) => guards.checkHost(req) ?? handler(req, addressOf(req, server)),
-        ]),
-      ),
-    ]),
-  );
+  /** Wraps page handlers with request guards: the Host check for all (they hand out tokens and sessions for this
+   *  origin only), and for the dashboard also the Origin check (its forms are only ever posted from its pages;
+   *  OAuth's /register and /token may be called by browser-based clients from their own origin). */
+  const guarded = (routes: ReturnType<typeof oauth.routes>, checkOrigin: boolean) =>
+    Object.fromEntries(
+      Object.entries(routes).map(([path, methods]) => [
+        path,
+        Object.fromEntries(
+          Object.entries(methods).map(([method, handler]) => [
+            method,
+            (req: Request, server: Server<SocketData>) =>
+              guards.checkHost(req) ?? (checkOrigin ? guards.checkOrigin(req) : undefined) ?? handler(req, addressOf(req, server)),
+          ]),
+        ),
+      ]),
+    );
+  const pageRoutes = { ...guarded(oauth.routes(), false), ...guarded(dashboard.routes(), true) };
 
   const routes = {
-    ...oauthRoutes,
+    ...pageRoutes,
     "/health": { GET: health },
     "/audit": { GET: auditRoute },
     "/mcp": { GET: mcp, POST: mcp, DELETE: mcp },

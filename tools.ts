@@ -260,7 +260,7 @@ async function checkAgentStatus(relay: Relay, machine: string | undefined): Prom
 }
 
 /** list_commands: one machine, or every connected machine merged newest first (a silent one is named in errors). */
-async function listCommands(relay: Relay, machine: string | undefined, args: OpArgs<"list_commands">): Promise<ToolResult<"list_commands">> {
+export async function listCommands(relay: Relay, machine: string | undefined, args: OpArgs<"list_commands">): Promise<ToolResult<"list_commands">> {
   const conns = machine ? [relay.pick(machine)] : [...relay.agents.values()];
   const answers = await Promise.allSettled(conns.map((conn) => relay.call(conn, "list_commands", args, { deadlineMs: STATUS_DEADLINE_MS })));
   const commands = answers

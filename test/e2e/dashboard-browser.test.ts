@@ -1,0 +1,160 @@
+// The owner's dashboard in a real browser (Debian's Chromium via playwright-core), at phone width, against a real
+// relay with real agents: login, machines, running commands, recent calls filtered by machine, and the two
+// actions behind their confirmation pages. Screenshots go to test-output/.
+
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { eventsOf } from "../helpers/audit.ts";
+import { connectClient, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { call } from "../helpers/tools.ts";
+
+// Real processes and a browser take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
+
+const CHROMIUM = "/usr/bin/chromium";
+const OWNER_PASSWORD = "owner passphrase for tests";
+const PHONE = { width: 390, height: 844 };
+const SCREENSHOTS = path.join(ROOT, "test-output");
+
+let relay: Relay;
+let laptop: Agent;
+let ci: Agent;
+let ciToken: string;
+let browser: Browser;
+
+beforeAll(async () => {
+  if (!fs.existsSync(CHROMIUM)) return;
+  relay = await startRelay({ env: { OWNER_PASSWORD } });
+  const made = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", "create", "ci"], { env: { ...process.env, DATABASE_PATH: relay.databasePath } });
+  ciToken = /crm_[A-Za-z0-9_-]{43}/.exec(made.stdout.toString())![0];
+  laptop = await startAgent(relay, { machine: "laptop" });
+  ci = await startAgent(relay, { machine: "ci", token: ciToken });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await ci?.[Symbol.asyncDispose]();
+  await laptop?.[Symbol.asyncDispose]();
+  await relay?.[Symbol.asyncDispose]();
+});
+
+async function phonePage(): Promise<Page> {
+  const context = await browser.newContext({ viewport: PHONE, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
+  return context.newPage();
+}
+
+async function signIn(page: Page, secret = OWNER_PASSWORD): Promise<void> {
+  await page.goto(new URL("/", relay.url).toString());
+  await page.fill("#owner_secret", secret);
+  await page.click("button[type=submit]");
+}
+
+describe.skipIf(!fs.existsSync(CHROMIUM))("the dashboard in Chromium at phone width (skipped without /usr/bin/chromium)", () => {
+  test("a visitor without a session sees only the login form; a wrong secret is refused", async () => {
+    const page = await phonePage();
+    await page.goto(new URL("/", relay.url).toString());
+    const html = await page.content();
+    expect(html).toContain('name="owner_secret"');
+    expect(html).not.toContain("laptop");
+    await signIn(page, "not the secret");
+    await expect(page.locator("[role=alert]").textContent()).resolves.toBe("Wrong owner secret.");
+    await page.context().close();
+  });
+
+  test("signed in, it shows machines, running commands and recent calls, fits a phone, and holds no secret", async () => {
+    await using client = await connectClient(relay, "streamable-http");
+    await call(client, "run_shell_command", { command: "echo from-laptop", machine: "laptop" });
+    await call(client, "list_directory", { path: ci.roots[0], machine: "ci" });
+    const background = await call(client, "run_shell_command", { command: "sleep 120", background: true, machine: "laptop" });
+
+    const page = await phonePage();
+    await signIn(page);
+    const cards = page.locator(".card");
+    await expect(cards.count()).resolves.toBe(2);
+    const laptopCard = await cards.filter({ hasText: "laptop" }).textContent();
+    expect(laptopCard).toContain("agent 0.1.0 on Linux");
+    expect(laptopCard).toContain(laptop.roots[0]!);
+    expect(laptopCard).toContain("the shared token");
+    expect(await cards.filter({ hasText: "ci" }).textContent()).toContain("its own token");
+    const running = await page.locator("h2:has-text('Running commands') + ul").textContent();
+    expect(running).toContain("sleep 120");
+    expect(running).toContain(background.data.command_id);
+    const calls = await page.locator("h2:has-text('Recent tool calls') ~ ul.list").first().textContent();
+    expect(calls).toContain("run_shell_command");
+    expect(calls).toContain("list_directory");
+
+    expect((await page.evaluate("document.documentElement.scrollWidth")) as number).toBeLessThanOrEqual(PHONE.width);
+    fs.mkdirSync(SCREENSHOTS, { recursive: true });
+    await page.screenshot({ path: path.join(SCREENSHOTS, "dashboard-phone.png"), fullPage: true });
+
+    const html = await page.content();
+    for (const secret of [OWNER_PASSWORD, relay.token, ciToken]) expect(html).not.toContain(secret);
+
+    await page.click("nav.filter a:has-text('ci')");
+    const filtered = await page.locator("h2:has-text('Recent tool calls') ~ ul.list").first().textContent();
+    expect(filtered).toContain("list_directory");
+    expect(filtered).not.toContain("run_shell_command");
+    await call(client, "kill_command", { command_id: background.data.command_id });
+    await page.context().close();
+  });
+
+  test("disconnecting a machine asks first, cuts it off, keeps it away, and is audited", async () => {
+    const page = await phonePage();
+    await signIn(page);
+    await page.click(".card:has-text('laptop') a:has-text('Disconnect')");
+    await expect(page.locator("h1").textContent()).resolves.toBe("Are you sure?");
+    await page.screenshot({ path: path.join(SCREENSHOTS, "dashboard-confirm-phone.png") });
+    await page.click("button.danger");
+    await laptop.stderr.waitFor(/disconnected code=4003 reason="disconnected by the owner"/);
+    await expect(page.locator(".card").count()).resolves.toBe(1);
+    await laptop.stderr.waitFor(/could not register with the relay.*turned away until/, 10_000); // it may not come straight back
+    const event = eventsOf(relay.databasePath, "--machine", "laptop").find((e) => e.kind === "agent_disconnected_by_owner");
+    expect(event?.detail.detail).toBe("disconnected");
+    await page.context().close();
+  });
+
+  test("revoking a machine's token asks first and cuts that agent off", async () => {
+    const page = await phonePage();
+    await signIn(page);
+    await page.click(".card:has-text('ci') a:has-text('Revoke token')");
+    await page.click("button.danger");
+    await ci.stderr.waitFor(/disconnected code=4003 reason="agent token revoked"/, 5_000);
+    expect(eventsOf(relay.databasePath, "--machine", "ci").some((e) => e.kind === "agent_token_revoked")).toBe(true);
+    await page.context().close();
+  });
+
+  test("an action posted without the session's form token is refused", async () => {
+    const page = await phonePage();
+    await signIn(page);
+    // The page's CSP forbids it to fetch anything, so the forgery comes from outside, with the session's cookie.
+    const cookie = (await page.context().cookies()).map((c) => `${c.name}=${c.value}`).join("; ");
+    const forged = await fetch(new URL("/actions", relay.url), {
+      method: "POST",
+      redirect: "manual",
+      headers: { Cookie: cookie, "Content-Type": "application/x-www-form-urlencoded" },
+      body: "action=disconnect&machine=ci&csrf=forged",
+    });
+    expect(forged.status).toBe(403);
+    const crossSite = await fetch(new URL("/actions", relay.url), { method: "POST", headers: { Cookie: cookie, Origin: "https://evil.example" }, body: "" });
+    expect(crossSite.status).toBe(403);
+    await page.context().close();
+  });
+
+  test("signing out ends the session, even for a copy of the cookie", async () => {
+    const page = await phonePage();
+    await signIn(page);
+    const cookies = await page.context().cookies();
+    await page.click("text=Sign out");
+    await expect(page.locator("#owner_secret").count()).resolves.toBe(1);
+    const copied = cookies.map((c) => `${c.name}=${c.value}`).join("; ");
+    const response = await fetch(new URL("/", relay.url), { headers: { Cookie: copied } });
+    expect(await response.text()).toContain('name="owner_secret"');
+    await page.context().close();
+  });
+});

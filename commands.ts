@@ -623,6 +623,11 @@ export class CommandRunner {
   #spec(args: OpArgs<"run_shell_command">, ctx: RunContext): CommandSpec {
     if ((args.command === undefined) === (args.argv === undefined)) fail("invalid_arguments", "Give either command (a shell command line) or argv (a program and its arguments), not both.");
     if (args.argv && args.shell) fail("invalid_arguments", "shell applies to command; argv runs without a shell.");
+    // A program gets its arguments and environment as C strings, where a NUL would end them early; spawn refuses
+    // them, which used to surface as an obscure "cannot run '/bin/sh'" with exit 126.
+    if ([args.command, ...(args.argv ?? []), ...Object.values(args.env ?? {})].some((text) => text?.includes("\0"))) {
+      fail("invalid_arguments", "command, argv and env values cannot contain a NUL byte (programs receive them as C strings); pass binary data on stdin.");
+    }
     const shell = args.shell ?? ctx.shell;
     if (args.shell && !isExecutable(args.shell)) fail("invalid_arguments", `shell '${args.shell}' is not an executable file (give an absolute path).`);
     const cwd = args.working_dir ? resolveExisting(args.working_dir, ctx.roots, ctx.home) : defaultDirectory(ctx);

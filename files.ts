@@ -300,33 +300,61 @@ function decodeContent(content: string, encoding: "utf8" | "base64"): Buffer {
   return Buffer.from(content, "base64");
 }
 
+/** A directory opened for writing into, and the directories that opening it created: each as its parent's
+ *  descriptor (kept open until closeDir) and its name, outermost first. */
+interface OpenedDir {
+  fd: number;
+  real: string;
+  created: { parentFd: number; parentReal: string; name: string }[];
+}
+
 /** Opens the real directory `dir`, creating the missing components one at a time below a checked descriptor,
  *  so a symlink swapped in meanwhile cannot send the new directories or the file elsewhere. */
-function openDirCreating(dir: string, roots: readonly string[], input: string): { fd: number; real: string } {
+function openDirCreating(dir: string, roots: readonly string[], input: string): OpenedDir {
   const missing: string[] = [];
   let existing = dir;
   while (!fs.existsSync(existing)) {
     missing.unshift(path.basename(existing));
     existing = path.dirname(existing);
   }
-  let fd = openChecked(existing, O_RDONLY | O_DIRECTORY, roots, input);
-  let real = existing;
-  for (const name of missing) {
-    const child = `${fdPath(fd, real)}/${name}`;
-    try {
-      fs.mkdirSync(child);
-    } catch (e) {
-      if (errnoOf(e) !== "EEXIST") {
-        fs.closeSync(fd);
-        ioFailure(e, input);
+  const opened: OpenedDir = { fd: openChecked(existing, O_RDONLY | O_DIRECTORY, roots, input), real: existing, created: [] };
+  try {
+    for (const name of missing) {
+      const child = `${fdPath(opened.fd, opened.real)}/${name}`;
+      let made = false;
+      try {
+        fs.mkdirSync(child);
+        made = true;
+      } catch (e) {
+        if (errnoOf(e) !== "EEXIST") ioFailure(e, input);
+      }
+      const next = openChecked(child, O_RDONLY | O_DIRECTORY, roots, input);
+      if (made) opened.created.push({ parentFd: opened.fd, parentReal: opened.real, name });
+      else fs.closeSync(opened.fd);
+      opened.fd = next;
+      opened.real = path.join(opened.real, name);
+    }
+  } catch (e) {
+    closeDir(opened, true);
+    throw e;
+  }
+  return opened;
+}
+
+/** Closes what openDirCreating opened. With `undo` (the write failed), first removes the directories it created,
+ *  innermost first and only while empty, so "nothing was changed" holds for new directories too. */
+function closeDir(dir: OpenedDir, undo: boolean): void {
+  fs.closeSync(dir.fd);
+  for (const { parentFd, parentReal, name } of dir.created.reverse()) {
+    if (undo) {
+      try {
+        fs.rmdirSync(`${fdPath(parentFd, parentReal)}/${name}`); // through the parent's descriptor, as it was made
+      } catch {
+        // not empty: something else was written there meanwhile, and it stays
       }
     }
-    const next = openChecked(child, O_RDONLY | O_DIRECTORY, roots, input);
-    fs.closeSync(fd);
-    fd = next;
-    real = path.join(real, name);
+    fs.closeSync(parentFd);
   }
-  return { fd, real };
 }
 
 /** lstat of `name` in an open directory, or null when there is nothing there. */
@@ -346,12 +374,15 @@ export async function writeFile(args: OpArgs<"write_file">, config: FileScope): 
   }
   const target = resolveForWrite(args.path, config.roots, config.home);
   const dir = openDirCreating(path.dirname(target), config.roots, args.path);
+  let written = false;
   try {
-    return replaceAtomically(fdPath(dir.fd, dir.real), path.basename(target), data, { append: args.append === true, input: args.path, target });
+    const result = replaceAtomically(fdPath(dir.fd, dir.real), path.basename(target), data, { append: args.append === true, input: args.path, target });
+    written = true;
+    return result;
   } catch (e) {
     return ioFailure(e, args.path);
   } finally {
-    fs.closeSync(dir.fd);
+    closeDir(dir, !written);
   }
 }
 
@@ -425,7 +456,7 @@ export function replaceFile(input: string, file: WholeText, data: Buffer, scope:
   } catch (e) {
     ioFailure(e, input);
   } finally {
-    fs.closeSync(dir.fd);
+    closeDir(dir, false); // the file's own directory: it existed, nothing was created
   }
 }
 

@@ -24,6 +24,9 @@ import {
   type ProgressFrame,
 } from "./protocol.ts";
 import { isInsideRoots, resolveExisting } from "./paths.ts";
+import { logger } from "./log.ts";
+
+const log = logger("agent");
 
 // --- constants ---
 
@@ -55,6 +58,15 @@ const INHERITED_ENV = ["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANG
 const INHERITED_ENV_PREFIXES = ["LC_"];
 /** Set in every command's environment, so the next agent can find a crashed agent's orphans precisely. */
 const COMMAND_ID_ENV = "CODE_REMOTE_COMMAND_ID";
+
+/** Why a write to the state directory failed, in words: the code, and whether more room would fix it. */
+function writeProblem(e: unknown): { reason: string; full: boolean } {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (code === "ENOSPC") return { reason: "the disk is full", full: true };
+  if (code === "EDQUOT") return { reason: "the disk quota is exceeded", full: true };
+  if (code === "EROFS") return { reason: "the file system is read-only", full: false };
+  return { reason: code ?? String(e), full: false };
+}
 
 // --- output capture ---
 
@@ -101,7 +113,10 @@ export class OutputCapture {
 
 /** A command's combined stdout and stderr on disk, addressed by absolute byte offset. */
 class OutputLog {
+  /** Bytes on disk (absolute: pruned segments count too). */
   total = 0;
+  /** Why the log stopped growing, if it did (the disk filled up): output after `total` was not kept. */
+  stopped: string | null = null;
   #fd: number | null = null;
   #firstSegment = 0;
   /** The last bytes written, for progress messages without reading the disk. */
@@ -131,16 +146,26 @@ class OutputLog {
     return this.total - this.firstKept;
   }
 
+  /** Adds output at the end. A write that fails (the disk is full) stops the log there, once and for good:
+   *  the command goes on and is still drained (a pipe nobody reads would block it), its head and tail stay in
+   *  memory for the call's result, and get_command_output serves what reached the disk. */
   append(chunk: Uint8Array): void {
     this.#recent = Buffer.concat([this.#recent, chunk]).subarray(-PROGRESS_TAIL_BYTES);
-    for (let rest = chunk; rest.length > 0; ) {
-      const index = Math.floor(this.total / LOG_SEGMENT_BYTES);
-      this.#fd ??= fs.openSync(this.#segment(index), "a", 0o600);
-      const part = rest.subarray(0, LOG_SEGMENT_BYTES - (this.total % LOG_SEGMENT_BYTES));
-      fs.writeSync(this.#fd, part);
-      this.total += part.length;
-      rest = rest.subarray(part.length);
-      if (this.total % LOG_SEGMENT_BYTES === 0) this.#rotate(index);
+    if (this.stopped) return;
+    try {
+      for (let rest = chunk; rest.length > 0; ) {
+        const index = Math.floor(this.total / LOG_SEGMENT_BYTES);
+        this.#fd ??= fs.openSync(this.#segment(index), "a", 0o600);
+        const part = rest.subarray(0, LOG_SEGMENT_BYTES - (this.total % LOG_SEGMENT_BYTES));
+        const written = fs.writeSync(this.#fd, part); // short on a nearly full disk; the next write says why
+        this.total += written;
+        rest = rest.subarray(written);
+        if (this.total % LOG_SEGMENT_BYTES === 0) this.#rotate(index);
+      }
+    } catch (e) {
+      this.stopped = writeProblem(e).reason;
+      this.close();
+      log("warn", "command output log stopped; later output is not kept on disk", { command_id: this.id, kept_bytes: this.total, reason: this.stopped });
     }
   }
 
@@ -335,7 +360,7 @@ class Command {
   constructor(
     record: CommandRecord,
     log: OutputLog,
-    readonly persist: (record: CommandRecord) => void,
+    readonly persist: (record: CommandRecord) => unknown,
   ) {
     this.record = record;
     this.log = log;
@@ -582,10 +607,25 @@ export class CommandRunner {
     }
   }
 
-  #persist(record: CommandRecord): void {
+  /** Writes a command's record (temp file, then rename). A failure is returned, not thrown: a record that cannot be
+   *  written must not break a command that is already running (its state stays right in memory); only a command
+   *  about to start is refused over it (#create). */
+  #persist(record: CommandRecord): { reason: string; full: boolean } | null {
     const file = path.join(this.options.stateDir, `${record.id}.json`);
-    fs.writeFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
-    fs.renameSync(`${file}.tmp`, file);
+    try {
+      fs.writeFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
+      fs.renameSync(`${file}.tmp`, file);
+      return null;
+    } catch (e) {
+      try {
+        fs.rmSync(`${file}.tmp`, { force: true }); // no half-written record left behind
+      } catch {
+        // a read-only state directory: nothing was written either
+      }
+      const problem = writeProblem(e);
+      log("warn", "could not write a command record", { command_id: record.id, reason: problem.reason });
+      return problem;
+    }
   }
 
   /** run_shell_command: starts the command and waits for its end, for `wait_seconds`, or for a cancel. */
@@ -662,8 +702,13 @@ export class CommandRunner {
       pgid: null,
       total_bytes: 0,
     };
+    // Without its record on disk, a crash would leave the command's processes unreapable: refuse to start it.
+    const problem = this.#persist(record);
+    if (problem) {
+      const what = problem.full ? "is full. Free some space there and try again." : `cannot be written (${problem.reason}).`;
+      fail("io_error", `The agent cannot record the command: its state directory (${this.options.stateDir}) ${what}`);
+    }
     const command = new Command(record, new OutputLog(this.options.stateDir, id), (r) => this.#persist(r));
-    this.#persist(record);
     this.#commands.set(id, command);
     void command.done.then(() => this.#prune());
     return command;

@@ -7,8 +7,8 @@
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import { callsWith } from "../helpers/audit-db.ts";
-import { canMount, smallTmpfs } from "../helpers/chaos.ts";
-import { connectClient, startAgent, startRelay } from "../helpers/processes.ts";
+import { canMount, followCommand, smallTmpfs } from "../helpers/chaos.ts";
+import { connectClient, startAgent, startRelay, tempDir } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
 
 setDefaultTimeout(30_000);
@@ -52,5 +52,56 @@ describe.skipIf(!canMount)("a full disk under the allowed root", () => {
     const r = await call(client, "write_file", { path: `${disk.path}/a/b/c.bin`, content: "x".repeat(2 * MB) });
     expect(r.text).toBe(`Cannot write '${disk.path}/a/b/c.bin': the disk is full. Nothing was changed.`);
     expect(fs.readdirSync(disk.path)).toEqual([]);
+  });
+});
+
+describe.skipIf(!canMount)("a full disk under the agent's state directory", () => {
+  test("a command whose output fills it still runs to its end, its result keeps head and tail, and get_command_output returns what was kept", async () => {
+    using state = smallTmpfs(256 * 1024);
+    await using relay = await startRelay();
+    await using agent = await startAgent(relay, { machine: "full-state", stateDir: state.path });
+    await using client = await connectClient(relay, "streamable-http");
+    const r = await call(client, "run_shell_command", { command: "echo FIRST; head -c 2000000 /dev/zero | tr '\\0' a; echo; echo LAST", timeout: 20 });
+    expect(r.isError).toBe(false);
+    expect(r.data).toMatchObject({ state: "exited", exit_code: 0, stdout_bytes: 6 + 2 * MB + 1 + 5, truncated: true });
+    expect(r.data.stdout.startsWith("FIRST\naaa")).toBe(true);
+    expect(r.data.stdout.endsWith("aaa\nLAST\n")).toBe(true);
+    expect(r.data.duration_ms).toBeLessThan(10_000); // not stuck on a pipe nobody reads
+
+    const { output, last } = await followCommand(client, r.data.command_id);
+    expect(last).toMatchObject({ state: "exited", exit_code: 0 });
+    expect(output.startsWith("FIRST\naaa")).toBe(true);
+    expect(last.total_bytes).toBeLessThan(256 * 1024); // what fitted on disk; the rest was not kept
+    expect(output.length).toBe(last.total_bytes);
+    await agent.stderr.waitFor(/agent warn .*output log.*the disk is full/);
+    expect(fs.readdirSync(state.path).filter((n) => n.endsWith(".tmp"))).toEqual([]);
+  });
+
+  test("while it is full, a new command is refused with a clear error and nothing runs; once there is room, commands run again", async () => {
+    using state = smallTmpfs(256 * 1024);
+    using marker = tempDir("cr-ran-");
+    await using relay = await startRelay();
+    await using _agent = await startAgent(relay, { machine: "full-state2", stateDir: state.path });
+    await using client = await connectClient(relay, "streamable-http");
+    fs.writeFileSync(`${state.path}/filler`, Buffer.alloc(0));
+    const filler = fs.openSync(`${state.path}/filler`, "w");
+    for (let i = 0; i < 1024; i++) {
+      try {
+        fs.writeSync(filler, Buffer.alloc(4096, 1));
+      } catch {
+        break; // full
+      }
+    }
+    fs.closeSync(filler);
+
+    const refused = await call(client, "run_shell_command", { command: `touch ${marker.path}/ran` });
+    expect(refused.isError).toBe(true);
+    expect(refused.text).toBe(`The agent cannot record the command: its state directory (${state.path}) is full. Free some space there and try again.`);
+    expect(fs.existsSync(`${marker.path}/ran`)).toBe(false);
+    expect(fs.readdirSync(state.path).filter((n) => n.endsWith(".tmp"))).toEqual([]);
+
+    fs.rmSync(`${state.path}/filler`);
+    const ran = await call(client, "run_shell_command", { command: `touch ${marker.path}/ran && echo ok` });
+    expect(ran.data).toMatchObject({ state: "exited", stdout: "ok\n" });
   });
 });

@@ -7,7 +7,7 @@
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import { callsWith } from "../helpers/audit-db.ts";
-import { canMount, followCommand, smallTmpfs } from "../helpers/chaos.ts";
+import { canMount, followCommand, readOnlyView, smallTmpfs } from "../helpers/chaos.ts";
 import { connectClient, startAgent, startRelay, tempDir } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
 
@@ -94,14 +94,46 @@ describe.skipIf(!canMount)("a full disk under the agent's state directory", () =
     }
     fs.closeSync(filler);
 
+    const before = fs.readdirSync(state.path).sort();
     const refused = await call(client, "run_shell_command", { command: `touch ${marker.path}/ran` });
     expect(refused.isError).toBe(true);
     expect(refused.text).toBe(`The agent cannot record the command: its state directory (${state.path}) is full. Free some space there and try again.`);
     expect(fs.existsSync(`${marker.path}/ran`)).toBe(false);
-    expect(fs.readdirSync(state.path).filter((n) => n.endsWith(".tmp"))).toEqual([]);
+    expect(fs.readdirSync(state.path).sort()).toEqual(before); // no half-written record or temp file left
 
     fs.rmSync(`${state.path}/filler`);
     const ran = await call(client, "run_shell_command", { command: `touch ${marker.path}/ran && echo ok` });
     expect(ran.data).toMatchObject({ state: "exited", stdout: "ok\n" });
+  });
+});
+
+describe.skipIf(!canMount)("a read-only allowed root (a read-only bind mount)", () => {
+  test("reads work; write_file, edit_file and new directories fail with 'read-only' and change nothing; a shell write fails in the shell", async () => {
+    using source = tempDir("cr-home-");
+    fs.mkdirSync(`${source.path}/project`);
+    fs.writeFileSync(`${source.path}/project/notes.txt`, "hello\n");
+    using home = readOnlyView(source.path);
+    await using relay = await startRelay();
+    await using _agent = await startAgent(relay, { machine: "readonly", roots: [home.path] });
+    await using client = await connectClient(relay, "sse");
+    const notes = `${home.path}/project/notes.txt`;
+
+    expect((await call(client, "read_file", { path: notes })).data.content).toBe("hello\n");
+    expect((await call(client, "list_directory", { path: `${home.path}/project` })).data.entries.map((e: { name: string }) => e.name)).toEqual(["notes.txt"]);
+    expect((await call(client, "search_files", { path: home.path, content: "hello" })).data.matches).toHaveLength(1);
+
+    const readOnly = (p: string) => `Cannot write '${p}': the file system is read-only. Nothing was changed.`;
+    expect((await call(client, "write_file", { path: notes, content: "changed" })).text).toBe(readOnly(notes));
+    expect((await call(client, "write_file", { path: `${home.path}/new.txt`, content: "new" })).text).toBe(readOnly(`${home.path}/new.txt`));
+    expect((await call(client, "write_file", { path: `${home.path}/sub/dir/new.txt`, content: "new" })).text).toBe(readOnly(`${home.path}/sub/dir/new.txt`));
+    expect((await call(client, "edit_file", { path: notes, edits: [{ old_text: "hello", new_text: "bye" }] })).text).toBe(readOnly(notes));
+
+    const shell = await call(client, "run_shell_command", { command: "echo changed > notes.txt", working_dir: `${home.path}/project` });
+    expect(shell.data.exit_code).not.toBe(0);
+    expect(shell.data.stderr).toContain("Read-only file system");
+
+    expect(fs.readdirSync(source.path)).toEqual(["project"]);
+    expect(fs.readdirSync(`${source.path}/project`)).toEqual(["notes.txt"]);
+    expect(fs.readFileSync(`${source.path}/project/notes.txt`, "utf8")).toBe("hello\n");
   });
 });

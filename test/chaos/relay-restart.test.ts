@@ -1,0 +1,165 @@
+// Chaos: the relay restarts while clients keep calling (security.md §4.4, third row), once gracefully (SIGTERM, as
+// a deploy does) and once by crashing (SIGKILL). Agents must come back by themselves within their backoff, old
+// session ids must get 404, and the audit database must stay sound: PRAGMA integrity_check passes, and every call
+// that returned a result to its client is recorded as finished with the matching outcome.
+
+import { expect, setDefaultTimeout, test } from "bun:test";
+import * as fs from "node:fs";
+import { randomBytes } from "node:crypto";
+import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { auditCli } from "../helpers/audit.ts";
+import { auditedCalls, integrityCheck } from "../helpers/audit-db.ts";
+import { connectClient, freePort, startAgent, startRelay, type Agent, type Relay, type TransportKind } from "../helpers/processes.ts";
+import { call } from "../helpers/tools.ts";
+
+setDefaultTimeout(90_000);
+
+/** Agents reconnect after 0.5-1 s, doubling while the relay is down; the relay is down a second or two. */
+const BACK_WITHIN_MS = 10_000;
+/** Calls each client makes at most, and the longest the load runs: the loop is bounded either way. */
+const MAX_CALLS_PER_CLIENT = 2_000;
+const MAX_LOAD_MS = 60_000;
+/** The client gives up on a call after this long: an SSE client does not notice its stream died under it, so a call
+ *  in flight at the restart only ends by this timeout. Echo and small writes take milliseconds. */
+const CALL_TIMEOUT_MS = 8_000;
+
+/** When a call started: while the relay was up, while it restarted (from the signal until every agent is back), or
+ *  once everything was back. */
+type Answer = { marker: string; phase: "before" | "restart" | "settled"; kind: "ok" | "wrong" | "tool_error" | "threw"; text?: string };
+
+/** One client calling in a loop, reconnecting (a new session) whenever a call throws. Every call carries a fresh
+ *  marker in its arguments, so its audit row can be found. */
+async function clientLoop(relay: Pick<Relay, "url" | "token">, transport: TransportKind, machines: Agent[], state: { phase: Answer["phase"]; stop: boolean }, answers: Answer[], sessions: string[]) {
+  let client: (Client & AsyncDisposable) | undefined;
+  const started = Date.now();
+  for (let i = 0; i < MAX_CALLS_PER_CLIENT && !state.stop && Date.now() - started < MAX_LOAD_MS; i++) {
+    const phase = state.phase;
+    try {
+      client ??= await connectClient(relay, transport);
+      if (transport === "streamable-http" && client.transport?.sessionId) sessions.push(client.transport.sessionId);
+    } catch {
+      await Bun.sleep(100); // the relay is down: try again shortly
+      continue;
+    }
+    const agent = machines[i % machines.length]!;
+    const marker = randomBytes(8).toString("hex");
+    try {
+      const r =
+        i % 2 === 0
+          ? await call(client, "run_shell_command", { command: `echo ${marker}`, machine: agent.machine }, { timeout: CALL_TIMEOUT_MS })
+          : await call(client, "write_file", { path: `${agent.roots[0]}/${marker}`, content: marker, machine: agent.machine }, { timeout: CALL_TIMEOUT_MS });
+      const right = i % 2 === 0 ? r.data.stdout === `${marker}\n` : r.data.size === marker.length;
+      answers.push({ marker, phase, kind: r.isError ? "tool_error" : right ? "ok" : "wrong", text: r.text });
+    } catch (e) {
+      answers.push({ marker, phase, kind: "threw", text: String(e) });
+      await client.close().catch(() => {});
+      client = undefined;
+    }
+  }
+  await client?.close().catch(() => {});
+}
+
+/** Restarts the relay under load and checks what every restart must keep; `alsoCheck` runs on the database
+ *  before it is removed. */
+async function restartUnderLoad(how: "SIGTERM" | "SIGKILL", alsoCheck: (databasePath: string) => void = () => {}) {
+  const port = freePort();
+  // No per-client rate limit: eight clients share the one owner token, and this test is about the restart.
+  const env = { CLIENT_CALLS_PER_MINUTE: "0" };
+  const first = await startRelay({ port, env });
+  const agents = await Promise.all(["r1", "r2", "r3"].map((machine) => startAgent(first, { machine })));
+  const state = { phase: "before" as Answer["phase"], stop: false };
+  const answers: Answer[] = [];
+  const sessions: string[] = [];
+  const transports: TransportKind[] = ["streamable-http", "streamable-http", "streamable-http", "streamable-http", "streamable-http", "sse", "sse", "sse"];
+  const loops = transports.map((t) => clientLoop(first, t, agents, state, answers, sessions));
+  let second: Relay | undefined;
+  const t0 = Date.now();
+  const marks: Record<string, number> = {};
+  const mark = (what: string) => (marks[what] = Date.now() - t0);
+  try {
+    await Bun.sleep(2_000);
+    const before = answers.filter((a) => a.kind === "ok").length;
+    const staleSession = sessions.at(-1)!;
+    state.phase = "restart";
+    if (how === "SIGTERM") expect(await first.stop()).toBe(0);
+    else await first.kill();
+    mark("stopped");
+    second = await startRelay({ port, token: first.token, databasePath: first.databasePath, env });
+    const upAt = Date.now();
+    mark("up");
+    for (const agent of agents) {
+      const from = agent.stderr.lines.findLastIndex((l) => l.includes("disconnected"));
+      await agent.stderr.waitFor(/agent info connected/, BACK_WITHIN_MS, Math.max(0, from));
+    }
+    const backMs = Date.now() - upAt;
+    mark("agents back");
+    state.phase = "settled";
+    expect(backMs).toBeLessThan(BACK_WITHIN_MS);
+
+    const stale = await fetch(new URL("/mcp", second.url), {
+      method: "POST",
+      headers: { Authorization: `Bearer ${second.token}`, "Content-Type": "application/json", Accept: "application/json, text/event-stream", "Mcp-Session-Id": staleSession },
+      body: JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" }),
+    });
+    expect(stale.status).toBe(404);
+
+    await Bun.sleep(2_000);
+    state.stop = true;
+    await Promise.all(loops);
+    mark("load stopped");
+    const ok = answers.filter((a) => a.kind === "ok");
+    const summary: Record<string, number> = {};
+    for (const a of answers) summary[`${a.phase}/${a.kind}`] = (summary[`${a.phase}/${a.kind}`] ?? 0) + 1;
+    expect(answers.filter((a) => a.kind === "wrong")).toEqual([]);
+    expect(before).toBeGreaterThan(10);
+    expect(ok.filter((a) => a.phase === "settled").length).toBeGreaterThan(10);
+    // Errors only for calls in flight at the signal (one per client at most) and during the restart; none once
+    // the agents are back.
+    expect(answers.filter((a) => a.phase === "before" && a.kind !== "ok").length).toBeLessThanOrEqual(transports.length);
+    expect(answers.filter((a) => a.phase === "settled" && a.kind !== "ok")).toEqual([]);
+
+    expect(integrityCheck(first.databasePath)).toBe("ok");
+    // The marker is the echoed word of a shell call, or the file name of a write.
+    const markerOf = (args: { command?: string; path?: string }) => args.command?.replace(/^echo /, "") ?? args.path?.split("/").pop();
+    const rows = new Map(auditedCalls(first.databasePath).map((c) => [markerOf(JSON.parse(c.arguments)), c]));
+    for (const answer of answers.filter((a) => a.kind === "ok" || a.kind === "tool_error")) {
+      const row = rows.get(answer.marker);
+      expect(row, `the audit row of a call that returned (${answer.text?.slice(0, 80)})`).toBeDefined();
+      expect(row!.finished).toBe(true);
+      if (answer.kind === "ok") expect(row!.outcome).toBe("ok");
+      else expect(row!.outcome).not.toBe("ok");
+    }
+    const unfinished = [...rows.values()].filter((r) => !r.finished).length;
+    alsoCheck(first.databasePath);
+    console.log(`relay ${how} under load: calls by phase/result ${JSON.stringify(summary)}; agents back ${backMs} ms after the relay; ${rows.size} audit rows, ${unfinished} unfinished; timeline ${JSON.stringify(marks)}`);
+    return { rows: [...rows.values()], answers, backMs };
+  } finally {
+    state.stop = true;
+    await Promise.all(loops);
+    for (const agent of agents) await agent[Symbol.asyncDispose]();
+    await second?.[Symbol.asyncDispose]();
+    await first[Symbol.asyncDispose]();
+    fs.rmSync(first.databasePath.replace(/\/[^/]+$/, ""), { recursive: true, force: true });
+  }
+}
+
+test("a graceful restart under load: agents are back within the backoff, stale sessions get 404, every answered call is audited as finished, and no row is left unfinished", async () => {
+  const { rows } = await restartUnderLoad("SIGTERM");
+  expect(rows.filter((r) => !r.finished)).toEqual([]);
+});
+
+test("a crash (SIGKILL) under load: agents are back within the backoff, stale sessions get 404, the database passes integrity_check, and every answered call is audited as finished", async () => {
+  const { rows, answers } = await restartUnderLoad("SIGKILL");
+  // Calls cut short by the crash may stay unfinished (the honest record), but never more than were in flight.
+  expect(rows.filter((r) => !r.finished).length).toBeLessThanOrEqual(answers.filter((a) => a.kind === "threw").length);
+});
+
+// The audit log is now a hash chain with `bun run server.ts audit verify` (issue 8, another engineer's part): they
+// enable this by turning test.todo into test once verify is meant to hold across a crash.
+test.todo("audit verify passes after the crash", async () => {
+  await restartUnderLoad("SIGKILL", (databasePath) => {
+    const verify = auditCli(databasePath, "verify");
+    expect(verify.stderr).toBe("");
+    expect(verify.code).toBe(0);
+  });
+});

@@ -1,0 +1,282 @@
+// Hostile input against authentication (research/security.md §4.5, "Auth"), on a real relay whose client token,
+// shared agent token, per-machine agent tokens and OAuth tokens are all different: wrong, expired and revoked
+// tokens, tokens of one kind where another is expected, tokens in URLs (refused, and written nowhere), unusual
+// spellings of the header, a thousand failures from one address, and connections that never finish their upgrade.
+// The relay believes X-Forwarded-For (TRUST_PROXY=1), so each test fails from its own loopback address and the
+// throttling of one does not spill into the next.
+
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import { createHash } from "node:crypto";
+import * as path from "node:path";
+import { newToken, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { bearer, INITIALIZE, MCP_HEADERS, oauthGrant, openSession, post, rawSocket, request, toolAnswer, whereLeaked, type Grant } from "./raw.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
+
+const AGENT_TOKEN = newToken();
+let relay: Relay;
+let agent: Agent;
+let grant: Grant;
+let machineToken: string;
+const wsUrl = (query = "") => `ws://127.0.0.1:${relay.port}/ws/agent${query}`;
+
+/** A fresh loopback source address per call (the relay trusts one proxy hop), so failures never add up across tests. */
+let addresses = 0;
+const fromNewAddress = () => ({ "X-Forwarded-For": `127.0.${Math.floor(addresses / 250) + 1}.${(addresses++ % 250) + 1}` });
+
+/** Runs `bun run server.ts agent-token …` on the relay's database, as the owner would. */
+function agentTokenCli(...args: string[]): string {
+  const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", ...args], {
+    env: { PATH: process.env.PATH!, HOME: process.env.HOME!, DATABASE_PATH: relay.databasePath },
+  });
+  if (result.exitCode !== 0) throw new Error(result.stderr.toString());
+  return result.stdout.toString();
+}
+
+beforeAll(async () => {
+  relay = await startRelay({ env: { AGENT_TOKEN, TRUST_PROXY: "1" } });
+  agent = await startAgent(relay, { machine: "guarded", token: AGENT_TOKEN });
+  grant = await oauthGrant(relay, relay.token);
+  machineToken = /crm_\S+/.exec(agentTokenCli("create", "laptop"))![0];
+});
+
+afterAll(async () => {
+  await agent[Symbol.asyncDispose]();
+  await relay[Symbol.asyncDispose]();
+});
+
+const initialize = (headers: Record<string, string>, pathAndQuery = "/mcp") => post(relay, pathAndQuery, INITIALIZE, { ...fromNewAddress(), ...headers });
+
+/** What a WebSocket upgrade to /ws/agent is answered with, as an HTTP status (101 when it is accepted). */
+async function upgradeStatus(headers: Record<string, string>, query = ""): Promise<number> {
+  const response = await fetch(new URL(`/ws/agent${query}`, relay.url), {
+    headers: { Upgrade: "websocket", Connection: "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", ...fromNewAddress(), ...headers },
+  });
+  await response.body?.cancel();
+  return response.status;
+}
+
+describe("wrong tokens", () => {
+  test("no token gets 401 with an OAuth challenge, and does not count as a failure", async () => {
+    const address = fromNewAddress();
+    for (let i = 0; i < 15; i++) {
+      const reply = await post(relay, "/mcp", INITIALIZE, address);
+      expect(reply.status).toBe(401);
+      expect(reply.error!.message).toContain("Missing credentials");
+      expect(reply.headers.get("www-authenticate")).toContain("resource_metadata=");
+    }
+    expect((await post(relay, "/mcp", INITIALIZE, { ...address, ...bearer(relay.token) })).status).toBe(200);
+  });
+
+  test("wrong tokens of the same and of other lengths get the very same 401", async () => {
+    const answers = new Set<string>();
+    for (const wrong of [newToken(), relay.token.slice(0, -1) + (relay.token.endsWith("0") ? "1" : "0"), "x", "y".repeat(63), "z".repeat(65), "w".repeat(4096)]) {
+      const reply = await initialize(bearer(wrong));
+      expect(reply.status).toBe(401);
+      expect(reply.headers.get("www-authenticate")).toContain('error="invalid_token"');
+      answers.add(reply.text);
+    }
+    expect([...answers]).toEqual([JSON.stringify({ jsonrpc: "2.0", error: { code: -32001, message: "Invalid or expired token." }, id: null })]);
+  });
+
+  test("an expired OAuth access token gets 401, while the client's refresh token still gets it a new one", async () => {
+    const own = await oauthGrant(relay, relay.token);
+    expect((await initialize(bearer(own.access))).status).toBe(200);
+    const db = new Database(relay.databasePath);
+    db.run("PRAGMA busy_timeout = 5000");
+    db.query("UPDATE oauth_tokens SET expires_at = ? WHERE token_hash = ?").run(Date.now() - 1, createHash("sha256").update(own.access).digest("hex"));
+    db.close();
+    const expired = await initialize(bearer(own.access));
+    expect(expired.status).toBe(401);
+    expect(expired.headers.get("www-authenticate")).toContain('error="invalid_token"');
+    const refreshed = await fetch(new URL("/token", relay.url), {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded", ...fromNewAddress() },
+      body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: own.refresh, client_id: own.clientId, client_secret: own.clientSecret }),
+    });
+    expect(refreshed.status).toBe(200);
+    const fresh = ((await refreshed.json()) as { access_token: string }).access_token;
+    expect((await initialize(bearer(fresh))).status).toBe(200);
+  });
+
+  test("a revoked OAuth access token gets 401 at once, and its open session is refused too", async () => {
+    const own = await oauthGrant(relay, relay.token);
+    const session = await openSession(relay, own.access);
+    const revoked = await fetch(new URL("/revoke", relay.url), {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded", ...fromNewAddress() },
+      body: new URLSearchParams({ token: own.access, client_id: own.clientId, client_secret: own.clientSecret }),
+    });
+    expect(revoked.status).toBe(200);
+    expect((await initialize(bearer(own.access))).status).toBe(401);
+    const inSession = await session.post({ jsonrpc: "2.0", id: 2, method: "ping" }, fromNewAddress());
+    expect(inSession.status).toBe(401);
+  });
+
+  test("a revoked per-machine agent token disconnects its agent (4003) and is refused at the next upgrade", async () => {
+    const token = /crm_\S+/.exec(agentTokenCli("create", "doomed"))![0];
+    await using doomed = await startAgent(relay, { machine: "doomed", token });
+    agentTokenCli("revoke", "doomed");
+    await relay.stderr.waitFor(/agent token revoked; disconnecting machine="doomed"/);
+    await doomed.stderr.waitFor(/could not register with the relay/, 15_000);
+    expect(await upgradeStatus(bearer(token))).toBe(401);
+  });
+});
+
+describe("a credential of one kind in the place of another", () => {
+  const onMcp: [string, () => string][] = [
+    ["the shared agent token", () => AGENT_TOKEN],
+    ["a per-machine agent token", () => machineToken],
+    ["an OAuth refresh token", () => grant.refresh],
+    ["an OAuth client secret", () => grant.clientSecret],
+  ];
+  for (const [what, token] of onMcp) {
+    test(`${what} on /mcp gets 401`, async () => {
+      expect((await initialize(bearer(token()))).status).toBe(401);
+      expect((await request(relay, "/sse", { headers: { ...bearer(token()), ...fromNewAddress() } })).status).toBe(401);
+    });
+  }
+
+  const onAgentSocket: [string, () => string][] = [
+    ["the client token (AUTH_TOKEN)", () => relay.token],
+    ["an OAuth access token", () => grant.access],
+    ["an OAuth refresh token", () => grant.refresh],
+  ];
+  for (const [what, token] of onAgentSocket) {
+    test(`${what} on /ws/agent gets 401 before the upgrade`, async () => {
+      expect(await upgradeStatus(bearer(token()))).toBe(401);
+    });
+  }
+
+  test("the right credentials in their own places are accepted (the cases above fail for the right reason)", async () => {
+    expect((await initialize(bearer(relay.token))).status).toBe(200);
+    expect((await initialize(bearer(grant.access))).status).toBe(200);
+    expect(await upgradeStatus(bearer(AGENT_TOKEN))).toBe(101);
+    expect(await upgradeStatus(bearer(machineToken))).toBe(101);
+  });
+});
+
+describe("tokens in URLs", () => {
+  const params = ["token", "access_token", "auth", "api_key", "apikey", "key", "bearer", "auth_token", "ACCESS_TOKEN"];
+
+  test("a token in any credential-like query parameter is refused on every route, even with the right header", async () => {
+    for (const param of params) {
+      const query = `?${param}=${relay.token}`;
+      const mcp = await initialize(bearer(relay.token), `/mcp${query}`);
+      expect([mcp.status, mcp.error?.message]).toEqual([401, "Tokens in URLs are refused (URLs end up in logs). Send the header Authorization: Bearer <token>."]);
+      expect((await request(relay, `/sse${query}`, { headers: { ...bearer(relay.token), ...fromNewAddress() } })).status).toBe(401);
+      expect((await post(relay, `/messages?sessionId=x&${param}=${relay.token}`, "{}", { ...bearer(relay.token), ...fromNewAddress() })).status).toBe(401);
+      expect(await upgradeStatus(bearer(AGENT_TOKEN), `?${param}=${AGENT_TOKEN}`)).toBe(401);
+    }
+  });
+
+  test("the refused tokens appear in no response, no log line and no database file", async () => {
+    const answers = [
+      await initialize({}, `/mcp?access_token=${grant.access}`),
+      await request(relay, `/sse?token=${relay.token}`, { headers: fromNewAddress() }),
+    ];
+    for (const answer of answers) {
+      const headers = JSON.stringify([...answer.headers]);
+      for (const secret of [relay.token, grant.access]) {
+        expect(answer.text).not.toContain(secret);
+        expect(headers).not.toContain(secret);
+      }
+    }
+    const socket = rawSocket(wsUrl(`?token=${AGENT_TOKEN}`), fromNewAddress());
+    expect(await socket.opened).toBe(false);
+    await relay.stderr.waitFor(/authentication refused path="\/ws\/agent".*reason="token in URL"/);
+    for (const secret of [relay.token, AGENT_TOKEN, grant.access, grant.refresh, machineToken]) expect(whereLeaked(secret, relay, [agent])).toEqual([]);
+  });
+});
+
+describe("the Authorization header, spelled in unusual ways", () => {
+  const accepted: [string, (t: string) => string][] = [
+    ["lowercase 'bearer'", (t) => `bearer ${t}`],
+    ["uppercase 'BEARER'", (t) => `BEARER ${t}`],
+    ["two spaces after the scheme", (t) => `Bearer  ${t}`],
+    ["a trailing space", (t) => `Bearer ${t} `],
+  ];
+  for (const [what, header] of accepted) {
+    test(`${what} is accepted (the scheme is case-insensitive and 1*SP may separate it: RFC 9110 §11.4)`, async () => {
+      expect((await initialize({ Authorization: header(relay.token) })).status).toBe(200);
+    });
+  }
+
+  const refused: [string, (t: string) => string][] = [
+    ["a tab instead of a space", (t) => `Bearer\t${t}`],
+    ["a second word after the token", (t) => `Bearer ${t} extra`],
+    ["no scheme", (t) => t],
+    ["the Basic scheme", (t) => `Basic ${btoa(`owner:${t}`)}`],
+    ["a comma-separated second credential", (t) => `Bearer ${newToken()}, Bearer ${t}`],
+  ];
+  for (const [what, header] of refused) {
+    test(`${what} gets 401`, async () => {
+      const reply = await initialize({ Authorization: header(relay.token) });
+      expect(reply.status).toBe(401);
+      expect(reply.text).not.toContain(relay.token);
+    });
+  }
+});
+
+test("1000 failures from one address: 401 for the first eleven, then 429 with Retry-After, right token or not", async () => {
+  const address = fromNewAddress();
+  const statuses: number[] = [];
+  let retryAfter = 0;
+  for (let i = 0; i < 1000; i++) {
+    const response = await fetch(new URL("/mcp", relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...address, ...bearer(newToken()) }, body: "{}" });
+    statuses.push(response.status);
+    if (response.status === 429) retryAfter = Math.max(retryAfter, Number(response.headers.get("retry-after")));
+    await response.body?.cancel();
+  }
+  expect(statuses.slice(0, 11)).toEqual(Array(11).fill(401));
+  expect(statuses[11]).toBe(429);
+  // Each wait ends with one more counted failure, which doubles the next wait: only a handful more 401s.
+  const unauthorized = statuses.filter((s) => s === 401).length;
+  expect(unauthorized).toBeLessThanOrEqual(11 + Math.ceil(Math.log2(60)));
+  expect(statuses.filter((s) => s === 429).length).toBe(1000 - unauthorized);
+  expect(retryAfter).toBeGreaterThanOrEqual(1);
+  const rightToken = await initialize({ ...address, ...bearer(relay.token) });
+  expect(rightToken.status).toBe(429);
+  expect(rightToken.error!.message).toMatch(/Too many failed attempts from this address; try again in \d+ s\./);
+  expect(await upgradeStatus({ ...address, ...bearer(AGENT_TOKEN) })).toBe(429);
+  expect((await initialize(bearer(relay.token))).status).toBe(200); // another address is not affected
+  const session = await openSession(relay);
+  expect(toolAnswer(await session.callTool("run_shell_command", { command: "echo served" })).data.stdout).toBe("served\n");
+});
+
+test(
+  "upgrades that never finish, and agents that never say hello, are dropped; other agents and clients are served meanwhile",
+  async () => {
+    const opened = Date.now();
+    /** A raw TCP connection that sends the start of an upgrade request and then stalls (or trickles a header every 2 s). */
+    const stalled = (trickle: boolean) =>
+      new Promise<number>(async (resolve) => {
+        let timer: ReturnType<typeof setInterval> | undefined;
+        const socket = await Bun.connect({
+          hostname: "127.0.0.1",
+          port: relay.port,
+          socket: { data() {}, close: () => (clearInterval(timer), resolve(Date.now() - opened)) },
+        });
+        socket.write(`GET /ws/agent HTTP/1.1\r\nHost: 127.0.0.1:${relay.port}\r\nUpgrade: websocket\r\nAuthorization: Bearer ${AGENT_TOKEN}\r\n`);
+        if (trickle) timer = setInterval(() => socket.write(`X-Slow-${Date.now()}: a\r\n`), 2_000);
+        setTimeout(() => (clearInterval(timer), socket.end()), 50_000); // bounded even if the relay never closes it
+      });
+    const slow = [...Array.from({ length: 20 }, () => stalled(false)), ...Array.from({ length: 20 }, () => stalled(true))];
+    const silent = Array.from({ length: 5 }, () => rawSocket(wsUrl(), bearer(AGENT_TOKEN)));
+    for (const s of silent) expect(await s.opened).toBe(true);
+
+    await using late = await startAgent(relay, { machine: "late", token: AGENT_TOKEN });
+    const session = await openSession(relay);
+    const status = toolAnswer(await session.callTool("check_agent_status", { machine: "late" }));
+    expect(status.data.machines[0].pid).toBe(late.proc.pid);
+
+    for (const s of silent) expect(await s.closed).toEqual({ code: 4000, reason: "no hello" });
+    const closedAfterMs = await Promise.all(slow);
+    // Bun drops a request whose headers are not complete within about 10 s; the idle timeout would be 30 s.
+    expect(Math.max(...closedAfterMs)).toBeLessThan(40_000);
+    expect(relay.proc.exitCode).toBeNull();
+  },
+  60_000,
+);

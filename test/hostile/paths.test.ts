@@ -1,0 +1,314 @@
+// Path tricks against the file tools (research/security.md §4.5, "Paths"), on a real agent whose only root is a
+// fresh directory with an `outside` directory and prefix-sharing siblings next to it. Every trick gets a clear error
+// and changes nothing outside, or (for the ones that stay inside) does exactly what the path says. The
+// symlink-swap race is in race.test.ts.
+
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { connectClient, NEUTRAL_CWD, OutputLog, ROOT, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
+import { call } from "../helpers/tools.ts";
+
+// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
+setDefaultTimeout(30_000);
+
+const SECRET = "outside secret\n";
+const tree = tempDir("cr-hpaths-");
+const base = tree.path;
+const root = path.join(base, "root");
+const outside = path.join(base, "outside");
+const SIBLINGS = ["root2", "rootx", "root ", "root'", "root.bak", "root\t"];
+const isRoot = process.getuid?.() === 0;
+let relay: Relay;
+let agent: Agent;
+let client: Client & AsyncDisposable;
+
+beforeAll(async () => {
+  fs.mkdirSync(path.join(root, "dir"), { recursive: true });
+  fs.mkdirSync(outside);
+  fs.writeFileSync(path.join(root, "in.txt"), "inside\n");
+  fs.writeFileSync(path.join(outside, "secret"), SECRET);
+  for (const sibling of SIBLINGS) {
+    fs.mkdirSync(path.join(base, sibling));
+    fs.writeFileSync(path.join(base, sibling, "secret"), SECRET);
+  }
+  const link = (target: string, name: string) => fs.symlinkSync(target, path.join(root, name));
+  link("/etc/shadow", "shadow");
+  link(path.join(root, "shadow"), "link-to-shadow-link");
+  link(path.join(root, "in.txt"), "in-link");
+  link(path.join(root, "in-link"), "in-link-link");
+  link(outside, "outside-dir");
+  link(path.join(outside, "not-yet"), "dangling-out");
+  link(path.join(root, "dir", "not-yet"), "dangling-in");
+  link("loop-b", "loop-a");
+  link("loop-a", "loop-b");
+  link("self", "self");
+  link("/proc/self/environ", "environ");
+  link("/proc/self/fd/0", "fd0");
+  link("/dev/zero", "zero");
+  link("/dev/urandom", "urandom");
+  link("/dev/tty", "tty");
+  fs.linkSync(path.join(outside, "secret"), path.join(root, "hardlink-to-secret"));
+  Bun.spawnSync(["mkfifo", path.join(root, "fifo")]);
+  relay = await startRelay();
+  agent = await startAgent(relay, { machine: "paths", roots: [root] });
+  fs.symlinkSync(`/proc/${agent.proc.pid}/mem`, path.join(root, "agent-mem"));
+  client = await connectClient(relay, "streamable-http");
+});
+
+afterAll(async () => {
+  await client.close();
+  await agent[Symbol.asyncDispose]();
+  await relay[Symbol.asyncDispose]();
+  tree[Symbol.dispose]();
+});
+
+/** Every name under `dir` (symlinks not followed) with the contents of regular files: to prove nothing changed. */
+function snapshot(dir: string): string {
+  return fs
+    .readdirSync(dir)
+    .sort()
+    .map((name) => {
+      const full = path.join(dir, name);
+      const stat = fs.lstatSync(full);
+      if (stat.isDirectory()) return `${name}/[${snapshot(full)}]`;
+      return stat.isFile() ? `${name}=${fs.readFileSync(full, "utf8")}` : `${name}@`;
+    })
+    .join("|");
+}
+
+/** Calls `tool`, expects a tool error matching `message`, and that nothing in the whole tree changed. */
+async function refused(tool: string, args: Record<string, unknown>, message: RegExp) {
+  const before = snapshot(base);
+  const r = await call(client, tool, args);
+  expect(r.isError).toBe(true);
+  expect(r.text).toMatch(message);
+  expect(r.text).not.toContain("outside secret");
+  expect(snapshot(base)).toBe(before);
+}
+
+const DENIED = /^Access denied: '.*' is outside the allowed roots \(/;
+
+describe("escapes by name", () => {
+  test("../ out of the root", () => refused("read_file", { path: `${root}/dir/../../outside/secret` }, DENIED));
+  test("../ out of the root, writing", () => refused("write_file", { path: `${root}/../outside/new`, content: "x" }, DENIED));
+  for (const sibling of SIBLINGS) {
+    test(`a sibling sharing the root's prefix: ${JSON.stringify(sibling)}`, async () => {
+      await refused("read_file", { path: `${base}/${sibling}/secret` }, DENIED);
+      await refused("write_file", { path: `${base}/${sibling}/new`, content: "x" }, DENIED);
+      await refused("list_directory", { path: `${base}/${sibling}` }, DENIED);
+    });
+  }
+  test("~ (home is not an allowed root here)", () => refused("read_file", { path: "~/.bashrc" }, DENIED));
+  test("~otheruser", () => refused("read_file", { path: "~root/.bashrc" }, /only ~ \(this user's home\) is supported/));
+  test("a relative path", () => refused("read_file", { path: "in.txt" }, /is relative: give an absolute path/));
+  test("an empty path", () => refused("read_file", { path: "" }, /Invalid arguments.*path/));
+  test("a NUL byte", () => refused("write_file", { path: `${root}/a\u0000/../../outside/secret`, content: "x" }, /NUL byte/));
+  test("a path over 4096 characters", () => refused("read_file", { path: `${root}/${"a/".repeat(2100)}` }, /Invalid arguments.*Too big/));
+  test("a name over 255 bytes", async () => {
+    await refused("write_file", { path: `${root}/${"n".repeat(256)}`, content: "x" }, /ENAMETOOLONG|too long/);
+    await refused("read_file", { path: `${root}/${"é".repeat(128)}` }, /ENAMETOOLONG|too long/);
+  });
+  test("/proc/self/environ by its own name", () => refused("read_file", { path: "/proc/self/environ" }, DENIED));
+  test("/proc/self/cwd leads to the agent's working directory, outside", () => refused("read_file", { path: "/proc/self/cwd/x" }, DENIED));
+});
+
+describe("names that stay inside and mean what they say", () => {
+  test("//root/in.txt is the same file (a leading double slash is one slash)", async () => {
+    const r = await call(client, "read_file", { path: `/${root}/in.txt` });
+    expect(r.data).toMatchObject({ path: path.join(root, "in.txt"), content: "inside\n" });
+  });
+
+  test("a trailing /. and /./ are normalized away", async () => {
+    expect((await call(client, "list_directory", { path: `${root}/dir/.` })).data.path).toBe(path.join(root, "dir"));
+    expect((await call(client, "read_file", { path: `${root}/./in.txt` })).data.content).toBe("inside\n");
+  });
+
+  test("%2e%2e%2f stays literal: a file of that name inside the root, nothing outside", async () => {
+    const before = snapshot(outside);
+    const w = await call(client, "write_file", { path: `${root}/%2e%2e%2f%2e%2e%2foutside%2fsecret`, content: "literal" });
+    expect(w.data.path).toBe(path.join(root, "%2e%2e%2f%2e%2e%2foutside%2fsecret"));
+    expect(fs.readFileSync(path.join(root, "%2e%2e%2f%2e%2e%2foutside%2fsecret"), "utf8")).toBe("literal");
+    expect(snapshot(outside)).toBe(before);
+  });
+
+  test("NFC and NFD spellings of a name are two different files: nothing is normalized", async () => {
+    const nfc = "caf\u00e9.txt";
+    const nfd = "cafe\u0301.txt";
+    await call(client, "write_file", { path: `${root}/${nfc}`, content: "nfc" });
+    const missing = await call(client, "read_file", { path: `${root}/${nfd}` });
+    expect(missing.isError).toBe(true);
+    expect(missing.text).toContain("does not exist");
+    await call(client, "write_file", { path: `${root}/${nfd}`, content: "nfd" });
+    expect(fs.readFileSync(path.join(root, nfc), "utf8")).toBe("nfc");
+    expect(fs.readFileSync(path.join(root, nfd), "utf8")).toBe("nfd");
+  });
+
+  test("RTL-override and zero-width characters in a name are kept and listed byte for byte", async () => {
+    const names = ["invoice\u202Efdp.exe", "zero\u200Bwidth", "joiner\u200D\uFEFF"];
+    for (const name of names) expect((await call(client, "write_file", { path: `${root}/dir/${name}`, content: name })).isError).toBe(false);
+    const listing = await call(client, "list_directory", { path: `${root}/dir` });
+    expect(listing.data.entries.map((e: { name: string }) => e.name).sort()).toEqual([...names].sort());
+    for (const name of names) expect(fs.readFileSync(path.join(root, "dir", name), "utf8")).toBe(name);
+  });
+});
+
+describe("symlinks", () => {
+  test("to /etc/shadow", () => refused("read_file", { path: `${root}/shadow` }, DENIED));
+  test("to a symlink to /etc/shadow", () => refused("read_file", { path: `${root}/link-to-shadow-link` }, DENIED));
+  test("a chain of two links inside the root is followed", async () => {
+    expect((await call(client, "read_file", { path: `${root}/in-link-link` })).data).toMatchObject({ path: path.join(root, "in.txt"), content: "inside\n" });
+  });
+  test("a loop of two links", () => refused("read_file", { path: `${root}/loop-a` }, /symlink loop/));
+  test("a link to itself", () => refused("write_file", { path: `${root}/self`, content: "x" }, /symlink loop/));
+  test("a dangling link to outside, on write", () => refused("write_file", { path: `${root}/dangling-out`, content: "x" }, DENIED));
+  test("a dangling link inside, on write (never creates the target)", () =>
+    refused("write_file", { path: `${root}/dangling-in`, content: "x" }, /does not exist; refusing to follow it/));
+  test("a symlinked parent directory to outside: read, write, list, search, info", async () => {
+    await refused("read_file", { path: `${root}/outside-dir/secret` }, DENIED);
+    await refused("write_file", { path: `${root}/outside-dir/new`, content: "x" }, DENIED);
+    await refused("write_file", { path: `${root}/outside-dir/deep/er/new`, content: "x" }, DENIED);
+    await refused("list_directory", { path: `${root}/outside-dir` }, DENIED);
+    await refused("search_files", { path: `${root}/outside-dir`, content: "secret" }, DENIED);
+    await refused("file_info", { path: `${root}/outside-dir/secret` }, DENIED);
+    await refused("edit_file", { path: `${root}/outside-dir/secret`, edits: [{ old_text: "outside", new_text: "pwned" }] }, DENIED);
+  });
+  test("a search from the root never follows the link out", async () => {
+    const r = await call(client, "search_files", { path: root, content: "outside secret", include_hidden: true });
+    expect(r.data.matches.map((m: { file: string }) => m.file)).toEqual(["hardlink-to-secret"]); // see the hard link below
+  });
+  test("/proc/self/environ through a link in the root", () => refused("read_file", { path: `${root}/environ` }, DENIED));
+  test("/proc/self/fd/0 through a link in the root", () => refused("read_file", { path: `${root}/fd0` }, DENIED));
+  test("/proc/<agent>/mem through a link in the root", () => refused("read_file", { path: `${root}/agent-mem` }, DENIED));
+  test("/dev/zero, /dev/urandom and /dev/tty through links in the root", async () => {
+    for (const name of ["zero", "urandom", "tty"]) await refused("read_file", { path: `${root}/${name}` }, DENIED);
+  });
+  test("writing onto a link that points outside replaces nothing, the link included", async () => {
+    await refused("write_file", { path: `${root}/shadow`, content: "x" }, DENIED);
+    expect(fs.readlinkSync(path.join(root, "shadow"))).toBe("/etc/shadow");
+  });
+});
+
+describe("special and odd files", () => {
+  test("a FIFO is refused without blocking, to read and to write", async () => {
+    await refused("read_file", { path: `${root}/fifo` }, /not a regular file/);
+    await refused("write_file", { path: `${root}/fifo`, content: "x" }, /not a regular file/);
+  });
+
+  test.skipIf(!isRoot)("a device node inside the root is refused (skipped unless root: mknod needs it)", async () => {
+    Bun.spawnSync(["mknod", path.join(root, "null-device"), "c", "1", "3"]);
+    await refused("read_file", { path: `${root}/null-device` }, /not a regular file/);
+    await refused("write_file", { path: `${root}/null-device`, content: "x" }, /not a regular file/);
+    fs.rmSync(path.join(root, "null-device"));
+  });
+
+  test("a directory where a file is expected, and a file where a directory is", async () => {
+    await refused("read_file", { path: `${root}/dir` }, /is a directory: use list_directory/);
+    await refused("write_file", { path: `${root}/dir`, content: "x" }, /exists and is not a regular file/);
+    await refused("list_directory", { path: `${root}/in.txt` }, /is not a directory: use read_file/);
+    await refused("write_file", { path: `${root}/in.txt/child`, content: "x" }, /not a directory|ENOTDIR|Cannot/);
+  });
+
+  test("a sparse 8 GiB file answers at once with its first bytes as base64, and its size", async () => {
+    const file = path.join(root, "sparse");
+    fs.writeFileSync(file, "");
+    fs.truncateSync(file, 8 * 1024 ** 3);
+    const r = await call(client, "read_file", { path: file });
+    expect(r.data).toMatchObject({ encoding: "base64", size: 8 * 1024 ** 3, offset: 0, returned: 32 * 1024, truncated: true, next_offset: 32 * 1024 });
+    expect(Buffer.from(r.data.content, "base64").equals(Buffer.alloc(32 * 1024))).toBe(true);
+    fs.rmSync(file);
+  });
+
+  test("the tail of an 8 GiB sparse log is its last lines, read from the end", async () => {
+    const file = path.join(root, "huge.log");
+    const fd = fs.openSync(file, "w");
+    fs.writeSync(fd, "first line\n", 0);
+    fs.writeSync(fd, "\nline before last\nlast line\n", 8 * 1024 ** 3 - 28);
+    fs.closeSync(fd);
+    const r = await call(client, "read_file", { path: file, tail: 2, encoding: "utf8" });
+    expect(r.data).toMatchObject({ encoding: "utf8", content: "line before last\nlast line\n", returned: 2, total_lines: null });
+    fs.rmSync(file);
+  });
+
+  test("binary and invalid UTF-8 come back as base64, byte for byte", async () => {
+    const bytes = Buffer.from([0x66, 0x6f, 0xff, 0xfe, 0x00, 0xc3, 0x28, 0xed, 0xa0, 0x80]);
+    fs.writeFileSync(path.join(root, "bin"), bytes);
+    const r = await call(client, "read_file", { path: `${root}/bin` });
+    expect(r.data.encoding).toBe("base64");
+    expect(Buffer.from(r.data.content, "base64").equals(bytes)).toBe(true);
+    const forced = await call(client, "read_file", { path: `${root}/bin`, encoding: "utf8" });
+    expect(forced.isError).toBe(true);
+    expect(forced.text).toContain('read it with encoding "base64"');
+  });
+
+  test("a hard link to a file outside is read like any file inside: realpath cannot tell (a documented limit)", async () => {
+    const r = await call(client, "read_file", { path: `${root}/hardlink-to-secret` });
+    expect(r.data.content).toBe(SECRET);
+  });
+
+  test("32 concurrent writes to one file: it ends as exactly one of them, and no temp file is left", async () => {
+    const file = path.join(root, "contended");
+    const contents = Array.from({ length: 32 }, (_, i) => `writer ${i} `.repeat(1000 + i));
+    const results = await Promise.all(contents.map((content) => call(client, "write_file", { path: file, content })));
+    expect(results.filter((r) => r.isError)).toEqual([]);
+    expect(contents).toContain(fs.readFileSync(file, "utf8"));
+    expect(fs.readdirSync(root).filter((name) => name.endsWith(".tmp"))).toEqual([]);
+  });
+});
+
+describe("files this agent's user cannot read", () => {
+  /** An agent that is not root (root reads anything): as root, it runs as nobody through setpriv. */
+  async function unprivilegedAgent(ownRoot: string) {
+    const uid = isRoot ? 65534 : process.getuid!();
+    if (isRoot) fs.chownSync(ownRoot, uid, uid);
+    const state = fs.mkdtempSync(path.join(os.tmpdir(), "cr-state-"));
+    if (isRoot) fs.chownSync(state, uid, uid);
+    const wrapper = isRoot ? ["setpriv", `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups"] : [];
+    const proc = Bun.spawn([...wrapper, process.execPath, "run", path.join(ROOT, "agent.ts")], {
+      cwd: isRoot ? ownRoot : NEUTRAL_CWD,
+      env: {
+        PATH: process.env.PATH!,
+        HOME: ownRoot,
+        BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0",
+        RELAY_URL: `ws://127.0.0.1:${relay.port}/ws/agent`,
+        AGENT_TOKEN: relay.token,
+        MACHINE_NAME: "unprivileged",
+        ALLOWED_ROOTS: ownRoot,
+        AGENT_STATE_DIR: state,
+        XDG_CONFIG_HOME: path.join(ownRoot, "no-config"),
+      },
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const stderr = new OutputLog(proc.stderr);
+    await stderr.waitFor(/agent info connected/);
+    return { uid, [Symbol.asyncDispose]: async () => (proc.kill("SIGTERM"), await proc.exited, fs.rmSync(state, { recursive: true, force: true })) };
+  }
+
+  test.skipIf(isRoot && !Bun.which("setpriv"))("a mode 000 file and directory get 'Permission denied', and nothing changes (skipped as root without setpriv)", async () => {
+    using own = tempDir("cr-unpriv-");
+    await using unprivileged = await unprivilegedAgent(own.path);
+    const file = path.join(own.path, "locked");
+    const dir = path.join(own.path, "locked-dir");
+    fs.writeFileSync(file, "locked content");
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, "inner"), "x");
+    for (const p of [file, dir, path.join(dir, "inner")]) fs.chownSync(p, unprivileged.uid, unprivileged.uid);
+    fs.chmodSync(file, 0o000);
+    fs.chmodSync(dir, 0o000);
+    const read = await call(client, "read_file", { path: file, machine: "unprivileged" });
+    expect([read.isError, read.text]).toEqual([true, `Permission denied: '${file}'.`]);
+    const append = await call(client, "write_file", { path: file, content: "more", append: true, machine: "unprivileged" });
+    expect(append.isError).toBe(true);
+    expect(append.text).toContain("permission denied");
+    const list = await call(client, "list_directory", { path: dir, machine: "unprivileged" });
+    expect(list.isError).toBe(true);
+    expect(list.text).toMatch(/Permission denied|EACCES/);
+    fs.chmodSync(file, 0o600);
+    expect(fs.readFileSync(file, "utf8")).toBe("locked content");
+    fs.chmodSync(dir, 0o700);
+  });
+});

@@ -124,8 +124,9 @@ export class AuditLog {
       data TEXT NOT NULL,
       prev_hash TEXT NOT NULL,
       hash TEXT NOT NULL)`);
+    // call_id joins a call's two events; no index on time: each one costs every write (the hot path of every tool
+    // call), and time filters scan backwards from the newest event, which is where they look anyway.
     db.run("CREATE INDEX IF NOT EXISTS audit_events_call ON audit_events (call_id)");
-    db.run("CREATE INDEX IF NOT EXISTS audit_events_at ON audit_events (at)");
     // The last pruned event, from which the remaining chain continues (one row, or none before any pruning).
     db.run(`CREATE TABLE IF NOT EXISTS audit_anchor (
       id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -138,29 +139,33 @@ export class AuditLog {
     );
   }
 
-  /** Appends one event to the chain. The tail is read inside the write transaction, so another process writing
-   *  the same database (the agent-token command) extends the chain instead of forking it. */
+  /** The last event's sequence number and hash, kept to avoid reading it back for every event. */
+  #tail: { seq: number; hash: string } | null = null;
+
+  /** Appends one event to the chain with a single insert. Another process writing the same database (the
+   *  agent-token command) may have extended the chain meanwhile: then our sequence number is taken, the insert
+   *  fails on the primary key, and the tail is read again, so the chain never forks. */
   #append(kind: string, fields: { machine?: string | null; client?: string | null; call_id?: string | null; data: Record<string, unknown> }): void {
-    const row = this.#db
-      .transaction(() => {
-        const tail = (this.#last.get() as { seq: number; hash: string } | null) ?? this.#anchorRow();
-        const unhashed = {
-          seq: tail.seq + 1,
-          at: new Date().toISOString(),
-          kind,
-          machine: fields.machine ?? null,
-          client: fields.client ?? null,
-          call_id: fields.call_id ?? null,
-          data: canonicalJson(fields.data),
-          prev_hash: tail.hash,
-        };
-        const hash = eventHash(unhashed);
-        const { seq, at, machine, client, call_id, data, prev_hash } = unhashed;
-        this.#insert.run(seq, at, kind, machine, client, call_id, data, prev_hash, hash);
-        return { seq, hash };
-      })
-      .immediate();
-    if (++this.#appended % LOG_HEAD_EVERY === 0) log("info", "audit chain head", row);
+    const data = canonicalJson(fields.data);
+    for (let attempt = 1; ; attempt++) {
+      const tail = this.#tail ?? this.#readTail();
+      const row = { seq: tail.seq + 1, at: new Date().toISOString(), kind, machine: fields.machine ?? null, client: fields.client ?? null, call_id: fields.call_id ?? null, data, prev_hash: tail.hash };
+      const hash = eventHash(row);
+      try {
+        this.#insert.run(row.seq, row.at, kind, row.machine, row.client, row.call_id, data, row.prev_hash, hash);
+      } catch (e) {
+        this.#tail = null;
+        if (attempt < 5 && (e as { code?: string }).code === "SQLITE_CONSTRAINT_PRIMARYKEY") continue;
+        throw e;
+      }
+      this.#tail = { seq: row.seq, hash };
+      if (++this.#appended % LOG_HEAD_EVERY === 0) log("info", "audit chain head", this.#tail);
+      return;
+    }
+  }
+
+  #readTail(): { seq: number; hash: string } {
+    return (this.#last.get() as { seq: number; hash: string } | null) ?? this.#anchorRow();
   }
 
   #anchorRow(): { seq: number; hash: string } {

@@ -349,7 +349,8 @@ class Command {
   /** Settles once the command is final (exited, killed or timed out). */
   readonly done: Promise<void>;
   #finish!: () => void;
-  #proc: Bun.Subprocess<"pipe", "pipe", "pipe"> | null = null;
+  /** stdin is a pipe only when there is input to give (see #spawn); otherwise /dev/null. */
+  #proc: Bun.Subprocess<"pipe" | "ignore", "pipe", "pipe"> | null = null;
   #stdinOpen = false;
   #killRequested = false;
   readonly #dequeue = new AbortController();
@@ -421,7 +422,7 @@ class Command {
     const proc = Bun.spawn(spec.argv, {
       cwd: spec.cwd,
       env: childEnv(this.record.id, spec.env),
-      stdin: "pipe",
+      stdin: spec.stdin !== undefined || spec.keepStdinOpen ? "pipe" : "ignore", // a pipe costs ~0.2 ms per spawn
       stdout: "pipe",
       stderr: "pipe",
       detached: true, // setsid: the command leads its own process group, so killGroup reaches grandchildren
@@ -431,14 +432,13 @@ class Command {
     this.record.pgid = proc.pid;
     this.persist(this.record);
     void this.#collect(proc); // first: collecting must run whatever happens to stdin
-    this.#feedStdin(spec);
+    if (proc.stdin) this.#feedStdin(proc.stdin, spec);
     this.#changed();
   }
 
   /** Writes the given stdin and closes it, or keeps it open for send_command_input (background commands). A
    *  command that exits before reading closes the pipe: that is its business, not an error. */
-  #feedStdin(spec: CommandSpec): void {
-    const stdin = this.#proc!.stdin;
+  #feedStdin(stdin: Bun.FileSink, spec: CommandSpec): void {
     this.#stdinOpen = spec.keepStdinOpen;
     void (async () => {
       if (spec.stdin !== undefined) stdin.write(spec.stdin);
@@ -448,7 +448,7 @@ class Command {
     });
   }
 
-  async #collect(proc: Bun.Subprocess<"pipe", "pipe", "pipe">): Promise<void> {
+  async #collect(proc: Bun.Subprocess<"pipe" | "ignore", "pipe", "pipe">): Promise<void> {
     const stopReading = new AbortController();
     const pumps = Promise.all([this.#pump(proc.stdout, this.stdout, stopReading.signal), this.#pump(proc.stderr, this.stderr, stopReading.signal)]);
     await proc.exited;
@@ -514,8 +514,8 @@ class Command {
   }
 
   async writeInput(input: string, close: boolean): Promise<number> {
-    if (!this.#proc || !this.#stdinOpen) fail("wrong_type", `Command ${this.record.id} does not take input: its stdin is closed (only background commands keep it open).`);
-    const stdin = this.#proc!.stdin;
+    const stdin = this.#proc?.stdin;
+    if (!stdin || !this.#stdinOpen) return fail("wrong_type", `Command ${this.record.id} does not take input: its stdin is closed (only background commands keep it open).`);
     try {
       stdin.write(input);
       await stdin.flush();
@@ -610,18 +610,14 @@ export class CommandRunner {
   /** Writes a command's record (temp file, then rename). A failure is returned, not thrown: a record that cannot be
    *  written must not break a command that is already running (its state stays right in memory); only a command
    *  about to start is refused over it (#create). */
+  /** Writes a command's record in place. Not through a temp file and rename: on ext4 a rename over a file flushes
+   *  its data (about 0.3 ms here, three times per command), and a record torn by a crash is only skipped when the
+   *  next agent recovers, no worse than a stale one. */
   #persist(record: CommandRecord): { reason: string; full: boolean } | null {
-    const file = path.join(this.options.stateDir, `${record.id}.json`);
     try {
-      fs.writeFileSync(`${file}.tmp`, JSON.stringify(record), { mode: 0o600 });
-      fs.renameSync(`${file}.tmp`, file);
+      fs.writeFileSync(path.join(this.options.stateDir, `${record.id}.json`), JSON.stringify(record), { mode: 0o600 });
       return null;
     } catch (e) {
-      try {
-        fs.rmSync(`${file}.tmp`, { force: true }); // no half-written record left behind
-      } catch {
-        // a read-only state directory: nothing was written either
-      }
       const problem = writeProblem(e);
       log("warn", "could not write a command record", { command_id: record.id, reason: problem.reason });
       return problem;

@@ -607,15 +607,18 @@ export class CommandRunner {
     }
   }
 
-  /** Writes a command's record (temp file, then rename). A failure is returned, not thrown: a record that cannot be
-   *  written must not break a command that is already running (its state stays right in memory); only a command
-   *  about to start is refused over it (#create). */
+  #recordFile(id: string): string {
+    return path.join(this.options.stateDir, `${id}.json`);
+  }
+
   /** Writes a command's record in place. Not through a temp file and rename: on ext4 a rename over a file flushes
    *  its data (about 0.3 ms here, three times per command), and a record torn by a crash is only skipped when the
-   *  next agent recovers, no worse than a stale one. */
+   *  next agent recovers, no worse than a stale one. A failure is returned, not thrown: a record that cannot be
+   *  written must not break a command that is already running (its state stays right in memory); only a command
+   *  about to start is refused over it (#create). */
   #persist(record: CommandRecord): { reason: string; full: boolean } | null {
     try {
-      fs.writeFileSync(path.join(this.options.stateDir, `${record.id}.json`), JSON.stringify(record), { mode: 0o600 });
+      fs.writeFileSync(this.#recordFile(record.id), JSON.stringify(record), { mode: 0o600 });
       return null;
     } catch (e) {
       const problem = writeProblem(e);
@@ -701,6 +704,11 @@ export class CommandRunner {
     // Without its record on disk, a crash would leave the command's processes unreapable: refuse to start it.
     const problem = this.#persist(record);
     if (problem) {
+      try {
+        fs.rmSync(this.#recordFile(id), { force: true }); // written in place: a failed first write leaves an empty file
+      } catch {
+        // a read-only state directory: nothing was created
+      }
       const what = problem.full ? "is full. Free some space there and try again." : `cannot be written (${problem.reason}).`;
       fail("io_error", `The agent cannot record the command: its state directory (${this.options.stateDir}) ${what}`);
     }
@@ -803,7 +811,7 @@ export class CommandRunner {
       const oldest = finished.shift()!;
       kept -= oldest.log.keptBytes;
       oldest.log.remove();
-      fs.rmSync(path.join(this.options.stateDir, `${oldest.record.id}.json`), { force: true });
+      fs.rmSync(this.#recordFile(oldest.record.id), { force: true });
       this.#commands.delete(oldest.record.id);
     }
   }

@@ -12,7 +12,16 @@ import type { Server } from "bun";
 import { WebStandardStreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js";
 import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
-import { isInitializeRequest, JSONRPCMessageSchema, type JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
+import {
+  ClientRequestSchema,
+  isInitializeRequest,
+  isJSONRPCErrorResponse,
+  isJSONRPCNotification,
+  isJSONRPCRequest,
+  isJSONRPCResultResponse,
+  JSONRPCMessageSchema,
+  type JSONRPCMessage,
+} from "@modelcontextprotocol/sdk/types.js";
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MachineName, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
 import { AuditLog, type AuditFilter, type CallRecord, type EventRecord, type VerifyResult } from "./audit.ts";
 import { bearerToken, clientAddress, Guards, jsonRpcError, parseCidr, TAILSCALE_NETWORKS, type Cidr, type TrustProxy } from "./auth.ts";
@@ -200,6 +209,8 @@ function parseTrustProxy(raw: string | undefined): TrustProxy {
 
 interface McpSession {
   transport: WebStandardStreamableHTTPServerTransport;
+  /** Ids of requests sent and not answered yet (see refuseMessage). */
+  pending: Set<string>;
   /** The principal that created the session: a session id is never a credential on its own. */
   clientId: string;
   lastSeen: number;
@@ -221,31 +232,47 @@ class StreamableSessions {
       const session = this.#sessions.get(id);
       if (!session || session.clientId !== auth.clientId) return jsonRpcError(404, -32001, "Session not found; initialize a new one.");
       session.lastSeen = Date.now();
-      return session.transport.handleRequest(req, { authInfo: auth });
+      return req.method === "POST" ? this.#post(req, session, auth) : session.transport.handleRequest(req, { authInfo: auth });
     }
     if (req.method !== "POST") return jsonRpcError(400, -32000, "Bad request: Mcp-Session-Id header is required.");
-    let body: unknown;
-    try {
-      body = await req.json();
-    } catch {
-      return jsonRpcError(400, -32700, "Parse error: the body is not JSON.");
-    }
+    const body = await readJson(req);
+    if (body instanceof Response) return body;
     if (!isInitializeRequest(body)) return jsonRpcError(400, -32000, "Bad request: start a session with initialize.");
     return this.#open(req, body, auth);
   }
 
+  /** A message in a session: the relay's own checks first (refuseMessage), then the SDK's transport. */
+  async #post(req: Request, session: McpSession, auth: AuthInfo): Promise<Response> {
+    const body = await readJson(req);
+    if (body instanceof Response) return body;
+    const refused = refuseMessage(body, session.pending);
+    if (refused) return refused;
+    const response = await session.transport.handleRequest(req, { parsedBody: body, authInfo: auth });
+    // Refused by the transport (a bad header, say): the request will get no answer, so it is not pending.
+    if (response.status >= 400 && isJSONRPCRequest(body)) session.pending.delete(requestKey(body.id));
+    return response;
+  }
+
   async #open(req: Request, body: unknown, auth: AuthInfo): Promise<Response> {
     const inflight = { count: 0 };
+    const pending = new Set<string>();
     const transport: WebStandardStreamableHTTPServerTransport = new WebStandardStreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       maxRequestBodySize: MAX_REQUEST_BODY_BYTES,
       keepAliveMs: SSE_KEEPALIVE_MS,
       onsessioninitialized: (id) => {
-        this.#sessions.set(id, { transport, clientId: auth.clientId, lastSeen: Date.now(), inflight });
+        this.#sessions.set(id, { transport, pending, clientId: auth.clientId, lastSeen: Date.now(), inflight });
       },
     });
     transport.onclose = () => {
       if (transport.sessionId) this.#sessions.delete(transport.sessionId);
+    };
+    // Every answer goes out through send: that is when a request stops being pending.
+    const send = transport.send.bind(transport);
+    transport.send = (message, options) => {
+      const answered = isJSONRPCResultResponse(message) || isJSONRPCErrorResponse(message) ? message.id : undefined;
+      if (answered !== undefined) pending.delete(requestKey(answered));
+      return send(message, options);
     };
     await buildMcpServer(this.newContext(auth.clientId, () => transport.sessionId ?? null, inflight)).connect(transport);
     return transport.handleRequest(req, { parsedBody: body, authInfo: auth });
@@ -261,6 +288,47 @@ class StreamableSessions {
   async closeAll(): Promise<void> {
     await Promise.all([...this.#sessions.values()].map((s) => s.transport.close()));
   }
+}
+
+/** Reads a request's JSON body, or answers the JSON-RPC parse error. */
+async function readJson(req: Request): Promise<unknown> {
+  try {
+    return await req.json();
+  } catch {
+    return jsonRpcError(400, -32700, "Parse error: the body is not JSON.");
+  }
+}
+
+/** The SDK's schema of each client request, by method: to tell a malformed request from an unknown one. */
+const REQUEST_SCHEMAS = new Map(
+  (ClientRequestSchema.options as readonly { shape: { method: { value: string } }; safeParse: (v: unknown) => { success: boolean; error?: { issues: { path: PropertyKey[]; message: string }[] } } }[]).map(
+    (schema) => [schema.shape.method.value, schema],
+  ),
+);
+
+const requestKey = (id: string | number) => `${typeof id}:${id}`;
+
+/** Messages the relay answers itself, where the SDK would get them wrong: a batch (MCP dropped batching in
+ *  2025-06-18, but the SDK still runs each message of one), a request whose params do not fit its method (the SDK
+ *  says -32603 with a raw dump; JSON-RPC says -32602), and a request reusing the id of one still in flight (the
+ *  SDK would send the first one's answer to the second). Otherwise it notes the request as pending. */
+function refuseMessage(body: unknown, pending: Set<string>): Response | undefined {
+  if (Array.isArray(body)) return jsonRpcError(400, -32600, "Invalid Request: send one JSON-RPC message per request (MCP has no batches).");
+  if (isJSONRPCNotification(body) && body.method === "notifications/cancelled") {
+    const cancelled = (body.params as { requestId?: string | number } | undefined)?.requestId;
+    if (cancelled !== undefined) pending.delete(requestKey(cancelled)); // a cancelled request is never answered
+  }
+  if (!isJSONRPCRequest(body)) return undefined;
+  const key = requestKey(body.id);
+  if (pending.has(key)) return jsonRpcError(400, -32600, `Invalid Request: request id ${JSON.stringify(body.id)} is still in flight; use a new id.`);
+  const invalid = REQUEST_SCHEMAS.get(body.method)?.safeParse({ method: body.method, params: body.params });
+  if (invalid && !invalid.success) {
+    const issue = invalid.error!.issues[0]!;
+    const message = `Invalid params: ${issue.path.map(String).join(".") || "params"}: ${issue.message}`;
+    return Response.json({ jsonrpc: "2.0", id: body.id, error: { code: -32602, message } });
+  }
+  pending.add(key);
+  return undefined;
 }
 
 /** The legacy HTTP+SSE transport (protocol 2024-11-05) on web streams: the SDK's SSEServerTransport needs Node's

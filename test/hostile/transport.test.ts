@@ -67,9 +67,9 @@ describe("bodies that are not one JSON-RPC message", () => {
     expect(reply.headers.get("mcp-session-id")).toBeNull();
   });
 
-  // BUG (server.ts, StreamableSessions.handle): a JSON array inside a session is handed to the SDK, which still
-  // runs every message of a batch (MCP removed batching in 2025-06-18); an empty array gets 202. Both must be 400.
-  test.todo("a batch inside a session is refused with 400 and -32600, and none of its calls runs", async () => {
+  // Regression: the SDK still runs every message of a batch (MCP removed batching in 2025-06-18), so the relay
+  // refuses a JSON array itself (server.ts, refuseMessage), an empty one too.
+  test("a batch inside a session is refused with 400 and -32600, and none of its calls runs", async () => {
     const m = marker("batch");
     const batch = [
       { jsonrpc: "2.0", id: 5, method: "ping" },
@@ -128,9 +128,9 @@ describe("parameters", () => {
     expect(reply.messages[0].error.message).toContain("expected string");
   });
 
-  // BUG (the SDK's McpServer, reachable through server.ts): params of the wrong type are answered with -32603
-  // "Internal error" and a raw zod dump as message; JSON-RPC says -32602 Invalid params.
-  test.todo("tools/call with params of the wrong type gets -32602 Invalid params", async () => {
+  // Regression: the SDK answers params of the wrong type with -32603 and a raw zod dump; the relay checks the
+  // params against the SDK's schema of the method first and answers -32602 Invalid params.
+  test("tools/call with params of the wrong type gets -32602 Invalid params", async () => {
     const reply = await session.post({ jsonrpc: "2.0", id: 10, method: "tools/call", params: { name: 5, arguments: {} } });
     expect(reply.messages[0].error.code).toBe(-32602);
   });
@@ -365,10 +365,9 @@ describe("sessions", () => {
     expect(after.status).toBe(404);
   });
 
-  // BUG (the SDK's streamable transport, reachable through server.ts StreamableSessions): a second request reusing
-  // the id of one still in flight takes over its response stream: the first request's HTTP response never ends,
-  // and the second receives the first one's answer. The relay should refuse the reuse (400, -32600).
-  test.todo("a request reusing the id of a request still in flight is refused, and the first gets its own answer", async () => {
+  // Regression: in the SDK's transport a second request reusing the id of one still in flight takes over its
+  // response stream (the first never ends, the second gets the first one's answer); the relay refuses the reuse.
+  test("a request reusing the id of a request still in flight is refused, and the first gets its own answer", async () => {
     const body = (command: string) => ({ jsonrpc: "2.0", id: 42, method: "tools/call", params: { name: "run_shell_command", arguments: { command } } });
     const first = session.post(body("sleep 1; echo first"));
     await Bun.sleep(200);

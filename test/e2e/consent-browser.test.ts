@@ -5,33 +5,26 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
-import { ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import type { Browser, Page } from "playwright-core";
+import { HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS } from "../helpers/browser.ts";
+import { startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
 setDefaultTimeout(30_000);
 
-const CHROMIUM = "/usr/bin/chromium";
 const OWNER_PASSWORD = "a long owner passphrase";
 const REDIRECT = "http://127.0.0.1:1/callback";
-const PHONE = { width: 390, height: 844 };
-const SCREENSHOTS = path.join(ROOT, "test-output");
 
 let relay: Relay;
 let agent: Agent;
 let browser: Browser;
 
 beforeAll(async () => {
-  if (!fs.existsSync(CHROMIUM)) return;
+  if (!HAS_CHROMIUM) return;
   relay = await startRelay({ env: { OWNER_PASSWORD } });
   agent = await startAgent(relay, { machine: "phone-test-box" });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    // As the machine's notes say: no sandbox as root, and no background traffic to a network that is closed.
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 
 afterAll(async () => {
@@ -56,25 +49,21 @@ async function authorizationUrl(): Promise<string> {
   return url.toString();
 }
 
-async function phonePage(): Promise<Page> {
-  const context = await browser.newContext({ viewport: PHONE, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
-  return context.newPage();
-}
+const phonePage = (): Promise<Page> => newPhonePage(browser);
 
 async function submit(page: Page, secret: string): Promise<void> {
   await page.fill("#owner_secret", secret);
   await page.click('button[value="approve"]');
 }
 
-describe.skipIf(!fs.existsSync(CHROMIUM))("the consent page in Chromium at phone width (skipped without /usr/bin/chromium: apt-get install chromium)", () => {
+describe.skipIf(!HAS_CHROMIUM)("the consent page in Chromium at phone width (skipped without /usr/bin/chromium: apt-get install chromium)", () => {
   test("shows who asks and what it reaches, fits the screen, and the right secret redirects with a code", async () => {
     const page = await phonePage();
     await page.goto(await authorizationUrl());
     await expect(page.locator("h1").textContent()).resolves.toBe("Allow Claude to use Code Remote?");
     await expect(page.locator("dl").textContent()).resolves.toContain("phone-test-box");
     await expect(page.locator("dl").textContent()).resolves.toContain(REDIRECT);
-    const width = (await page.evaluate("document.documentElement.scrollWidth")) as number;
-    expect(width).toBeLessThanOrEqual(PHONE.width); // nothing runs off the side of a phone
+    expect(await pageWidth(page)).toBeLessThanOrEqual(PHONE.width); // nothing runs off the side of a phone
     fs.mkdirSync(SCREENSHOTS, { recursive: true });
     await page.screenshot({ path: path.join(SCREENSHOTS, "consent-phone.png"), fullPage: true });
 
@@ -119,7 +108,7 @@ describe.skipIf(!fs.existsSync(CHROMIUM))("the consent page in Chromium at phone
 });
 
 // Keep a record of where the screenshots are, for whoever reads the test output.
-test.skipIf(!fs.existsSync(CHROMIUM))("screenshots are written", () => {
+test.skipIf(!HAS_CHROMIUM)("screenshots are written", () => {
   expect(fs.existsSync(path.join(SCREENSHOTS, "consent-phone.png"))).toBe(true);
-  console.log(`consent page screenshots: ${SCREENSHOTS} (${os.hostname()})`);
+  console.log(`consent page screenshots: ${SCREENSHOTS}`);
 });

@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { chromium, type Browser, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
+import { HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS } from "../helpers/browser.ts";
 import { eventsOf } from "../helpers/audit.ts";
 import { connectClient, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
@@ -13,10 +14,7 @@ import { call } from "../helpers/tools.ts";
 // Real processes and a browser take longer than bun's default 5 s per test (the setting is per file).
 setDefaultTimeout(30_000);
 
-const CHROMIUM = "/usr/bin/chromium";
 const OWNER_PASSWORD = "owner passphrase for tests";
-const PHONE = { width: 390, height: 844 };
-const SCREENSHOTS = path.join(ROOT, "test-output");
 
 let relay: Relay;
 let laptop: Agent;
@@ -25,16 +23,13 @@ let ciToken: string;
 let browser: Browser;
 
 beforeAll(async () => {
-  if (!fs.existsSync(CHROMIUM)) return;
+  if (!HAS_CHROMIUM) return;
   relay = await startRelay({ env: { OWNER_PASSWORD } });
   const made = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", "create", "ci"], { env: { ...process.env, DATABASE_PATH: relay.databasePath } });
   ciToken = /crm_[A-Za-z0-9_-]{43}/.exec(made.stdout.toString())![0];
   laptop = await startAgent(relay, { machine: "laptop" });
   ci = await startAgent(relay, { machine: "ci", token: ciToken });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 
 afterAll(async () => {
@@ -44,10 +39,7 @@ afterAll(async () => {
   await relay?.[Symbol.asyncDispose]();
 });
 
-async function phonePage(): Promise<Page> {
-  const context = await browser.newContext({ viewport: PHONE, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
-  return context.newPage();
-}
+const phonePage = (): Promise<Page> => newPhonePage(browser);
 
 async function signIn(page: Page, secret = OWNER_PASSWORD): Promise<void> {
   await page.goto(new URL("/", relay.url).toString());
@@ -55,7 +47,7 @@ async function signIn(page: Page, secret = OWNER_PASSWORD): Promise<void> {
   await page.click("button[type=submit]");
 }
 
-describe.skipIf(!fs.existsSync(CHROMIUM))("the dashboard in Chromium at phone width (skipped without /usr/bin/chromium)", () => {
+describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skipped without /usr/bin/chromium)", () => {
   test("a visitor without a session sees only the login form; a wrong secret is refused", async () => {
     const page = await phonePage();
     await page.goto(new URL("/", relay.url).toString());
@@ -89,7 +81,7 @@ describe.skipIf(!fs.existsSync(CHROMIUM))("the dashboard in Chromium at phone wi
     expect(calls).toContain("run_shell_command");
     expect(calls).toContain("list_directory");
 
-    expect((await page.evaluate("document.documentElement.scrollWidth")) as number).toBeLessThanOrEqual(PHONE.width);
+    expect(await pageWidth(page)).toBeLessThanOrEqual(PHONE.width);
     fs.mkdirSync(SCREENSHOTS, { recursive: true });
     await page.screenshot({ path: path.join(SCREENSHOTS, "dashboard-phone.png"), fullPage: true });
 

@@ -47,6 +47,11 @@ beforeAll(async () => {
   fs.writeFileSync(path.join(root, "real", "file"), INSIDE);
   fs.writeFileSync(path.join(outside, "file"), SECRET);
   fs.writeFileSync(path.join(outside, "outside-only-entry"), SECRET);
+  // A directory of the same name on both sides, told apart by its mode: file_info must never describe the outer one.
+  fs.mkdirSync(path.join(root, "real", "sub"), { mode: 0o755 });
+  fs.mkdirSync(path.join(outside, "sub"), { mode: 0o700 });
+  fs.chmodSync(path.join(root, "real", "sub"), 0o755);
+  fs.chmodSync(path.join(outside, "sub"), 0o700);
   fs.symlinkSync(outside, path.join(root, "link"));
   relay = await startRelay({ env: { CLIENT_CALLS_PER_MINUTE: "0" } }); // thousands of calls a minute, on purpose
   agent = await startAgent(relay, { machine: "racer", roots: [root] });
@@ -122,6 +127,11 @@ const PROBES: Probe[] = [
     call: () => call(client, "file_info", { path: `${flip}/file` }),
     escaped: (r) => leaks(r) || (!r.isError && r.data.size === SECRET.length),
   },
+  {
+    name: "file_info (directory)",
+    call: () => call(client, "file_info", { path: `${flip}/sub` }),
+    escaped: (r) => leaks(r) || (!r.isError && r.data.mode === "0700"),
+  },
 ];
 
 interface Tally {
@@ -175,6 +185,12 @@ test(`${RACE_MS / 1000} s of a directory flipping between inside and a symlink t
 
 test("list_directory with depth never enters a directory that was swapped for a symlink after it was listed", async () => {
   const { escapes, tally } = await race(PROBES.filter((p) => p.name.startsWith("list_directory (depth")), RACE_MS / 2);
+  expect(escapes).toEqual([]);
+  expect([...tally.values()][0]!.tried).toBeGreaterThan(50);
+});
+
+test("file_info never describes the directory a swapped-in symlink leads to", async () => {
+  const { escapes, tally } = await race(PROBES.filter((p) => p.name === "file_info (directory)"), RACE_MS / 2);
   expect(escapes).toEqual([]);
   expect([...tally.values()][0]!.tried).toBeGreaterThan(50);
 });

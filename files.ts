@@ -613,12 +613,23 @@ function statInside(real: string, roots: readonly string[], input: string): fs.S
 /** Whether a regular file is binary, and its line count when it is text (and not too big to count). */
 function textFacts(real: string, stat: fs.Stats, scope: FileScope, input: string): { line_count: number | null; binary: boolean | null } {
   if (!stat.isFile()) return { line_count: null, binary: null };
+  // A file this user may not read is still described, as `ls -l` would: its contents are simply unknown.
+  if (!readable(real)) return { line_count: null, binary: null };
   const fd = openChecked(real, O_RDONLY | O_NONBLOCK, scope.roots, input);
   try {
     const binary = !looksLikeText(readAt(fd, SNIFF_BYTES, 0));
     return { binary, line_count: binary || stat.size > INFO_COUNT_MAX_BYTES ? null : countLines(fd, stat.size) };
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+function readable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -288,7 +288,7 @@ describe("files this agent's user cannot read", () => {
     return { uid, [Symbol.asyncDispose]: async () => (proc.kill("SIGTERM"), await proc.exited, fs.rmSync(state, { recursive: true, force: true })) };
   }
 
-  test.skipIf(isRoot && !Bun.which("setpriv"))("a mode 000 file and directory get 'Permission denied', and nothing changes (skipped as root without setpriv)", async () => {
+  test.skipIf(isRoot && !Bun.which("setpriv"))("a mode 000 file and directory get 'Permission denied' (file_info still describes them), and nothing changes (skipped as root without setpriv)", async () => {
     using own = tempDir("cr-unpriv-");
     await using unprivileged = await unprivilegedAgent(own.path);
     const file = path.join(own.path, "locked");
@@ -307,6 +307,9 @@ describe("files this agent's user cannot read", () => {
     const list = await call(client, "list_directory", { path: dir, machine: "unprivileged" });
     expect(list.isError).toBe(true);
     expect(list.text).toMatch(/Permission denied|EACCES/);
+    // Describing a file needs no permission on it (stat), so file_info still works, and says what it is.
+    const info = await call(client, "file_info", { path: file, machine: "unprivileged" });
+    expect(info.data).toMatchObject({ type: "file", mode: "0000", size: 14, uid: unprivileged.uid });
     fs.chmodSync(file, 0o600);
     expect(fs.readFileSync(file, "utf8")).toBe("locked content");
     fs.chmodSync(dir, 0o700);

@@ -175,24 +175,25 @@ test(`${RACE_MS / 1000} s of a directory flipping between inside and a symlink t
   expect(escapes).toEqual([]);
   expect(snapshot(outside)).toBe(before);
   expect(fs.readFileSync(path.join(root, "real", "file"), "utf8")).toMatch(/^INS[I1]DE\n$/);
-  // The race was real: thousands of flips, every kind of call tried many times, and some got through inside.
+  // The race was real: thousands of flips, every kind of call tried many times, and calls both got through
+  // (the directory was real) and were refused (it was the link, or absent).
   expect(flips).toBeGreaterThan(1_000);
   for (const [name, t] of tally) expect({ name, tried: t.tried > 5 }).toEqual({ name, tried: true });
-  for (const name of ["read_file", "write_file (new file)", "edit_file", "list_directory"]) {
-    expect({ name, succeeded: tally.get(name)!.succeeded > 0 }).toEqual({ name, succeeded: true });
-  }
+  const reads = tally.get("read_file")!;
+  expect(reads.succeeded).toBeGreaterThan(0);
+  expect(reads.succeeded).toBeLessThan(reads.tried);
 });
 
 test("list_directory with depth never enters a directory that was swapped for a symlink after it was listed", async () => {
   const { escapes, tally } = await race(PROBES.filter((p) => p.name.startsWith("list_directory (depth")), RACE_MS / 2);
   expect(escapes).toEqual([]);
-  expect([...tally.values()][0]!.tried).toBeGreaterThan(50);
+  expect([...tally.values()][0]!.tried).toBeGreaterThan(20);
 });
 
 test("file_info never describes the directory a swapped-in symlink leads to", async () => {
   const { escapes, tally } = await race(PROBES.filter((p) => p.name === "file_info (directory)"), RACE_MS / 2);
   expect(escapes).toEqual([]);
-  expect([...tally.values()][0]!.tried).toBeGreaterThan(50);
+  expect([...tally.values()][0]!.tried).toBeGreaterThan(20);
 });
 
 test("with the flipper stopped, the same calls through the real directory succeed and through the link are denied", async () => {

@@ -75,19 +75,19 @@ describe("input and terminals", () => {
     const r = await run({ command: `vi ${file}`, timeout: 2 });
     expect(r.data).toMatchObject({ state: "timed_out", timed_out: true, exit_code: null });
     expect(r.data.stdout + r.data.stderr).toContain("Vim: Warning: Input is not from a terminal");
-    expect(Date.now() - started).toBeLessThan(2_000 + 2_000 + 3_000); // timeout, kill grace, and a margin for a busy machine
+    expect(Date.now() - started).toBeLessThan(15_000); // ended by its 2 s timeout, long before the relay's deadline
     expect(fs.existsSync(file)).toBe(false);
   });
 });
 
 describe("commands that stop, die or outlive their timeout", () => {
   test("kill -STOP $$ freezes the shell: it is killed at its timeout (SIGTERM cannot end a stopped process, SIGKILL does), and the agent serves others meanwhile", async () => {
-    const started = Date.now();
-    const stopped = run({ command: "echo before; kill -STOP $$; echo after", timeout: 2 });
+    let stoppedEnded = false;
+    const stopped = run({ command: "echo before; kill -STOP $$; echo after", timeout: 2 }).finally(() => (stoppedEnded = true));
     await Bun.sleep(500);
     const other = await run({ command: "echo meanwhile" });
     expect(other.data.stdout).toBe("meanwhile\n");
-    expect(Date.now() - started).toBeLessThan(2_000 + 1_000); // served while the stopped one waited for its timeout
+    expect(stoppedEnded).toBe(false); // served while the stopped one was still waiting for its timeout
     const r = await stopped;
     expect(r.data).toMatchObject({ state: "timed_out", timed_out: true, exit_code: null, signal: "SIGKILL", stdout: "before\n" });
     expect(r.text).toContain("timed out and was killed (SIGKILL)");

@@ -33,7 +33,9 @@ test("SIGKILL of the agent mid-command fails the call fast; the restarted agent 
   const killedAt = Date.now();
   await first.kill();
   const failed = await pending;
-  expect(Date.now() - killedAt).toBeLessThan(FAIL_FAST_MS);
+  const failedMs = Date.now() - killedAt;
+  console.log(`agent SIGKILL: the call failed after ${failedMs} ms`);
+  expect(failedMs).toBeLessThan(FAIL_FAST_MS);
   expect(failed.isError).toBe(true);
   expect(failed.text).toBe("Machine 'crashing' disconnected before answering; the operation may or may not have completed.");
   expect(processGroup(pgid)).toHaveLength(3); // orphaned: nobody was left to stop them

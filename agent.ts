@@ -496,8 +496,9 @@ async function shutdown(rt: Runtime, signal: string): Promise<never> {
   process.exit(0);
 }
 
-/** `bun run dev` starts its agent with its own pid in CODE_REMOTE_DEV_PARENT: if the dev server dies without
- *  stopping it (kill -9, a crash), the agent stops too instead of lingering and holding the machine's name. */
+/** A process that starts an agent as its child and wants it gone with it (`bun run dev`, the test helpers) puts its
+ *  own pid in CODE_REMOTE_PARENT_PID: if that parent dies without stopping the agent (kill -9, a crash), the agent
+ *  stops too instead of lingering and holding the machine's name. */
 function stopWithParent(rt: Runtime, parent: number): void {
   if (!Number.isInteger(parent) || parent <= 0) return;
   const watch = setInterval(() => {
@@ -662,7 +663,7 @@ export async function main(argv: string[]): Promise<number> {
   const rt: Runtime = { config, commands, stopping: new AbortController() };
   process.on("SIGINT", () => void shutdown(rt, "SIGINT"));
   process.on("SIGTERM", () => void shutdown(rt, "SIGTERM"));
-  stopWithParent(rt, Number(process.env.CODE_REMOTE_DEV_PARENT));
+  stopWithParent(rt, Number(process.env.CODE_REMOTE_PARENT_PID));
   await runForever(rt);
   return 0;
 }

@@ -666,7 +666,7 @@ function dev(env: Record<string, string | undefined>): number {
       RELAY_URL: new URL("/ws/agent", url).toString().replace(/^http/, "ws"),
       AGENT_TOKEN: config.agentToken,
       MACHINE_NAME: env.MACHINE_NAME ?? os.hostname().split(".")[0],
-      CODE_REMOTE_DEV_PARENT: String(process.pid), // the agent stops if this process dies without stopping it
+      CODE_REMOTE_PARENT_PID: String(process.pid), // the agent stops if this process dies without stopping it
     },
     stdio: ["ignore", "inherit", "inherit"],
   });

@@ -184,6 +184,8 @@ export async function startAgent(relay: Relay, options: AgentOptions = {}): Prom
     AGENT_STATE_DIR: options.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "cr-state-")),
     // A directory that does not exist, so a developer's own ~/.config/code-remote/agent.env never reaches a test agent.
     XDG_CONFIG_HOME: path.join(os.tmpdir(), "cr-no-config", randomBytes(6).toString("hex")),
+    // The agent stops if this test process dies without stopping it, so no agent outlives a killed test run.
+    CODE_REMOTE_PARENT_PID: String(process.pid),
     ...options.env,
   });
   if (options.waitConnected !== false) await child.stderr.waitFor(/agent info connected/);

@@ -7,6 +7,7 @@ import * as path from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { connectClient, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
+import { snapshot } from "../helpers/snapshot.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
 setDefaultTimeout(30_000);
@@ -45,19 +46,6 @@ afterAll(async () => {
   tree[Symbol.dispose]();
 });
 
-/** Every name under `dir` (symlinks not followed) with the contents of regular files, to prove nothing changed. */
-function snapshot(dir: string): string {
-  return fs
-    .readdirSync(dir)
-    .sort()
-    .map((name) => {
-      const full = path.join(dir, name);
-      const stat = fs.lstatSync(full);
-      if (stat.isDirectory()) return `${name}/[${snapshot(full)}]`;
-      return stat.isFile() ? `${name}=${fs.readFileSync(full, "utf8")}` : name;
-    })
-    .join("|");
-}
 
 async function expectDenied(tool: string, args: Record<string, unknown>, message: RegExp) {
   const before = snapshot(base);

@@ -10,6 +10,7 @@ import * as path from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { connectClient, NEUTRAL_CWD, OutputLog, ROOT, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
+import { snapshot } from "../helpers/snapshot.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
 setDefaultTimeout(30_000);
@@ -65,19 +66,6 @@ afterAll(async () => {
   tree[Symbol.dispose]();
 });
 
-/** Every name under `dir` (symlinks not followed) with the contents of regular files: to prove nothing changed. */
-function snapshot(dir: string): string {
-  return fs
-    .readdirSync(dir)
-    .sort()
-    .map((name) => {
-      const full = path.join(dir, name);
-      const stat = fs.lstatSync(full);
-      if (stat.isDirectory()) return `${name}/[${snapshot(full)}]`;
-      return stat.isFile() ? `${name}=${fs.readFileSync(full, "utf8")}` : `${name}@`;
-    })
-    .join("|");
-}
 
 /** Calls `tool`, expects a tool error matching `message`, and that nothing in the whole tree changed. */
 async function refused(tool: string, args: Record<string, unknown>, message: RegExp) {

@@ -10,6 +10,7 @@ import * as path from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { connectClient, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
 import { call, type ToolCall } from "../helpers/tools.ts";
+import { snapshot } from "../helpers/snapshot.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
 setDefaultTimeout(60_000);
@@ -29,17 +30,6 @@ let relay: Relay;
 let agent: Agent;
 let client: Client & AsyncDisposable;
 
-/** Every name under `dir` with the content, mode and mtime of each file: what "unchanged" means. */
-function snapshot(dir: string): string {
-  return fs
-    .readdirSync(dir)
-    .sort()
-    .map((name) => {
-      const stat = fs.lstatSync(path.join(dir, name));
-      return `${name}:${stat.mode}:${stat.mtimeMs}:${stat.isFile() ? fs.readFileSync(path.join(dir, name), "utf8") : "-"}`;
-    })
-    .join("\n");
-}
 
 beforeAll(async () => {
   fs.mkdirSync(path.join(root, "real"), { recursive: true });

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { connectClient, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
-import { snapshot } from "../helpers/snapshot.ts";
+import { expectRefusedLeavingTreeUnchanged } from "../helpers/snapshot.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
 setDefaultTimeout(30_000);
@@ -47,13 +47,7 @@ afterAll(async () => {
 });
 
 
-async function expectDenied(tool: string, args: Record<string, unknown>, message: RegExp) {
-  const before = snapshot(base);
-  const r = await call(client, tool, args);
-  expect(r.isError).toBe(true);
-  expect(r.text).toMatch(message);
-  expect(snapshot(base)).toBe(before);
-}
+const expectDenied = (tool: string, args: Record<string, unknown>, message: RegExp) => expectRefusedLeavingTreeUnchanged(client, base, tool, args, message);
 
 const DENIED = /Access denied: .* is outside the allowed roots/;
 

@@ -10,7 +10,7 @@ import * as path from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { connectClient, NEUTRAL_CWD, OutputLog, ROOT, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
-import { snapshot } from "../helpers/snapshot.ts";
+import { expectRefusedLeavingTreeUnchanged, snapshot } from "../helpers/snapshot.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
 setDefaultTimeout(30_000);
@@ -67,14 +67,10 @@ afterAll(async () => {
 });
 
 
-/** Calls `tool`, expects a tool error matching `message`, and that nothing in the whole tree changed. */
+/** Expects a tool error matching `message` that leaks nothing from outside, and that nothing in the whole tree changed. */
 async function refused(tool: string, args: Record<string, unknown>, message: RegExp) {
-  const before = snapshot(base);
-  const r = await call(client, tool, args);
-  expect(r.isError).toBe(true);
-  expect(r.text).toMatch(message);
-  expect(r.text).not.toContain("outside secret");
-  expect(snapshot(base)).toBe(before);
+  const text = await expectRefusedLeavingTreeUnchanged(client, base, tool, args, message);
+  expect(text).not.toContain("outside secret");
 }
 
 const DENIED = /^Access denied: '.*' is outside the allowed roots \(/;

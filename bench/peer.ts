@@ -7,8 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { freePort } from "../test/helpers/processes.ts";
-import { spawnProgram } from "../test/helpers/programs.ts";
+import { freePort, spawnProgram } from "../test/helpers/processes.ts";
 import { waitUntil } from "./harness.ts";
 
 const PEERS_BIN = path.join(import.meta.dir, "peers", "node_modules", ".bin");

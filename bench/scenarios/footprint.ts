@@ -5,8 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import { ROOT, tempDir } from "../../test/helpers/processes.ts";
-import { spawnProgram } from "../../test/helpers/programs.ts";
+import { ROOT, spawnProgram, tempDir } from "../../test/helpers/processes.ts";
 import { MB, median, progress, round, rssBytes } from "../harness.ts";
 import type { Results } from "../results.ts";
 import type { Rig } from "../rig.ts";

@@ -5,9 +5,7 @@
 
 import * as path from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import type { ChildProcess } from "../../test/helpers/processes.ts";
-import { connectClient, startAgent, startRelay, tempDir, type Relay } from "../../test/helpers/processes.ts";
-import { spawnProgram } from "../../test/helpers/programs.ts";
+import { connectClient, spawnProgram, startAgent, startRelay, tempDir, type ChildProcess, type Relay } from "../../test/helpers/processes.ts";
 import { MB, peakRssBytes, progress, round, rssBytes, sampleAlternating } from "../harness.ts";
 import type { Results } from "../results.ts";
 import { callOk, UNLIMITED_CLIENT, writeSmallFile } from "../rig.ts";

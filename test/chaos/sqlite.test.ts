@@ -6,8 +6,7 @@
 import { expect, setDefaultTimeout, test } from "bun:test";
 import * as path from "node:path";
 import { auditedCalls, integrityCheck } from "../helpers/audit-db.ts";
-import { spawnProgram } from "../helpers/programs.ts";
-import { connectClient, ROOT, startAgent, startRelay, type Relay } from "../helpers/processes.ts";
+import { connectClient, ROOT, spawnProgram, startAgent, startRelay, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
 
 setDefaultTimeout(120_000);

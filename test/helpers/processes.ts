@@ -84,16 +84,26 @@ export interface ChildProcess extends AsyncDisposable {
  *  directory) never leaks into a test. */
 export const NEUTRAL_CWD = os.tmpdir();
 
-function spawnChild(argv: string[], env: Record<string, string>, cwd = NEUTRAL_CWD): ChildProcess {
-  const proc = Bun.spawn([BUN, ...argv], {
-    cwd,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? os.homedir(), ...env },
+export interface ProgramOptions {
+  /** Added to a minimal PATH and HOME; nothing else of this process's environment is passed on. */
+  env?: Record<string, string>;
+  /** Working directory (default: a neutral one, so no .env or bunfig.toml is picked up by accident). */
+  cwd?: string;
+}
+
+/** Any program as a child process with piped stdout and stderr (a compiled agent binary, a peer server on node, a
+ *  load generator); dispose (or stop) sends SIGTERM and waits for the exit. */
+export function spawnProgram(argv: string[], options: ProgramOptions = {}): ChildProcess {
+  const proc = Bun.spawn(argv, {
+    cwd: options.cwd ?? NEUTRAL_CWD,
+    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? os.homedir(), ...options.env },
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
   });
+  const alive = () => proc.exitCode === null && proc.signalCode === null;
   const stop = async () => {
-    proc.kill("SIGTERM");
+    if (alive()) proc.kill("SIGTERM");
     return proc.exited;
   };
   return {
@@ -102,14 +112,17 @@ function spawnChild(argv: string[], env: Record<string, string>, cwd = NEUTRAL_C
     stderr: new OutputLog(proc.stderr),
     stop,
     kill: async () => {
-      proc.kill("SIGKILL");
+      if (alive()) proc.kill("SIGKILL");
       await proc.exited;
     },
     [Symbol.asyncDispose]: async () => {
-      if (proc.exitCode === null && proc.signalCode === null) await stop();
+      if (alive()) await stop();
     },
   };
 }
+
+/** `bun <argv>` (a script of this repository) as a child process. */
+const spawnChild = (argv: string[], env: Record<string, string>) => spawnProgram([BUN, ...argv], { env });
 
 /** A fresh strong token, as `openssl rand -hex 32` would make. */
 export const newToken = () => randomBytes(32).toString("hex");

@@ -6,7 +6,7 @@
 // on 127.0.0.1, bounded in connections and in time, and stops by itself.
 
 import type { Socket } from "bun";
-import { spawnProgram } from "../helpers/programs.ts";
+import { spawnProgram } from "../helpers/processes.ts";
 
 export interface SlowClientOptions {
   port: number;

@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { auditCli } from "../helpers/audit.ts";
 import { auditedCalls, integrityCheck } from "../helpers/audit-db.ts";
-import { connectClient, freePort, startAgent, startRelay, type Agent, type Relay, type TransportKind } from "../helpers/processes.ts";
+import { connectClient, eventually, freePort, pidsMatching, startAgent, startRelay, TRANSPORTS, type Agent, type Relay, type TransportKind } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
 
 setDefaultTimeout(90_000);
@@ -22,6 +22,9 @@ const MAX_LOAD_MS = 60_000;
 /** The client gives up on a call after this long: an SSE client does not notice its stream died under it, so a call
  *  in flight at the restart only ends by this timeout. Echo and small writes take milliseconds. */
 const CALL_TIMEOUT_MS = 8_000;
+/** Calls that must succeed once the agents are back, and the longest to wait for them (past CALL_TIMEOUT_MS). */
+const SETTLED_CALLS = 200;
+const SETTLED_WAIT_MS = 20_000;
 
 /** When a call started: while the relay was up, while it restarted (from the signal until every agent is back), or
  *  once everything was back. */
@@ -103,16 +106,19 @@ async function restartUnderLoad(how: "SIGTERM" | "SIGKILL", alsoCheck: (database
     });
     expect(stale.status).toBe(404);
 
-    await Bun.sleep(2_000);
+    // Load on the restarted relay until enough calls have gone through. A client whose call was in flight at the
+    // signal gets no answer at all (see the todo below) and comes back only at its own timeout, so wait for calls,
+    // not for a fixed time.
+    const settledOk = () => answers.filter((a) => a.phase === "settled" && a.kind === "ok").length;
+    for (let waited = 0; waited < SETTLED_WAIT_MS && settledOk() < SETTLED_CALLS; waited += 100) await Bun.sleep(100);
     state.stop = true;
     await Promise.all(loops);
     mark("load stopped");
-    const ok = answers.filter((a) => a.kind === "ok");
     const summary: Record<string, number> = {};
     for (const a of answers) summary[`${a.phase}/${a.kind}`] = (summary[`${a.phase}/${a.kind}`] ?? 0) + 1;
     expect(answers.filter((a) => a.kind === "wrong")).toEqual([]);
     expect(before).toBeGreaterThan(10);
-    expect(ok.filter((a) => a.phase === "settled").length).toBeGreaterThan(10);
+    expect(settledOk()).toBeGreaterThanOrEqual(SETTLED_CALLS);
     // Errors only for calls in flight at the signal (one per client at most) and during the restart; none once
     // the agents are back.
     expect(answers.filter((a) => a.phase === "before" && a.kind !== "ok").length).toBeLessThanOrEqual(transports.length);
@@ -162,3 +168,24 @@ test("audit verify passes after the crash", async () => {
     expect(verify.code).toBe(0);
   });
 });
+
+// Bug (server.ts stop(), with relay.ts closeAll()): on SIGTERM the relay closes every MCP session and then the
+// server before the calls in flight are answered. The relay does fail them ("disconnected before answering"), but
+// their responses never reach the clients, which wait for their own timeout (the SDK's default is 60 s). Enable once
+// a graceful stop answers the calls in flight first.
+for (const transport of TRANSPORTS) {
+  test.todo(`a graceful stop answers every call in flight over ${transport} with an error before it exits`, async () => {
+    const relay = await startRelay();
+    await using _agent = await startAgent(relay, { machine: "stopping" });
+    await using client = await connectClient(relay, transport);
+    const tag = String(6_000_000 + Math.floor(Math.random() * 3_000_000));
+    const pending = call(client, "run_shell_command", { command: `sleep ${tag}`, timeout: 600 }, { timeout: 30_000 });
+    await eventually(() => pidsMatching(`sleep ${tag}`).length > 0, 5_000, "command started");
+    const stoppedAt = Date.now();
+    expect(await relay.stop()).toBe(0);
+    const r = await pending;
+    expect(Date.now() - stoppedAt).toBeLessThan(5_000);
+    expect(r.isError).toBe(true);
+    expect(r.text).toContain("may or may not have completed");
+  });
+}

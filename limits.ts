@@ -74,6 +74,13 @@ export class CallLimits {
   readonly #clients = new Map<string, { inFlight: number; tokens: number; refilledAt: number }>();
   constructor(readonly options: CallLimitOptions) {}
 
+  /** Calls in flight across every client. */
+  get inFlight(): number {
+    let total = 0;
+    for (const state of this.#clients.values()) total += state.inFlight;
+    return total;
+  }
+
   /** Takes a slot for one call of `client`: a release function, or a sentence saying why not. */
   acquire(client: string, now = Date.now()): (() => void) | string {
     const { maxInFlight, perMinute } = this.options;

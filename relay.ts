@@ -200,8 +200,12 @@ export class Relay {
     }
   }
 
-  /** Closes every agent socket (server shutdown): agents reconnect with backoff. */
+  /** Server shutdown: fails every call still waiting on an agent, so its client gets an answer before the relay
+   *  goes, then closes every agent socket (agents reconnect with backoff). */
   closeAll(): void {
+    for (const conn of this.agents.values()) {
+      this.#failPending(conn, `The relay is restarting; the operation on '${conn.machine}' may or may not have completed. Try again in a few seconds.`);
+    }
     for (const ws of this.sockets) ws.close(CloseCode.goingAway, "server restarting");
   }
 

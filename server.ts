@@ -53,6 +53,9 @@ const MIN_TOKEN_LENGTH = 32;
 const MIN_PASSWORD_LENGTH = 12;
 /** How often the relay looks for revoked agent tokens (revoking cuts an agent off within this). */
 const REVOCATION_SWEEP_MS = 1_000;
+/** On a graceful stop, how long to wait for calls in flight to be answered, then for answers to be written: both
+ *  together stay inside the 5 s a platform (Fly, docker stop) gives before SIGKILL. */
+const STOP_GRACE_MS = 2_000;
 /** How often old audit events are pruned (also once at start). */
 const AUDIT_PRUNE_EVERY_MS = 24 * 60 * 60 * 1000;
 
@@ -588,8 +591,11 @@ export function startServer(config: ServerConfig): RunningServer {
     async stop() {
       sweeps.forEach(clearInterval);
       relay.closeAll();
+      await untilAnswered(callLimits, STOP_GRACE_MS);
       await streamable.closeAll();
       await Promise.all([...sseSessions.values()].map((t) => t.close()));
+      // Let answers still being written finish, but never wait long on a client that does not read.
+      await Promise.race([server.stop(false), Bun.sleep(STOP_GRACE_MS)]);
       await server.stop(true);
       db.close();
     },
@@ -597,6 +603,13 @@ export function startServer(config: ServerConfig): RunningServer {
 }
 
 // --- lifecycle: serve, dev, and signals ---
+
+/** Waits until every tool call has returned its answer to the MCP transport, or `graceMs` has passed. */
+async function untilAnswered(limits: CallLimits, graceMs: number): Promise<void> {
+  const deadline = Date.now() + graceMs;
+  while (limits.inFlight > 0 && Date.now() < deadline) await Bun.sleep(10);
+  await Bun.sleep(0); // the SDK sends a handler's answer on the tick after the handler returns
+}
 
 function loopbackUrl(url: URL): URL {
   const local = new URL(url);

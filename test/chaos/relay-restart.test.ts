@@ -106,9 +106,8 @@ async function restartUnderLoad(how: "SIGTERM" | "SIGKILL", alsoCheck: (database
     });
     expect(stale.status).toBe(404);
 
-    // Load on the restarted relay until enough calls have gone through. A client whose call was in flight at the
-    // signal gets no answer at all (see the todo below) and comes back only at its own timeout, so wait for calls,
-    // not for a fixed time.
+    // Load on the restarted relay until enough calls have gone through. A client whose call was in flight at a crash
+    // gets no answer at all and comes back only at its own timeout, so wait for calls, not for a fixed time.
     const settledOk = () => answers.filter((a) => a.phase === "settled" && a.kind === "ok").length;
     for (let waited = 0; waited < SETTLED_WAIT_MS && settledOk() < SETTLED_CALLS; waited += 100) await Bun.sleep(100);
     state.stop = true;
@@ -169,12 +168,9 @@ test("audit verify passes after the crash", async () => {
   });
 });
 
-// Bug (server.ts stop(), with relay.ts closeAll()): on SIGTERM the relay closes every MCP session and then the
-// server before the calls in flight are answered. The relay does fail them ("disconnected before answering"), but
-// their responses never reach the clients, which wait for their own timeout (the SDK's default is 60 s). Enable once
-// a graceful stop answers the calls in flight first.
+// A deploy (SIGTERM) must not leave a client waiting on its own timeout: the relay answers what is in flight first.
 for (const transport of TRANSPORTS) {
-  test.todo(`a graceful stop answers every call in flight over ${transport} with an error before it exits`, async () => {
+  test(`a graceful stop answers every call in flight over ${transport} with an error before it exits`, async () => {
     const relay = await startRelay();
     await using _agent = await startAgent(relay, { machine: "stopping" });
     await using client = await connectClient(relay, transport);

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Browser, Page } from "playwright-core";
-import { HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS } from "../helpers/browser.ts";
+import { closeBrowser, HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS, submitForm, textsOf, type Landing } from "../helpers/browser.ts";
 import { eventsOf } from "../helpers/audit.ts";
 import { connectClient, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
@@ -33,7 +33,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await browser?.close();
+  await closeBrowser(browser);
   await ci?.[Symbol.asyncDispose]();
   await laptop?.[Symbol.asyncDispose]();
   await relay?.[Symbol.asyncDispose]();
@@ -41,21 +41,33 @@ afterAll(async () => {
 
 const phonePage = (): Promise<Page> => newPhonePage(browser);
 
-async function signIn(page: Page, secret = OWNER_PASSWORD): Promise<void> {
-  await page.goto(new URL("/", relay.url).toString());
+const dashboardUrl = () => new URL("/", relay.url).toString();
+
+/** Fills in the login form and submits it; returns the page the relay answered with. */
+async function submitSecret(page: Page, secret: string): Promise<Landing> {
+  await page.goto(dashboardUrl());
   await page.fill("#owner_secret", secret);
-  await page.click("button[type=submit]");
+  return submitForm(page, "button[type=submit]");
+}
+
+/** Signs in as the owner and opens the dashboard afresh (see submitForm for why afresh). */
+async function signIn(page: Page): Promise<void> {
+  const landing = await submitSecret(page, OWNER_PASSWORD);
+  expect(landing.status).toBe(200);
+  expect(landing.url.pathname).toBe("/");
+  await page.goto(dashboardUrl());
 }
 
 describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skipped without /usr/bin/chromium)", () => {
   test("a visitor without a session sees only the login form; a wrong secret is refused", async () => {
     const page = await phonePage();
-    await page.goto(new URL("/", relay.url).toString());
+    await page.goto(dashboardUrl());
     const html = await page.content();
     expect(html).toContain('name="owner_secret"');
     expect(html).not.toContain("laptop");
-    await signIn(page, "not the secret");
-    await expect(page.locator("[role=alert]").textContent()).resolves.toBe("Wrong owner secret.");
+    const refused = await submitSecret(page, "not the secret");
+    expect(refused.status).toBe(401);
+    expect(textsOf(refused.html, "[role=alert]")).toEqual(["Wrong owner secret."]);
     await page.context().close();
   });
 
@@ -102,8 +114,9 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     await page.click(".card:has-text('laptop') a:has-text('Disconnect')");
     await expect(page.locator("h1").textContent()).resolves.toBe("Are you sure?");
     await page.screenshot({ path: path.join(SCREENSHOTS, "dashboard-confirm-phone.png") });
-    await page.click("button.danger");
+    await submitForm(page, "button.danger");
     await laptop.stderr.waitFor(/disconnected code=4003 reason="disconnected by the owner"/);
+    await page.goto(dashboardUrl());
     await expect(page.locator(".card").count()).resolves.toBe(1);
     await laptop.stderr.waitFor(/could not register with the relay.*turned away until/, 10_000); // it may not come straight back
     const event = eventsOf(relay.databasePath, "--machine", "laptop").find((e) => e.kind === "agent_disconnected_by_owner");
@@ -115,7 +128,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     const page = await phonePage();
     await signIn(page);
     await page.click(".card:has-text('ci') a:has-text('Revoke token')");
-    await page.click("button.danger");
+    await submitForm(page, "button.danger");
     await ci.stderr.waitFor(/disconnected code=4003 reason="agent token revoked"/, 5_000);
     expect(eventsOf(relay.databasePath, "--machine", "ci").some((e) => e.kind === "agent_token_revoked")).toBe(true);
     await page.context().close();
@@ -142,8 +155,8 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     const page = await phonePage();
     await signIn(page);
     const cookies = await page.context().cookies();
-    await page.click("text=Sign out");
-    await expect(page.locator("#owner_secret").count()).resolves.toBe(1);
+    const signedOut = await submitForm(page, "text=Sign out");
+    expect(signedOut.html).toContain('name="owner_secret"');
     const copied = cookies.map((c) => `${c.name}=${c.value}`).join("; ");
     const response = await fetch(new URL("/", relay.url), { headers: { Cookie: copied } });
     expect(await response.text()).toContain('name="owner_secret"');

@@ -1,6 +1,7 @@
 // OAuth from the client's side, for tests: an OAuthClientProvider for the SDK's own client (what Claude-like clients
 // run), and the owner's part of the flow (open the consent page, type the owner secret, approve) done with fetch.
 
+import { createHash, randomBytes } from "node:crypto";
 import type { OAuthClientProvider } from "@modelcontextprotocol/sdk/client/auth.js";
 import type { OAuthClientInformationMixed, OAuthClientMetadata, OAuthTokens } from "@modelcontextprotocol/sdk/shared/auth.js";
 
@@ -45,6 +46,21 @@ export class TestOAuthProvider implements OAuthClientProvider {
   codeVerifier() {
     return this.#verifier;
   }
+}
+
+/** Registers a new public client named "Claude" and returns the authorization URL it would open in the browser. */
+export async function newAuthorizationUrl(origin: URL, redirectUri: string): Promise<string> {
+  const registration = await fetch(new URL("/register", origin), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ client_name: "Claude", redirect_uris: [redirectUri], token_endpoint_auth_method: "none" }),
+  });
+  const { client_id } = (await registration.json()) as { client_id: string };
+  const challenge = createHash("sha256").update(randomBytes(32).toString("base64url")).digest("base64url");
+  const url = new URL("/authorize", origin);
+  const params = { response_type: "code", client_id, redirect_uri: redirectUri, code_challenge: challenge, code_challenge_method: "S256", state: "xyz" };
+  for (const [key, value] of Object.entries(params)) url.searchParams.set(key, value);
+  return url.toString();
 }
 
 /** The consent page as a person sees it: its HTML, its hidden request id, and the cookie it set. */

@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import { FIELD_BUDGET_CHARS, fail, Failure, jsonCost, MAX_WRITE_BYTES, takeWithinCost, type OpArgs, type OpResult } from "./protocol.ts";
+import { FIELD_BUDGET_CHARS, fail, Failure, jsonCost, MAX_READ_BASE64_BYTES, MAX_WRITE_BYTES, takeWithinCost, type OpArgs, type OpResult } from "./protocol.ts";
 import { errnoOf, expandPath, fdPath, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
 
 /** Where the file tools may act: the real allowed roots, and the home directory for ~. */
@@ -19,9 +19,6 @@ export interface FileScope {
 /** read_file returns at most this many JSON characters of text, or this many raw bytes as base64. */
 const READ_BUDGET_CHARS = 2 * FIELD_BUDGET_CHARS;
 const READ_BASE64_MAX_BYTES = 32 * 1024;
-/** An explicit `limit` may ask for up to this much base64 at once (for copying files; more than most clients
- *  show a model, so it is never the default). */
-const READ_BASE64_BULK_BYTES = 1024 * 1024;
 /** read_file reads in chunks of this size, and stops counting lines past this many bytes (total_lines: null). */
 const READ_CHUNK_BYTES = 1024 * 1024;
 const COUNT_LINES_MAX_BYTES = 256 * 1024 * 1024;
@@ -86,7 +83,7 @@ export async function readFile(args: OpArgs<"read_file">, scope: FileScope): Pro
 
 function readBase64(fd: number, real: string, size: number, args: OpArgs<"read_file">): OpResult<"read_file"> {
   const offset = args.offset ?? 0;
-  const length = Math.min(args.limit ?? READ_BASE64_MAX_BYTES, READ_BASE64_BULK_BYTES, Math.max(0, size - offset));
+  const length = Math.min(args.limit ?? READ_BASE64_MAX_BYTES, MAX_READ_BASE64_BYTES, Math.max(0, size - offset));
   const bytes = readAt(fd, length, offset);
   const end = offset + bytes.length;
   return {

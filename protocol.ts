@@ -22,6 +22,9 @@ export const FIELD_BUDGET_CHARS = 22_000;
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
 /** Largest content write_file takes in one call, in bytes after decoding. Bigger files go in appended chunks. */
 export const MAX_WRITE_BYTES = 3 * 1024 * 1024;
+/** read_file returns at most this many bytes per call as base64, when the caller asks for them with `limit` (for
+ *  copying files: far more than a model should see at once, so the default is much smaller). */
+export const MAX_READ_BASE64_BYTES = 1024 * 1024;
 /** SIGTERM first, then SIGKILL to the whole group after this grace, so well-behaved programs can clean up. */
 export const KILL_GRACE_MS = 2_000;
 /** Default and bounds of run_shell_command's timeout, in seconds. */
@@ -288,7 +291,7 @@ const ReadFileArgs = z
       .int()
       .min(1)
       .optional()
-      .describe("Text: how many lines. Base64: how many bytes (default 32 KiB; at most 1 MiB, for copying files)."),
+      .describe(`Text: how many lines. Base64: how many bytes (default 32 KiB; at most ${MAX_READ_BASE64_BYTES / 1024 / 1024} MiB, for copying files).`),
     tail: z.number().int().min(1).optional().describe("Text: return the last this many lines (instead of offset)."),
     encoding: z
       .enum(["auto", "utf8", "base64"])

@@ -2,7 +2,7 @@
 // for --quick (a smoke run of the harness in seconds: the numbers it prints mean nothing). Every loop is
 // bounded by a count and a time; sizes and counts carry their unit in the name.
 
-import { MAX_WRITE_BYTES } from "../protocol.ts";
+import { MAX_READ_BASE64_BYTES, MAX_WRITE_BYTES } from "../protocol.ts";
 import { MiB, type Budget } from "./harness.ts";
 
 export interface Settings {
@@ -43,11 +43,11 @@ export const QUICK: Settings = {
 export const CONCURRENT_CALLS = 32;
 export const CONCURRENT_SESSIONS = 4;
 
-/** Scenario 5: bytes per write_file call (the tool's per-call cap) and per read_file call (the agent's base64
- *  cap, READ_BASE64_MAX_BYTES in agent.ts: should it shrink, the check of the bytes read back fails loudly),
- *  and read calls kept in flight (a client reading a file of known size can ask for several ranges at once). */
+/** Scenario 5: bytes per write_file and per read_file call (each tool's per-call cap, as a script copying a file
+ *  would ask for), and read calls kept in flight (a client reading a file of known size can ask for several ranges
+ *  at once). */
 export const BULK_WRITE_CHUNK_BYTES = MAX_WRITE_BYTES;
-export const BULK_READ_CHUNK_BYTES = 32 * 1024;
+export const BULK_READ_CHUNK_BYTES = MAX_READ_BASE64_BYTES;
 export const BULK_READ_WINDOW = 8;
 
 /** The small file of scenarios 2, 3, 6 and 8: 1 KiB of text in 16 lines. */

@@ -3,7 +3,7 @@
 // sides of each ratio meet the same machine noise.
 
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { measureThroughput, sampleAlternating, type Op, type Throughput } from "../harness.ts";
+import { measureThroughput, round, sampleAlternating, type Op, type Throughput } from "../harness.ts";
 import type { Peer } from "../peer.ts";
 import type { Results } from "../results.ts";
 import { callOk, type Rig } from "../rig.ts";
@@ -58,7 +58,7 @@ export async function concurrentCalls(rig: Rig, peer: Peer | undefined, settings
 function total(windows: Throughput[]) {
   const calls = windows.reduce((sum, w) => sum + w.calls, 0);
   const seconds = windows.reduce((sum, w) => sum + w.seconds, 0);
-  return { calls, seconds, calls_per_s: Math.round(calls / seconds), in_flight: CONCURRENT_CALLS, sessions: CONCURRENT_SESSIONS };
+  return { calls, seconds: round(seconds), calls_per_s: Math.round(calls / seconds), in_flight: CONCURRENT_CALLS, sessions: CONCURRENT_SESSIONS };
 }
 
 /** Scenario 4: run_shell_command "true" against Bun.spawn of the same shell with the same arguments, here. The

@@ -443,6 +443,7 @@ export function readWholeText(input: string, scope: FileScope, maxBytes: number)
  *  written: the model reads it again rather than overwriting someone else's change). */
 export function replaceFile(input: string, file: WholeText, data: Buffer, scope: FileScope): void {
   const dir = openDirCreating(path.dirname(file.real), scope.roots, input);
+  let replaced = false;
   try {
     const name = path.basename(file.real);
     const now = lstatIn(fdPath(dir.fd, dir.real), name);
@@ -450,10 +451,13 @@ export function replaceFile(input: string, file: WholeText, data: Buffer, scope:
       fail("io_error", `'${input}' changed while it was being edited; nothing was written. Read it again and retry.`);
     }
     replaceAtomically(fdPath(dir.fd, dir.real), name, data, { append: false, input, target: file.real });
+    replaced = true;
   } catch (e) {
     ioFailure(e, input);
   } finally {
-    closeDir(dir, false); // the file's own directory: it existed, nothing was created
+    // The file's directory existed when it was read; if it was moved away since, opening it made a new one, which
+    // a refused edit must not leave behind.
+    closeDir(dir, !replaced);
   }
 }
 

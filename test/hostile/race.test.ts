@@ -56,27 +56,28 @@ afterAll(async () => {
 });
 
 /** A child process that renames `real` and `link` in and out of `flip` until the deadline: at every moment `flip`
- *  is a real directory inside the root, a symlink to the outside directory, or absent. A write that lands while it
- *  is absent makes a new directory there (write_file creates parents); the flipper removes it and goes on.
- *  Returns the number of flips made. */
+ *  is a real directory inside the root, a symlink to the outside directory, or absent. A write that lands while a
+ *  name is absent makes a new directory there (write_file creates parents): a write to `flip` while it is away, or
+ *  to `real` when the path resolved while the directory was briefly under that name. Both are inside the root; the
+ *  flipper removes such a stray directory and goes on. Returns the number of flips made. */
 function startFlipper(ms: number): Promise<number> {
   const script = `
     const fs = require("node:fs");
     const [real, link, flip, ms] = process.argv.slice(1);
-    const swapIn = (from) => {
+    const move = (from, to) => {
       for (let attempt = 0; ; attempt++) {
-        try { return fs.renameSync(from, flip); }
+        try { return fs.renameSync(from, to); }
         catch (e) {
           if (attempt === 1000) throw e;
-          try { fs.rmSync(flip, { recursive: true, force: true }); } catch {} // the agent may be writing into it
+          try { fs.rmSync(to, { recursive: true, force: true }); } catch {} // the agent may be writing into it
         }
       }
     };
     const deadline = Date.now() + Number(ms);
     let flips = 0;
     while (Date.now() < deadline) {
-      swapIn(real); fs.renameSync(flip, real);
-      swapIn(link); fs.renameSync(flip, link);
+      move(real, flip); move(flip, real);
+      move(link, flip); move(flip, link);
       flips += 2;
     }
     console.log(flips);`;

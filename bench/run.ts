@@ -23,21 +23,26 @@ const DEFAULT_OUT = path.join(import.meta.dir, "results", "latest.json");
 
 const USAGE = `Usage: bun run bench [--quick] [--only N,N,...] [--out FILE.json]
 
+Starts a relay and an agent on 127.0.0.1 and measures them against direct execution and a peer (see BENCHMARKS.md).
+Prints a table; writes JSON and Markdown reports. A full run takes about a minute.
+
   --quick      a smoke run of the harness: a few iterations of everything, numbers not meaningful
   --only       run only these scenarios (1-8); scenario 8 (the peer) needs \`bun run bench:peers\` first
   --out        where to write the JSON report (default bench/results/latest.json; a .md goes beside it)`;
 
 interface Options {
+  help: boolean;
   quick: boolean;
   only: Set<number>;
   out: string;
 }
 
 function parseOptions(argv: string[]): Options {
-  const options: Options = { quick: false, only: new Set([1, 2, 3, 4, 5, 6, 7, 8]), out: DEFAULT_OUT };
+  const options: Options = { help: false, quick: false, only: new Set([1, 2, 3, 4, 5, 6, 7, 8]), out: DEFAULT_OUT };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
-    if (arg === "--quick") options.quick = true;
+    if (arg === "--help" || arg === "-h") options.help = true;
+    else if (arg === "--quick") options.quick = true;
     else if (arg === "--only") options.only = new Set((argv[++i] ?? "").split(",").map(Number));
     else if (arg === "--out") options.out = path.resolve(argv[++i] ?? DEFAULT_OUT);
     else throw new UsageError(`unknown argument '${arg}'`);
@@ -132,6 +137,10 @@ async function main(argv: string[]): Promise<number> {
     if (!(e instanceof UsageError)) throw e;
     console.error(`bench: ${e.message}\n\n${USAGE}`);
     return 2;
+  }
+  if (options.help) {
+    console.log(USAGE);
+    return 0;
   }
   const startedAt = new Date();
   const machine = describeMachine();

@@ -104,6 +104,21 @@ function startDev(cwd: string, machine: string) {
   return { dev, logs: new OutputLog(dev.stderr) };
 }
 
+describe("the developer's entry points", () => {
+  test.each([
+    ["scripts/build.ts", "Usage: bun run build"],
+    ["bench/run.ts", "Usage: bun run bench"],
+    ["test/load/run.ts", "Usage: bun run test:load"],
+  ])("%s --help prints its usage and exits 0; an unknown option is named, with exit 2", (file, usage) => {
+    const help = run(file, ["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toStartWith(usage);
+    const wrong = run(file, ["--no-such-option"]);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toContain("'--no-such-option'");
+  });
+});
+
 describe("bun run dev", () => {
   test("starts a server and a local agent, prints ready-to-paste lines, works with the MCP Inspector, and stops on one Ctrl-C", async () => {
     using cwd = tempDir("cr-dev-");

@@ -38,12 +38,32 @@ const ATTACK = { halfOpen: 200, slowHeaders: 100, slowBodies: 32 };
 const RSS_SAMPLE_MS = 1_000;
 const RSS_TREND_LIMIT_BYTES = 32 * MiB;
 
-const { values: flags } = parseArgs({ args: Bun.argv.slice(2), options: { seconds: { type: "string", default: "60" } } });
-const DURATION_MS = Number(flags.seconds) * 1000;
-if (!Number.isFinite(DURATION_MS) || DURATION_MS < 1000 || DURATION_MS > 600_000) {
-  console.error("test:load: --seconds must be between 1 and 600");
-  process.exit(2);
+const USAGE = `Usage: bun run test:load [--seconds N]
+
+Runs ${SESSIONS} MCP sessions against ${AGENTS} agents through one relay on 127.0.0.1 for N seconds (default 60, at
+most 600) while slow clients attack it; prints the figures, writes test-output/load-Ns.json, exits 1 on any failure.`;
+
+function durationMs(argv: string[]): number {
+  let flags: { seconds: string; help?: boolean };
+  try {
+    flags = parseArgs({ args: argv, options: { seconds: { type: "string", default: "60" }, help: { type: "boolean", short: "h" } } }).values;
+  } catch (e) {
+    console.error(`test:load: ${(e as Error).message}\n\n${USAGE}`);
+    process.exit(2);
+  }
+  if (flags.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const ms = Number(flags.seconds) * 1000;
+  if (!Number.isFinite(ms) || ms < 1000 || ms > 600_000) {
+    console.error(`test:load: --seconds must be between 1 and 600\n\n${USAGE}`);
+    process.exit(2);
+  }
+  return ms;
 }
+
+const DURATION_MS = durationMs(Bun.argv.slice(2));
 
 // --- one session ---
 

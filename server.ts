@@ -810,7 +810,8 @@ function agentTokenCommand([action, machine, ...extra]: string[], env: Record<st
 
 export function main(argv: string[], env: Record<string, string | undefined> = process.env): number {
   const [command, ...rest] = argv;
-  if (command === "--help" || command === "-h" || command === "help") {
+  // The usage covers every subcommand, so `audit --help` and the like print it too (and never serve or act).
+  if (command === "help" || argv.some((arg) => arg === "--help" || arg === "-h")) {
     console.log(USAGE);
     return 0;
   }

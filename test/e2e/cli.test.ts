@@ -38,6 +38,14 @@ describe("server.ts", () => {
     for (const word of ["dev", "AUTH_TOKEN", "AGENT_TOKEN", "PORT", "HOST", "DATABASE_PATH", "PUBLIC_URL"]) expect(r.stdout).toContain(word);
   });
 
+  test("--help after a subcommand prints the usage instead of acting", () => {
+    for (const args of [["audit", "--help"], ["agent-token", "revoke", "--help"], ["dev", "-h"]]) {
+      const r = run("server.ts", args);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain("bun run server.ts audit verify");
+    }
+  });
+
   test("--version prints the version", () => {
     expect(run("server.ts", ["--version"]).stdout.trim()).toBe("0.1.0");
   });

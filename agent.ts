@@ -135,7 +135,7 @@ export function loadConfig(env: Record<string, string | undefined>): AgentConfig
 }
 
 function positiveInteger(env: Record<string, string | undefined>, name: string, fallback: number, min = 1): number {
-  const value = Number(env[name] ?? fallback);
+  const value = Number(env[name]?.trim() || fallback); // an empty value (LOG_FILES= in agent.env) is unset
   if (!Number.isInteger(value) || value < min) throw new ConfigError(`${name} must be a whole number of at least ${min}.`);
   return value;
 }

@@ -152,14 +152,14 @@ export function loadConfig(env: Record<string, string | undefined>): ServerConfi
       perMinute: wholeNumber(env, "CLIENT_CALLS_PER_MINUTE", 1200, 0, 10_000_000),
     },
     auditRetentionDays: wholeNumber(env, "AUDIT_RETENTION_DAYS", 90, 0, 100_000),
-    privateNetworks: requirePrivateNetwork(env) ? parseNetworks(env.PRIVATE_NETWORKS ?? TAILSCALE_NETWORKS) : undefined,
+    privateNetworks: requirePrivateNetwork(env) ? parseNetworks(env.PRIVATE_NETWORKS || TAILSCALE_NETWORKS) : undefined,
   };
 }
 
 const databasePath = (env: Record<string, string | undefined>) => env.DATABASE_PATH || "./data/code-remote.db";
 
 function wholeNumber(env: Record<string, string | undefined>, name: string, fallback: number, min: number, max: number): number {
-  const value = Number(env[name] ?? fallback);
+  const value = Number(env[name]?.trim() || fallback); // an empty value (PORT= in .env, compose's ${X:-}) is unset
   if (!Number.isInteger(value) || value < min || value > max) throw new ConfigError(`${name} must be a whole number from ${min} to ${max}.`);
   return value;
 }
@@ -570,7 +570,7 @@ export function startServer(config: ServerConfig): RunningServer {
   });
   guards = new Guards({ ...config, port: server.port!, audit, penalties, oauth, agentTokens });
   if (config.privateNetworks) {
-    log("info", "private-network gate on: agents must connect from PRIVATE_NETWORKS", { networks: process.env.PRIVATE_NETWORKS ?? TAILSCALE_NETWORKS, trust_proxy: config.trustProxy });
+    log("info", "private-network gate on: agents must connect from PRIVATE_NETWORKS", { networks: process.env.PRIVATE_NETWORKS || TAILSCALE_NETWORKS, trust_proxy: config.trustProxy });
   }
   if (config.agentToken === config.authToken) {
     log("warn", "agents share AUTH_TOKEN (compatibility with the original): a command on any machine that reads it can drive every machine; give each agent its own token with agent-token create");

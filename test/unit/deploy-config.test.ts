@@ -64,6 +64,30 @@ describe("docker-compose.yml", () => {
   });
 });
 
+describe("docker-compose.yml and .env.example agree", () => {
+  const section = (title: string) => example.split(/^# -+ /m).find((part) => part.startsWith(title)) ?? "";
+  const variablesIn = (text: string) => [...text.matchAll(/^#?([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]!);
+  /** Relay variables compose sets itself inside the container, or uses for the host's port or the build. */
+  const FIXED_FOR_THE_SERVER = ["HOST", "DATABASE_PATH", "PORT", "INSTALL_TAILSCALE"];
+
+  test("every relay variable in .env.example reaches the server container (a setting in .env is never silently lost)", () => {
+    const relayVariables = variablesIn(section("relay"));
+    expect(relayVariables.length).toBeGreaterThan(8);
+    const passed = compose.services.server.environment as Record<string, string>;
+    for (const name of relayVariables.filter((v) => !FIXED_FOR_THE_SERVER.includes(v))) {
+      expect(passed[name], name).toStartWith(`\${${name}:-`);
+    }
+    expect(compose.services.server.ports[0]).toContain("${PORT:-");
+    expect(compose.services.server.build.args.INSTALL_TAILSCALE).toStartWith("${INSTALL_TAILSCALE:-");
+  });
+
+  test("the sandboxed agent takes the command limits from .env, and nothing else the header does not say", () => {
+    const passed = compose.services.agent.environment as Record<string, string>;
+    const fromEnv = Object.entries(passed).filter(([, value]) => String(value).includes("${")).map(([name]) => name);
+    expect(fromEnv.sort()).toEqual(["AGENT_TOKEN", "MAX_BACKGROUND_COMMANDS", "MAX_CONCURRENT_COMMANDS"]);
+  });
+});
+
 describe(".env.example", () => {
   const documented = new Set([...example.matchAll(/^#?([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]!));
 

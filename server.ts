@@ -715,8 +715,22 @@ function parseSince(value: string, now = Date.now()): string | null {
 }
 
 /** `audit [flags]` and `audit verify`: read the audit log of the database at DATABASE_PATH. */
+/** The database of a relay that has run, for the commands that read or change it. Creating one here would be a
+ *  silent mistake: run on the wrong machine or directory, `audit` would find nothing, and a token made by
+ *  `agent-token create` would live in a database the relay never reads. */
+function openRelayDatabase(env: Record<string, string | undefined>) {
+  const file = databasePath(env);
+  if (!fs.existsSync(file)) {
+    throw new ConfigError(
+      `There is no relay database at ${file}. Run this command where the relay runs and keeps its data ` +
+        "(set DATABASE_PATH, or: docker compose exec server bun run /app/server.ts …, fly ssh console -C \"bun run /app/server.ts …\").",
+    );
+  }
+  return openDatabase(file);
+}
+
 function auditCommand(args: string[], env: Record<string, string | undefined>): number {
-  const db = openDatabase(databasePath(env));
+  const db = openRelayDatabase(env);
   try {
     const audit = new AuditLog(db);
     if (args[0] === "verify" && args.length === 1) return printVerify(audit.verify());
@@ -783,7 +797,7 @@ function agentTokenCommand([action, machine, ...extra]: string[], env: Record<st
   const needsName = action === "create" || action === "revoke";
   if (!["create", "list", "revoke"].includes(action ?? "") || extra.length > 0 || needsName !== (machine !== undefined)) throw new ConfigError(usage);
   if (machine !== undefined && !MachineName.safeParse(machine).success) throw new ConfigError(`'${machine}' is not a machine name: 1-64 letters, digits, '.', '_' or '-'.`);
-  const db = openDatabase(databasePath(env));
+  const db = openRelayDatabase(env);
   try {
     const tokens = new AgentTokens(db);
     const audit = new AuditLog(db);

@@ -97,6 +97,12 @@ client_s=$((SECONDS - t))
 compose exec -T server test -s /data/code-remote.db || die "no audit database on the data volume"
 say "ok   the audit log is on the data volume (/data/code-remote.db)"
 
+# The operator's commands, in the form the docs give for a container: they reach the relay's own database.
+compose exec -T server bun run /app/server.ts audit --limit 5 | grep -q read_file \
+  || die "'bun run /app/server.ts audit' in the container does not show the calls just made"
+compose exec -T server bun run /app/server.ts audit verify >/dev/null || die "'audit verify' in the container failed"
+say "ok   audit and audit verify run in the container (docker compose exec server bun run /app/server.ts …)"
+
 # A graceful stop, as `docker compose stop` and Fly's kill_signal do it: SIGTERM reaches both processes
 # through tini, and each says it is stopping instead of being killed at the deadline.
 compose stop --timeout 10 >/dev/null 2>&1 || die "'stop' failed"

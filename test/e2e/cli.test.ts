@@ -46,6 +46,18 @@ describe("server.ts", () => {
     }
   });
 
+  test("audit and agent-token refuse a database that does not exist, instead of creating an empty one", () => {
+    using dir = tempDir();
+    const missing = path.join(dir.path, "nothing-here", "code-remote.db");
+    for (const args of [["audit"], ["audit", "verify"], ["agent-token", "create", "laptop"], ["agent-token", "list"]]) {
+      const r = run("server.ts", args, { DATABASE_PATH: missing });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`There is no relay database at ${missing}`);
+      expect(r.stderr).toContain("docker compose exec server");
+    }
+    expect(fs.existsSync(path.dirname(missing))).toBe(false);
+  });
+
   test("--version prints the version", () => {
     expect(run("server.ts", ["--version"]).stdout.trim()).toBe("0.1.0");
   });

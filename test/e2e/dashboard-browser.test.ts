@@ -41,6 +41,9 @@ afterAll(async () => {
 
 const phonePage = (): Promise<Page> => newPhonePage(browser);
 
+/** A machine's card, found by its heading alone (a temp directory in another card's roots may hold "ci" too). */
+const cardOf = (page: Page, machine: string) => page.locator(".card").filter({ has: page.locator("h3", { hasText: new RegExp(`^${machine}$`) }) });
+
 const dashboardUrl = () => new URL("/", relay.url).toString();
 
 /** Fills in the login form and submits it; returns the page the relay answered with. */
@@ -81,11 +84,11 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     await signIn(page);
     const cards = page.locator(".card");
     await expect(cards.count()).resolves.toBe(2);
-    const laptopCard = await cards.filter({ hasText: "laptop" }).textContent();
+    const laptopCard = await cardOf(page, "laptop").textContent();
     expect(laptopCard).toContain("agent 0.1.0 on Linux");
     expect(laptopCard).toContain(laptop.roots[0]!);
     expect(laptopCard).toContain("the shared token");
-    expect(await cards.filter({ hasText: "ci" }).textContent()).toContain("its own token");
+    expect(await cardOf(page, "ci").textContent()).toContain("its own token");
     const running = await page.locator("h2:has-text('Running commands') + ul").textContent();
     expect(running).toContain("sleep 120");
     expect(running).toContain(background.data.command_id);
@@ -100,7 +103,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     const html = await page.content();
     for (const secret of [OWNER_PASSWORD, relay.token, ciToken]) expect(html).not.toContain(secret);
 
-    await page.click("nav.filter a:has-text('ci')");
+    await page.locator("nav.filter a", { hasText: /^ci$/ }).click();
     const filtered = await page.locator("h2:has-text('Recent tool calls') ~ ul.list").first().textContent();
     expect(filtered).toContain("list_directory");
     expect(filtered).not.toContain("run_shell_command");
@@ -111,7 +114,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
   test("disconnecting a machine asks first, cuts it off, keeps it away, and is audited", async () => {
     const page = await phonePage();
     await signIn(page);
-    await page.click(".card:has-text('laptop') a:has-text('Disconnect')");
+    await cardOf(page, "laptop").locator("a", { hasText: "Disconnect" }).click();
     await expect(page.locator("h1").textContent()).resolves.toBe("Are you sure?");
     await page.screenshot({ path: path.join(SCREENSHOTS, "dashboard-confirm-phone.png") });
     await submitForm(page, "button.danger");
@@ -127,7 +130,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
   test("revoking a machine's token asks first and cuts that agent off", async () => {
     const page = await phonePage();
     await signIn(page);
-    await page.click(".card:has-text('ci') a:has-text('Revoke token')");
+    await cardOf(page, "ci").locator("a", { hasText: "Revoke token" }).click();
     await submitForm(page, "button.danger");
     await ci.stderr.waitFor(/disconnected code=4003 reason="agent token revoked"/, 5_000);
     expect(eventsOf(relay.databasePath, "--machine", "ci").some((e) => e.kind === "agent_token_revoked")).toBe(true);

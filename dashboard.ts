@@ -30,7 +30,8 @@ export interface DashboardOptions {
   relay: Relay;
   audit: AuditLog;
   agentTokens: AgentTokens;
-  penalties: Penalties;
+  /** Wrong owner secrets at /login (shared with the OAuth consent page). */
+  ownerSecretPenalties: Penalties;
 }
 
 type Handler = (req: Request, address: string) => Response | Promise<Response>;
@@ -142,16 +143,16 @@ export class Dashboard {
   // --- form posts ---
 
   async #login(req: Request, address: string): Promise<Response> {
-    const wait = this.options.penalties.retryAfter(address);
+    const wait = this.options.ownerSecretPenalties.retryAfter(address);
     if (wait > 0) return tooManyAttempts(wait, (message) => errorPage(429, "Too many attempts", message));
     const form = new URLSearchParams(await req.text());
     if (!secretMatches(form.get("owner_secret") ?? "", this.options.ownerSecret)) {
-      this.options.penalties.failed(address);
+      this.options.ownerSecretPenalties.failed(address);
       log("warn", "authentication refused", { path: "/login", address, reason: "wrong owner secret" });
       this.options.audit.event("auth_refused", { address, detail: "/login: wrong owner secret" });
       return loginPage("Wrong owner secret.", 401);
     }
-    this.options.penalties.succeeded(address);
+    this.options.ownerSecretPenalties.succeeded(address);
     this.options.audit.event("owner_login", { address });
     return new Response(null, { status: 303, headers: { Location: "/", "Set-Cookie": this.#newSession(req), "Cache-Control": "no-store" } });
   }

@@ -1,6 +1,8 @@
 // Abuse limits on the relay. Penalties: each source address may fail authentication a few times (typos happen);
 // after that it must wait, longer with every further failure (as OpenSSH's PerSourcePenalties), and is answered
-// 429 with Retry-After until then, right token or not. Call limits: each client (a token's holder) has a number of
+// 429 with Retry-After until then, right token or not. The relay keeps two of them: one for tokens, and one for
+// the owner secret (a password a person types, so the one worth guessing), which only the owner secret itself or
+// time clears: a token holder's successful logins must not buy more guesses at it. Call limits: each client (a token's holder) has a number of
 // tool calls in flight and a rate per minute, so a runaway loop cannot flood the machines. All state is in memory
 // and bounded.
 

@@ -72,7 +72,10 @@ export interface OAuthOptions {
   /** OWNER_PASSWORD, or AUTH_TOKEN when none is set: what approves a client. */
   ownerSecret: string;
   publicUrl?: URL;
+  /** Failed client authentications at /token and /revoke. */
   penalties: Penalties;
+  /** Wrong owner secrets on the consent page (shared with the dashboard's login). */
+  ownerSecretPenalties: Penalties;
   audit: AuditLog;
   /** Names of the connected machines, for the consent page. */
   machines: () => string[];
@@ -238,7 +241,7 @@ export class AuthorizationServer {
 
   /** POST /authorize: the owner's answer. Approve needs the owner secret; wrong secrets are penalised per address. */
   async #authorizeAnswer(req: Request, address: string): Promise<Response> {
-    const wait = this.options.penalties.retryAfter(address);
+    const wait = this.options.ownerSecretPenalties.retryAfter(address);
     if (wait > 0) return tooManyAttempts(wait, (message) => errorPage(429, "Too many attempts", message));
     const form = await readBody(req, "form");
     if (form instanceof Response) return form;
@@ -254,7 +257,7 @@ export class AuthorizationServer {
     }
     if (!secretMatches(form.get("owner_secret") ?? "", this.options.ownerSecret)) return this.#wrongSecret(req, address, requestId, consent);
     this.#consents.delete(requestId);
-    this.options.penalties.succeeded(address);
+    this.options.ownerSecretPenalties.succeeded(address);
     const code = newSecret("code");
     this.#codes.set(hashSecret(code), { clientId: consent.client.client_id, redirectUri: consent.redirectUri, challenge: consent.challenge, resource: consent.resource, expires: Date.now() + CODE_TTL_MS });
     log("info", "oauth client approved", { client_id: consent.client.client_id, address });
@@ -267,7 +270,7 @@ export class AuthorizationServer {
   }
 
   #wrongSecret(req: Request, address: string, requestId: string, consent: Consent): Response {
-    this.options.penalties.failed(address);
+    this.options.ownerSecretPenalties.failed(address);
     log("warn", "authentication refused", { path: "/authorize", address, reason: "wrong owner secret" });
     this.options.audit.event("auth_refused", { address, detail: "/authorize: wrong owner secret" });
     if (++consent.attempts >= MAX_CONSENT_ATTEMPTS) {

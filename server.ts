@@ -433,12 +433,14 @@ export function startServer(config: ServerConfig): RunningServer {
   const agentTokens = new AgentTokens(db);
   const relay = new Relay(audit);
   const penalties = new Penalties();
+  const ownerSecretPenalties = new Penalties();
   const callLimits = new CallLimits(config.callLimits);
   const oauth = new AuthorizationServer({
     store: new OAuthStore(db),
     ownerSecret: config.ownerSecret,
     publicUrl: config.publicUrl,
     penalties,
+    ownerSecretPenalties,
     audit,
     machines: () => [...relay.agents.keys()].sort(),
   });
@@ -450,7 +452,7 @@ export function startServer(config: ServerConfig): RunningServer {
     session,
     inflight,
   });
-  const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, penalties });
+  const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, ownerSecretPenalties });
   const streamable = new StreamableSessions(newContext);
   const sseSessions = new Map<string, SseTransport>();
   let guards: Guards; // needs the bound port, so it is made right after Bun.serve returns

@@ -246,6 +246,30 @@ test("1000 failures from one address: 401 for the first eleven, then 429 with Re
   expect(toolAnswer(await session.callTool("run_shell_command", { command: "echo served" })).data.stdout).toBe("served\n");
 });
 
+test("a token holder's successful logins do not buy more guesses at the owner secret", async () => {
+  const address = fromNewAddress();
+  const guess = async (secret: string) => {
+    const response = await fetch(new URL("/login", relay.url), {
+      method: "POST",
+      redirect: "manual",
+      headers: { "Content-Type": "application/x-www-form-urlencoded", ...address },
+      body: new URLSearchParams({ owner_secret: secret }),
+    });
+    await response.body?.cancel();
+    return response.status;
+  };
+  const statuses: number[] = [];
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 6; i++) statuses.push(await guess(`guess ${round}-${i}`));
+    expect(await upgradeStatus({ ...address, ...bearer(machineToken) })).toBe(101); // a success from the same address
+    expect((await initialize({ ...address, ...bearer(relay.token) })).status).toBe(200);
+  }
+  // Twelve wrong guesses: the eleventh starts the wait, the twelfth meets it, despite the successes in between.
+  expect(statuses.slice(0, 11)).toEqual(Array(11).fill(401));
+  expect(statuses[11]).toBe(429);
+  expect(await guess(relay.token)).toBe(429); // the right secret waits too
+});
+
 test(
   "upgrades that never finish, and agents that never say hello, are dropped; other agents and clients are served meanwhile",
   async () => {

@@ -261,7 +261,7 @@ export async function execute(frame: RequestFrame, ctx: OpContext): Promise<Agen
     const handler = HANDLERS[frame.op] as Handler<AgentOp>;
     return { type: "result", id: frame.id, ok: true, value: await handler(parsed.data as never, ctx) };
   } catch (e) {
-    if (e instanceof Failure) return errorResult(frame.id, { code: e.code, message: e.message });
+    if (e instanceof Failure) return errorResult(frame.id, { code: e.code, message: e.message, ...(e.quote && { quote: e.quote }) });
     log("error", "operation failed unexpectedly", { op: frame.op, error: String(e) });
     return errorResult(frame.id, { code: "internal", message: "The agent hit an unexpected error; its log has the details." });
   }

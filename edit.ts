@@ -54,7 +54,10 @@ export function applyEdits(text: string, edits: readonly Edit[], crlf: boolean):
     const newText = eol(edit.new_text);
     const count = occurrences(result, oldText);
     const which = edits.length > 1 ? `edit ${index + 1}: ` : "";
-    if (count === 0) fail("not_found", `${which}old_text was not found; nothing was changed. ${closestCandidates(result, oldText)}`);
+    if (count === 0) {
+      const { hint, quote } = closestCandidates(result, oldText);
+      fail("not_found", `${which}old_text was not found; nothing was changed.${hint ? ` ${hint}` : ""}`, quote);
+    }
     if (count > 1 && !edit.replace_all) {
       fail("invalid_arguments", `${which}old_text occurs ${count} times (lines ${matchLines(result, oldText).join(", ")}); include more surrounding text to pick one, or set replace_all. Nothing was changed.`);
     }
@@ -87,11 +90,12 @@ const replaceFirst = (text: string, oldText: string, newText: string) => {
 // --- hints for a miss ---
 
 /** Says where old_text nearly matches: ignoring whitespace, or lines like its first line. */
-function closestCandidates(text: string, oldText: string): string {
+/** Helps the model find what it meant: a `hint` in the relay's words, or a `quote` of the closest lines. */
+function closestCandidates(text: string, oldText: string): { hint?: string; quote?: string } {
   const wanted = oldText.replace(/\s+/g, " ").trim();
   const loose = wanted ? lineOfLooseMatch(text, wanted) : null;
   if (loose !== null) {
-    return `It matches at line ${loose} if whitespace is ignored: copy the exact text (indentation, tabs, line breaks) from there.`;
+    return { hint: `It matches at line ${loose} if whitespace is ignored: copy the exact text (indentation, tabs, line breaks) from there.` };
   }
   const first = oldText.split("\n").find((l) => l.trim() !== "")?.trim() ?? "";
   const scored = text
@@ -100,8 +104,11 @@ function closestCandidates(text: string, oldText: string): string {
     .filter((c) => c.score >= HINT_MIN_SIMILARITY)
     .sort((a, b) => b.score - a.score)
     .slice(0, HINT_COUNT);
-  if (scored.length === 0) return "No line looks like its first line; read_file the part you mean to change.";
-  return `Closest lines to its first line: ${scored.map((c) => `line ${c.line}: ${JSON.stringify(c.text.slice(0, 200))}`).join("; ")}.`;
+  if (scored.length === 0) return { hint: "No line looks like its first line; read_file the part you mean to change." };
+  // The lines themselves are the file's content: they travel as the quote, which is never audited or logged.
+  return {
+    quote: `Closest lines to its first line: ${scored.map((c) => `line ${c.line}: ${JSON.stringify(c.text.slice(0, 200))}`).join("; ")}.`,
+  };
 }
 
 /** The line where `wanted` (whitespace already squashed) occurs in `text` with its whitespace squashed too, or

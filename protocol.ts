@@ -73,24 +73,28 @@ export const ErrorCode = z.enum([
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
-export const AgentError = z.object({ code: ErrorCode, message: z.string().max(4000) });
+/** `message` says what went wrong and may be logged and audited; `quote` holds words of the user's files that help
+ *  the model's next try (the closest lines to a failed edit): shown to the caller only, never logged or audited. */
+export const AgentError = z.object({ code: ErrorCode, message: z.string().max(4000), quote: z.string().max(4000).optional() });
 export type AgentError = z.infer<typeof AgentError>;
 
 // --- errors and result budgets (shared by the agent's modules) ---
 
-/** An error meant for the model: the agent sends it across the wire as { code, message }. */
+/** An error meant for the model: the agent sends it across the wire as { code, message, quote? }. */
 export class Failure extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    /** Words of a file, for the caller's eyes only (see AgentError). */
+    readonly quote?: string,
   ) {
     super(message);
   }
 }
 
 /** Throws a Failure; typed `never` so it reads as a guard: `if (!ok) fail("not_found", "...")`. */
-export const fail = (code: ErrorCode, message: string): never => {
-  throw new Failure(code, message);
+export const fail = (code: ErrorCode, message: string, quote?: string): never => {
+  throw new Failure(code, message, quote);
 };
 
 

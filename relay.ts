@@ -74,6 +74,8 @@ export class ToolError extends Error {
     readonly outcome: CallOutcome = "error",
     /** The agent's error code, when the agent refused (path_denied is audited as such). */
     readonly code?: ErrorCode,
+    /** Words of the user's files for the model (AgentError.quote): added to the answer, never audited. */
+    readonly quote?: string,
   ) {
     super(message);
   }
@@ -243,7 +245,7 @@ export class Relay {
   #settle(conn: AgentConn, id: string, outcome: { value: unknown } | { error: AgentError }): void {
     const call = conn.pending.get(id);
     if (!call) return; // cancelled or timed out already; a late answer is dropped
-    if ("error" in outcome) return call.reject(new ToolError(outcome.error.message, "error", outcome.error.code));
+    if ("error" in outcome) return call.reject(new ToolError(outcome.error.message, "error", outcome.error.code, outcome.error.quote));
     const parsed = opSchemas(call.op).result.safeParse(outcome.value);
     if (!parsed.success) {
       log("warn", "agent sent a malformed result", { machine: conn.machine, op: call.op });

@@ -304,7 +304,7 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
     if (!(e instanceof ToolError)) log("error", "tool call failed unexpectedly", { tool: name, error: String(e) });
     finish({ outcome: extra.signal.aborted ? "cancelled" : error.outcome, machine: target, error: error.message });
     if (error.code === "path_denied") ctx.audit.event("path_denied", { machine: target, client: ctx.client, detail: `${name}: ${error.message}` });
-    return toolError(error.message);
+    return toolError(error.quote ? `${error.message} ${error.quote}` : error.message);
   } finally {
     ctx.inflight.count--;
     release();

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { connectClient, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
+import { auditedCalls } from "../helpers/audit-db.ts";
 import { call, resultSize } from "../helpers/tools.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
@@ -65,6 +66,20 @@ describe("edit_file", () => {
     const spaces = await call(client, "edit_file", { path: at("code.ts"), edits: [{ old_text: "{\n    return `hello ${name}`;", new_text: "x" }] });
     expect(spaces.text).toContain("matches at line 1 if whitespace is ignored");
     expect(fs.readFileSync(at("code.ts"), "utf8")).toBe("function greet(name) {\n\treturn `hello ${name}`;\n}\n");
+  });
+
+  test("the closest lines reach the model but never the audit log or the relay's output", async () => {
+    const secret = "DB_PASSWORD=hunter2-very-secret-value";
+    fs.writeFileSync(at(".env"), `${secret}\nPORT=80\n`);
+    const near = await call(client, "edit_file", { path: at(".env"), edits: [{ old_text: "DB_PASSWORD=hunter3", new_text: "x" }] });
+    expect(near.isError).toBe(true);
+    expect(near.text).toContain(secret); // the model needs it to correct its edit
+    const finished = auditedCalls(relay.databasePath).findLast((c) => c.tool === "edit_file")!;
+    expect(finished.outcome).toBe("error");
+    expect(finished.error).toBe("old_text was not found; nothing was changed.");
+    const database = Buffer.concat([relay.databasePath, `${relay.databasePath}-wal`].filter(fs.existsSync).map((f) => fs.readFileSync(f)));
+    expect(database.includes("hunter2")).toBe(false);
+    expect(relay.stderr.text + agent.stderr.text).not.toContain("hunter2");
   });
 
   test("edits are all or nothing: a failing second edit leaves the file as it was", async () => {

@@ -121,6 +121,18 @@ export class OAuthStore {
     return (this.db.query("SELECT count(*) AS n FROM oauth_clients").get() as { n: number }).n;
   }
 
+  /** Deletes the oldest client registered before `before` (seconds) that holds no token, live or used: one that
+   *  registered and never finished an authorization. False when there is none, so a full table of clients in use
+   *  stays as it is. */
+  dropOldestUnused(before: number): boolean {
+    const unused = this.db
+      .query("SELECT client_id FROM oauth_clients c WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM oauth_tokens t WHERE t.client_id = c.client_id) ORDER BY created_at LIMIT 1")
+      .get(before) as { client_id: string } | null;
+    if (!unused) return false;
+    this.db.query("DELETE FROM oauth_clients WHERE client_id = ?").run(unused.client_id);
+    return true;
+  }
+
   /** Registers a client; returns its id and, for a confidential one, its secret (shown only now). */
   register(metadata: OAuthClient["metadata"], confidential: boolean): { client_id: string; client_secret?: string; created_at: number } {
     const client_id = randomBytes(16).toString("base64url");

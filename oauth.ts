@@ -34,10 +34,14 @@ const CODE_TTL_MS = 60_000;
 /** A consent page may be answered this long after it was shown, with this many wrong owner secrets. */
 const CONSENT_TTL_MS = 10 * 60 * 1000;
 const MAX_CONSENT_ATTEMPTS = 5;
-/** Pending consents and unredeemed codes kept at most (each expires within minutes anyway). */
+/** Pending consents and unredeemed codes kept at most (each expires within minutes anyway); when the table is full
+ *  the oldest goes, and one address keeps at most a few, so nobody can fill it to lock the owner out. */
 const MAX_PENDING = 1_000;
-/** Registered clients at most, and registrations one address may make per hour. */
+const MAX_PENDING_PER_ADDRESS = 10;
+/** Registered clients at most, and registrations one address may make per hour. When the table is full, a client
+ *  that registered over an hour ago and never got a token makes room for a new one. */
 const MAX_CLIENTS = 1_000;
+const UNUSED_CLIENT_GRACE_S = 60 * 60;
 const REGISTRATIONS_PER_HOUR = 20;
 /** Form and JSON bodies of the OAuth endpoints are small; anything bigger is refused unread. */
 const MAX_OAUTH_BODY_BYTES = 64 * 1024;
@@ -47,6 +51,8 @@ const SCOPE = "mcp";
 export type ResourcePath = "/mcp" | "/sse";
 
 interface Consent {
+  /** Where the consent page was asked from (pending consents are bounded per address). */
+  address: string;
   client: OAuthClient;
   redirectUri: string;
   challenge: string;
@@ -121,7 +127,7 @@ export class AuthorizationServer {
       "/.well-known/oauth-authorization-server": { GET: (req) => this.#serverMetadata(req) },
       "/.well-known/openid-configuration": { GET: (req) => this.#serverMetadata(req) },
       "/register": { POST: (req, address) => this.#register(req, address) },
-      "/authorize": { GET: (req) => this.#authorizeRequest(req), POST: (req, address) => this.#authorizeAnswer(req, address) },
+      "/authorize": { GET: (req, address) => this.#authorizeRequest(req, address), POST: (req, address) => this.#authorizeAnswer(req, address) },
       "/token": { POST: (req, address) => this.#token(req, address) },
       "/revoke": { POST: (req, address) => this.#revoke(req, address) },
     };
@@ -164,7 +170,7 @@ export class AuthorizationServer {
 
   async #register(req: Request, address: string): Promise<Response> {
     if (!this.#mayRegister(address)) return oauthError(new InvalidRequestError("Too many registrations from this address; try again later."), 429);
-    if (this.options.store.clientCount() >= MAX_CLIENTS) return oauthError(new InvalidRequestError("This relay has too many registered clients."), 400);
+    if (!this.#roomForClient()) return oauthError(new InvalidRequestError("This relay has too many registered clients."), 400);
     const body = await readBody(req, "json");
     if (body instanceof Response) return body;
     const parsed = OAuthClientMetadataSchema.safeParse(body);
@@ -182,6 +188,11 @@ export class AuthorizationServer {
     );
   }
 
+  #roomForClient(): boolean {
+    const { store } = this.options;
+    return store.clientCount() < MAX_CLIENTS || store.dropOldestUnused(Math.floor(Date.now() / 1000) - UNUSED_CLIENT_GRACE_S);
+  }
+
   #mayRegister(address: string): boolean {
     const now = Date.now();
     const record = this.#registrations.get(address);
@@ -197,7 +208,7 @@ export class AuthorizationServer {
 
   /** GET /authorize: checks the request and shows the consent page. Until the client and its redirect URI are
    *  known good, errors are shown to the person and never redirected (an open redirector otherwise). */
-  #authorizeRequest(req: Request): Response {
+  #authorizeRequest(req: Request, address: string): Response {
     const params = new URL(req.url).searchParams;
     const client = this.options.store.client(params.get("client_id") ?? "");
     if (!client) return errorPage(400, "Unknown application", "This application is not registered with this relay (it may have been registered with another one). Connect again from your MCP client so it registers afresh.");
@@ -214,12 +225,12 @@ export class AuthorizationServer {
     if (scope && scope.split(" ").some((s) => s !== SCOPE)) return fail(new InvalidScopeError(`The only scope is "${SCOPE}".`));
     const resource = this.#canonicalResource(req, params.get("resource"));
     if (!resource) return fail(new InvalidTargetError("The resource is not this server."));
-    return this.#showConsent(req, { client, redirectUri, challenge, state, resource });
+    return this.#showConsent(req, { address, client, redirectUri, challenge, state, resource });
   }
 
   #showConsent(req: Request, request: Omit<Consent, "csrfHash" | "expires" | "attempts">): Response {
     this.#prune();
-    if (this.#consents.size >= MAX_PENDING) return errorPage(503, "Too many pending approvals", "Try again in a few minutes.");
+    this.#makeRoomForConsent(request.address);
     const requestId = randomBytes(24).toString("base64url");
     const csrf = randomBytes(32).toString("base64url");
     this.#consents.set(requestId, { ...request, csrfHash: hashSecret(csrf), expires: Date.now() + CONSENT_TTL_MS, attempts: 0 });
@@ -229,6 +240,13 @@ export class AuthorizationServer {
   #consentDetails(requestId: string, client: OAuthClient, redirectUri: string, error?: string) {
     const name = typeof client.metadata.client_name === "string" && client.metadata.client_name ? client.metadata.client_name : "An unnamed application";
     return { clientName: name, clientId: client.client_id, redirectUri, machines: this.options.machines(), requestId, error };
+  }
+
+  /** Drops the address's oldest pending consent when it has its share, and the oldest of all when the table is full. */
+  #makeRoomForConsent(address: string): void {
+    const ofAddress = [...this.#consents].filter(([, consent]) => consent.address === address); // oldest first
+    if (ofAddress.length >= MAX_PENDING_PER_ADDRESS) this.#consents.delete(ofAddress[0]![0]);
+    if (this.#consents.size >= MAX_PENDING) this.#consents.delete(this.#consents.keys().next().value!);
   }
 
   /** The consent form's guard against cross-site requests: a cookie only our own pages set, SameSite=Strict, whose

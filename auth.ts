@@ -9,7 +9,7 @@ import type { Server } from "bun";
 import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
 import type { AuditLog } from "./audit.ts";
 import { secretMatches, type AgentTokens } from "./credentials.ts";
-import { tooManyAttempts, type Penalties } from "./limits.ts";
+import { OncePer, tooManyAttempts, type Penalties } from "./limits.ts";
 import type { AuthorizationServer, ResourcePath } from "./oauth.ts";
 import { logger } from "./log.ts";
 
@@ -134,8 +134,12 @@ export interface GuardOptions {
   privateNetworks?: readonly Cidr[];
 }
 
+/** An address refused by the private-network gate is logged and audited once in this long, however often it dials. */
+const NETWORK_REFUSAL_RECORD_MS = 10 * 60 * 1000;
+
 export class Guards {
   readonly #allowedOrigins: Set<string>;
+  readonly #networkRefusalRecorded = new OncePer(NETWORK_REFUSAL_RECORD_MS);
 
   constructor(readonly options: GuardOptions) {
     const { port, publicUrl } = options;
@@ -176,8 +180,11 @@ export class Guards {
     const networks = this.options.privateNetworks;
     if (!networks || inNetworks(address, networks)) return undefined;
     const reason = "not from a private network (REQUIRE_PRIVATE_NETWORK)";
-    log("warn", "agent refused", { path: new URL(req.url).pathname, address, reason });
-    this.options.audit.event("agent_refused_network", { address, detail: reason });
+    if (this.#networkRefusalRecorded.due(address)) {
+      const repeats = `the next ${NETWORK_REFUSAL_RECORD_MS / 60_000} min of refusals from this address are not recorded`;
+      log("warn", "agent refused", { path: new URL(req.url).pathname, address, reason, note: repeats });
+      this.options.audit.event("agent_refused_network", { address, detail: `${reason}; ${repeats}` });
+    }
     return jsonRpcError(403, -32000, "Agents must connect over the private network (e.g. Tailscale).");
   }
 
@@ -209,11 +216,15 @@ export class Guards {
     return result;
   }
 
+  /** A 401. A failure (`counts`) is penalised, logged and audited; a request with no token at all, which is how
+   *  every OAuth client starts and costs an attacker nothing to repeat, is only answered. */
   #refuse(req: Request, address: string, reason: string, message: string, path?: ResourcePath, counts = true): Response {
     const where = new URL(req.url).pathname;
-    if (counts) this.options.penalties.failed(address);
-    log("warn", "authentication refused", { path: where, address, reason });
-    this.options.audit.event("auth_refused", { address, detail: `${where}: ${reason}` });
+    if (counts) {
+      this.options.penalties.failed(address);
+      log("warn", "authentication refused", { path: where, address, reason });
+      this.options.audit.event("auth_refused", { address, detail: `${where}: ${reason}` });
+    }
     const challenge = path ? this.options.oauth.challenge(req, path, reason !== "no token") : 'Bearer realm="code-remote"';
     return jsonRpcError(401, -32001, message, { "WWW-Authenticate": challenge });
   }

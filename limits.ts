@@ -55,6 +55,23 @@ export class Penalties {
   }
 }
 
+/** Says whether something about `key` should be recorded again: once per `windowMs` per key. Keeps refusals that
+ *  cost an attacker nothing (an agent dialing from outside the private network) from filling the audit log. */
+export class OncePer {
+  readonly #last = new Map<string, number>(); // insertion order = least recently recorded first
+
+  constructor(readonly windowMs: number) {}
+
+  due(key: string, now = Date.now()): boolean {
+    const last = this.#last.get(key);
+    if (last !== undefined && now - last < this.windowMs) return false;
+    this.#last.delete(key);
+    this.#last.set(key, now);
+    if (this.#last.size > MAX_TRACKED_ADDRESSES) this.#last.delete(this.#last.keys().next().value!);
+    return true;
+  }
+}
+
 /** A 429 answer: how long to wait, in the header and in words. */
 export function tooManyAttempts(seconds: number, body: (message: string) => Response): Response {
   const response = body(`Too many failed attempts from this address; try again in ${seconds} s.`);

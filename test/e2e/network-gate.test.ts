@@ -28,6 +28,13 @@ describe("REQUIRE_PRIVATE_NETWORK with Tailscale's ranges (the default)", () => 
     expect(eventsOf(relay.databasePath).find((e) => e.kind === "agent_refused_network")?.detail.address).toBe("127.0.0.1");
   });
 
+  test("an address that keeps dialing is recorded once, not once per refusal", async () => {
+    await using relay = await startRelay({ env: { REQUIRE_PRIVATE_NETWORK: "true" } });
+    for (let i = 0; i < 20; i++) expect(await dial(relay)).toBe("refused");
+    expect(eventsOf(relay.databasePath).filter((e) => e.kind === "agent_refused_network")).toHaveLength(1);
+    expect(relay.stderr.text.match(/agent refused/g)).toHaveLength(1);
+  });
+
   test("TRUST_PROXY=none: X-Forwarded-For: 100.64.0.1 from a non-private socket is refused", async () => {
     await using relay = await startRelay({ env: { REQUIRE_PRIVATE_NETWORK: "true" } });
     expect(await dial(relay, { "X-Forwarded-For": "100.64.0.1" })).toBe("refused");

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { Database } from "bun:sqlite";
 import { createHash } from "node:crypto";
 import * as path from "node:path";
+import { eventsOf } from "../helpers/audit.ts";
 import { newAuthorizationUrl } from "../helpers/oauth.ts";
 import { newToken, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { bearer, INITIALIZE, MCP_HEADERS, oauthGrant, openSession, post, rawSocket, request, toolAnswer, whereLeaked, type Grant } from "./raw.ts";
@@ -60,7 +61,7 @@ async function upgradeStatus(headers: Record<string, string>, query = ""): Promi
 }
 
 describe("wrong tokens", () => {
-  test("no token gets 401 with an OAuth challenge, and does not count as a failure", async () => {
+  test("no token gets 401 with an OAuth challenge, does not count as a failure, and writes no audit row", async () => {
     const address = fromNewAddress();
     for (let i = 0; i < 15; i++) {
       const reply = await post(relay, "/mcp", INITIALIZE, address);
@@ -68,6 +69,9 @@ describe("wrong tokens", () => {
       expect(reply.error!.message).toContain("Missing credentials");
       expect(reply.headers.get("www-authenticate")).toContain("resource_metadata=");
     }
+    // Anyone can send these at no cost, so they must not grow the audit log.
+    const noTokenRows = eventsOf(relay.databasePath).filter((e) => e.kind === "auth_refused" && e.detail.detail.endsWith("no token"));
+    expect(noTokenRows).toEqual([]);
     expect((await post(relay, "/mcp", INITIALIZE, { ...address, ...bearer(relay.token) })).status).toBe(200);
   });
 

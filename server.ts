@@ -212,7 +212,7 @@ function parseTrustProxy(raw: string | undefined): TrustProxy {
 
 interface McpSession {
   transport: WebStandardStreamableHTTPServerTransport;
-  /** Ids of requests sent and not answered yet (see refuseMessage). */
+  /** Ids of requests sent and not answered yet (see screenMessage). */
   pending: Set<string>;
   /** The principal that created the session: a session id is never a credential on its own. */
   clientId: string;
@@ -244,12 +244,12 @@ class StreamableSessions {
     return this.#open(req, body, auth);
   }
 
-  /** A message in a session: the relay's own checks first (refuseMessage), then the SDK's transport. */
+  /** A message in a session: the relay's own checks first (screenMessage), then the SDK's transport. */
   async #post(req: Request, session: McpSession, auth: AuthInfo): Promise<Response> {
     const body = await readJson(req);
     if (body instanceof Response) return body;
-    const refused = refuseMessage(body, session.pending);
-    if (refused) return refused;
+    const screened = screenMessage(body, session.pending);
+    if (screened) return "refuse" in screened ? screened.refuse : Response.json(screened.answer);
     const response = await session.transport.handleRequest(req, { parsedBody: body, authInfo: auth });
     // Refused by the transport (a bad header, say): the request will get no answer, so it is not pending.
     if (response.status >= 400 && isJSONRPCRequest(body)) session.pending.delete(requestKey(body.id));
@@ -273,8 +273,7 @@ class StreamableSessions {
     // Every answer goes out through send: that is when a request stops being pending.
     const send = transport.send.bind(transport);
     transport.send = (message, options) => {
-      const answered = isJSONRPCResultResponse(message) || isJSONRPCErrorResponse(message) ? message.id : undefined;
-      if (answered !== undefined) pending.delete(requestKey(answered));
+      noteAnswered(message, pending);
       return send(message, options);
     };
     await buildMcpServer(this.newContext(auth.clientId, () => transport.sessionId ?? null, inflight)).connect(transport);
@@ -311,24 +310,31 @@ const REQUEST_SCHEMAS = new Map(
 
 const requestKey = (id: string | number) => `${typeof id}:${id}`;
 
-/** Messages the relay answers itself, where the SDK would get them wrong: a batch (MCP dropped batching in
- *  2025-06-18, but the SDK still runs each message of one), a request whose params do not fit its method (the SDK
- *  says -32603 with a raw dump; JSON-RPC says -32602), and a request reusing the id of one still in flight (the
- *  SDK would send the first one's answer to the second). Otherwise it notes the request as pending. */
-function refuseMessage(body: unknown, pending: Set<string>): Response | undefined {
-  if (Array.isArray(body)) return jsonRpcError(400, -32600, "Invalid Request: send one JSON-RPC message per request (MCP has no batches).");
+/** An answer going out ends its request's time as pending (an error to an unparseable request names none). */
+function noteAnswered(message: JSONRPCMessage, pending: Set<string>): void {
+  const answered = isJSONRPCResultResponse(message) || isJSONRPCErrorResponse(message) ? message.id : undefined;
+  if (answered !== undefined) pending.delete(requestKey(answered));
+}
+
+/** Messages the relay deals with itself, on both transports, where the SDK would get them wrong: it refuses a batch
+ *  (MCP dropped batching in 2025-06-18, but the SDK still runs each message of one) and a request reusing the id of
+ *  one still in flight (the SDK would send the first one's answer to the second, and lose track of the first: its
+ *  cancel and its client's departure would no longer reach it); it answers a request whose params do not fit its
+ *  method (the SDK says -32603 with a raw dump; JSON-RPC says -32602). Otherwise it notes the request as pending. */
+function screenMessage(body: unknown, pending: Set<string>): { refuse: Response } | { answer: JSONRPCMessage } | undefined {
+  if (Array.isArray(body)) return { refuse: jsonRpcError(400, -32600, "Invalid Request: send one JSON-RPC message per request (MCP has no batches).") };
   if (isJSONRPCNotification(body) && body.method === "notifications/cancelled") {
     const cancelled = (body.params as { requestId?: string | number } | undefined)?.requestId;
     if (cancelled !== undefined) pending.delete(requestKey(cancelled)); // a cancelled request is never answered
   }
   if (!isJSONRPCRequest(body)) return undefined;
   const key = requestKey(body.id);
-  if (pending.has(key)) return jsonRpcError(400, -32600, `Invalid Request: request id ${JSON.stringify(body.id)} is still in flight; use a new id.`);
+  if (pending.has(key)) return { refuse: jsonRpcError(400, -32600, `Invalid Request: request id ${JSON.stringify(body.id)} is still in flight; use a new id.`) };
   const invalid = REQUEST_SCHEMAS.get(body.method)?.safeParse({ method: body.method, params: body.params });
   if (invalid && !invalid.success) {
     const issue = invalid.error!.issues[0]!;
     const message = `Invalid params: ${issue.path.map(String).join(".") || "params"}: ${issue.message}`;
-    return Response.json({ jsonrpc: "2.0", id: body.id, error: { code: -32602, message } });
+    return { answer: { jsonrpc: "2.0", id: body.id, error: { code: -32602, message } } };
   }
   pending.add(key);
   return undefined;
@@ -345,6 +351,8 @@ class SseTransport implements Transport {
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   #keepAlive?: ReturnType<typeof setInterval>;
   #closed = false;
+  /** Ids of requests received and not answered yet (see screenMessage). */
+  readonly #pending = new Set<string>();
   readonly #encoder = new TextEncoder();
 
   constructor(
@@ -370,6 +378,7 @@ class SseTransport implements Transport {
 
   async send(message: JSONRPCMessage): Promise<void> {
     if (this.#closed) throw new Error("SSE stream closed");
+    noteAnswered(message, this.#pending);
     this.#write(`event: message\ndata: ${JSON.stringify(message)}\n\n`);
   }
 
@@ -386,7 +395,10 @@ class SseTransport implements Transport {
     }
     const parsed = JSONRPCMessageSchema.safeParse(body);
     if (!parsed.success) return jsonRpcError(400, -32600, "Invalid Request: not a JSON-RPC 2.0 message.");
-    this.onmessage?.(parsed.data, { authInfo: auth, requestInfo: { headers: Object.fromEntries(req.headers) } });
+    const screened = screenMessage(parsed.data, this.#pending);
+    if (screened && "refuse" in screened) return screened.refuse;
+    if (screened) await this.send(screened.answer); // on the stream, where this transport's answers go
+    else this.onmessage?.(parsed.data, { authInfo: auth, requestInfo: { headers: Object.fromEntries(req.headers) } });
     return new Response("Accepted", { status: 202 });
   }
 

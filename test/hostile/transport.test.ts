@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { eventually, pidsMatching, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { bearer, INITIALIZE, MCP_HEADERS, oauthAccessToken, openSession, post, PROTOCOL_VERSION, request, toolAnswer, type RawSession } from "./raw.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
@@ -374,6 +374,28 @@ describe("sessions", () => {
     const second = await session.post(body("echo second"));
     expect([second.status, second.error?.code]).toEqual([400, -32600]);
     expect(toolAnswer(await first).data.stdout).toBe("first\n");
+  });
+
+  // Found by review: on the legacy transport the reuse was accepted, and the first call, no longer known to the SDK,
+  // ran on after its client left (until its timeout, up to an hour).
+  test("legacy SSE: a reused id is refused too, and the first call still ends when its client leaves", async () => {
+    const stream = new AbortController();
+    const opened = await fetch(new URL("/sse", relay.url), { headers: bearer(relay.token), signal: stream.signal });
+    const reader = opened.body!.getReader();
+    let received = "";
+    while (!received.includes("event: endpoint")) received += new TextDecoder().decode((await reader.read()).value);
+    const endpoint = /data: (\/messages\?sessionId=\S+)/.exec(received)![1]!;
+    const send = (message: object) => post(relay, endpoint, message, bearer(relay.token));
+    expect((await send(INITIALIZE)).status).toBe(202);
+    await send({ jsonrpc: "2.0", method: "notifications/initialized" });
+    const mark = `legacy-reuse-${Date.now()}`;
+    const call = (command: string) => send({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "run_shell_command", arguments: { command } } });
+    expect((await call(`sleep 40; echo ${mark}`)).status).toBe(202);
+    await eventually(() => pidsMatching(mark).length > 0);
+    const reused = await call("echo second");
+    expect([reused.status, reused.error?.code]).toEqual([400, -32600]);
+    stream.abort(); // the client leaves: its calls are cancelled and their commands killed
+    await eventually(() => pidsMatching(mark).length === 0, 10_000);
   });
 });
 

@@ -47,6 +47,9 @@ const MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024;
 /** A Streamable HTTP session unused this long (and with no call in flight) is closed; its client re-initializes. */
 const SESSION_IDLE_MS = 60 * 60 * 1000;
 const SESSION_SWEEP_MS = 60 * 1000;
+/** Streamable HTTP sessions one client (token holder) may keep; each holds an McpServer (~120 KB). A new one beyond
+ *  this closes the client's least recently used session that has nothing in flight. */
+const MAX_SESSIONS_PER_CLIENT = 256;
 /** Shortest AUTH_TOKEN accepted: 32 characters of `openssl rand -hex 32` carry 128 bits. */
 const MIN_TOKEN_LENGTH = 32;
 /** Shortest OWNER_PASSWORD: typed by a person, so shorter than a token, but failures are penalised per address. */
@@ -257,6 +260,9 @@ class StreamableSessions {
   }
 
   async #open(req: Request, body: unknown, auth: AuthInfo): Promise<Response> {
+    if (!this.#roomForSession(auth.clientId)) {
+      return jsonRpcError(429, -32000, `Too many sessions: this client has ${MAX_SESSIONS_PER_CLIENT} with calls in flight. Close some (DELETE /mcp) first.`);
+    }
     const inflight = { count: 0 };
     const pending = new Set<string>();
     const transport: WebStandardStreamableHTTPServerTransport = new WebStandardStreamableHTTPServerTransport({
@@ -278,6 +284,18 @@ class StreamableSessions {
     };
     await buildMcpServer(this.newContext(auth.clientId, () => transport.sessionId ?? null, inflight)).connect(transport);
     return transport.handleRequest(req, { parsedBody: body, authInfo: auth });
+  }
+
+  /** Makes room for one more session of `clientId` by closing its least recently used idle one when it is at the
+   *  cap (whose client then gets 404 and initializes again, as after the idle sweep). False when all are busy. */
+  #roomForSession(clientId: string): boolean {
+    const own = [...this.#sessions.values()].filter((s) => s.clientId === clientId);
+    if (own.length < MAX_SESSIONS_PER_CLIENT) return true;
+    const idle = own.filter((s) => s.inflight.count === 0).sort((a, b) => a.lastSeen - b.lastSeen)[0];
+    if (!idle) return false;
+    this.#sessions.delete(idle.transport.sessionId!);
+    void idle.transport.close();
+    return true;
   }
 
   /** Closes sessions idle past SESSION_IDLE_MS with nothing in flight (clients that vanished without DELETE). */

@@ -376,6 +376,19 @@ describe("sessions", () => {
     expect(toolAnswer(await first).data.stdout).toBe("first\n");
   });
 
+  // Found by review: every initialize kept an McpServer for an hour (5,000 of them took the relay from 60 to 668 MB).
+  test("a client's 257th session closes its least recently used one; other clients keep theirs", async () => {
+    const token = await oauthAccessToken(relay, relay.token); // a principal of its own, so the owner's session is not touched
+    const opened = [];
+    for (let i = 0; i < 257; i++) opened.push(await openSession(relay, token));
+    const oldest = await opened[0]!.post({ jsonrpc: "2.0", id: "old", method: "ping" });
+    expect(oldest.status).toBe(404);
+    for (const kept of [opened[1]!, opened[256]!]) {
+      expect((await kept.post({ jsonrpc: "2.0", id: "kept", method: "ping" })).status).toBe(200);
+    }
+    await stillServes(); // the owner's session, opened long before
+  });
+
   // Found by review: on the legacy transport the reuse was accepted, and the first call, no longer known to the SDK,
   // ran on after its client left (until its timeout, up to an hour).
   test("legacy SSE: a reused id is refused too, and the first call still ends when its client leaves", async () => {

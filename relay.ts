@@ -89,7 +89,11 @@ export class Relay {
   readonly sockets = new Set<AgentSocket>();
   /** Machines the owner disconnected, and until when (ms) they are turned away. */
   readonly #heldOff = new Map<string, number>();
-  constructor(readonly audit: AuditLog) {}
+  constructor(
+    readonly audit: AuditLog,
+    /** Whether a machine name has an agent token of its own (then only that token may register it). */
+    readonly hasOwnToken: (machine: string) => boolean,
+  ) {}
 
   opened(ws: AgentSocket): void {
     this.sockets.add(ws);
@@ -226,16 +230,23 @@ export class Relay {
       this.audit.event("auth_refused", { machine: hello.machine, address: ws.data.address, detail: `agent token of '${credential.machine}' used as '${hello.machine}'` });
       return this.#refuse(ws, CloseCode.forbidden, `this agent token is for machine '${credential.machine}'`);
     }
+    // And the shared token cannot take a name that has its own token: it would replace the real machine's agent.
+    if (credential.kind === "shared" && this.hasOwnToken(hello.machine)) {
+      this.audit.event("auth_refused", { machine: hello.machine, address: ws.data.address, detail: `shared agent token used as '${hello.machine}', which has its own token` });
+      return this.#refuse(ws, CloseCode.forbidden, `machine '${hello.machine}' has its own agent token; connect with that one`);
+    }
     const conn: AgentConn = { ws, machine: hello.machine, hello, connectedAt: new Date(), pending: new Map() };
     const previous = this.agents.get(hello.machine);
+    // Registered before the old socket is closed: Bun may run its close handler inside close(), and that handler
+    // must find it already replaced (else it would unregister the name and audit a disconnect that did not happen).
+    ws.data.agent = conn;
+    this.agents.set(hello.machine, conn);
     if (previous) {
       this.#failPending(previous, `Machine '${hello.machine}' was replaced by a new connection before answering.`);
       previous.ws.close(CloseCode.replaced, "replaced: another agent connected with this machine name");
       log("warn", "agent replaced by a new connection", { machine: hello.machine, old: previous.ws.data.address, new: ws.data.address });
       this.audit.event("agent_replaced", { machine: hello.machine, address: ws.data.address });
     }
-    ws.data.agent = conn;
-    this.agents.set(hello.machine, conn);
     send(ws, { type: "welcome", machine: hello.machine, server_version: VERSION });
     const how = credential.kind === "machine" ? "machine token" : "shared token (compatibility)";
     log("info", "agent connected", { machine: hello.machine, version: hello.agent_version, os: hello.os, address: ws.data.address, credential: how });

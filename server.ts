@@ -461,7 +461,7 @@ export function startServer(config: ServerConfig): RunningServer {
   const db = openDatabase(config.databasePath);
   const audit = new AuditLog(db);
   const agentTokens = new AgentTokens(db);
-  const relay = new Relay(audit);
+  const relay = new Relay(audit, (machine) => agentTokens.exists(machine));
   const penalties = new Penalties();
   const ownerSecretPenalties = new Penalties();
   const callLimits = new CallLimits(config.callLimits);

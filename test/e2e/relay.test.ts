@@ -3,6 +3,7 @@
 
 import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { connectClient, eventually, freePort, pidsMatching, startAgent, startRelay } from "../helpers/processes.ts";
+import { eventsOf } from "../helpers/audit.ts";
 import { call } from "../helpers/tools.ts";
 
 // Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
@@ -112,5 +113,9 @@ describe("several machines", () => {
     await Bun.sleep(3_000); // the replaced agent must not come back within this time (it waits 60 s)
     expect(await check()).toBe(second.proc.pid);
     expect(relay.stderr.lines.filter((l) => l.includes("agent replaced")).length).toBe(1);
+    // The log and the audit say what happened: one replacement, no disconnect of "twin" (it never went away).
+    expect(relay.stderr.lines.filter((l) => l.includes("agent disconnected"))).toEqual([]);
+    const kinds = eventsOf(relay.databasePath, "--machine", "twin").map((e) => e.kind);
+    expect(kinds.filter((k) => k.startsWith("agent_")).sort()).toEqual(["agent_connected", "agent_connected", "agent_replaced"]);
   });
 });

@@ -10,6 +10,7 @@ import { Database } from "bun:sqlite";
 import { createHash } from "node:crypto";
 import * as path from "node:path";
 import { eventsOf } from "../helpers/audit.ts";
+import { hello } from "./frames.ts";
 import { newAuthorizationUrl } from "../helpers/oauth.ts";
 import { newToken, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { bearer, INITIALIZE, MCP_HEADERS, oauthGrant, openSession, post, rawSocket, request, toolAnswer, whereLeaked, type Grant } from "./raw.ts";
@@ -118,6 +119,15 @@ describe("wrong tokens", () => {
     expect((await initialize(bearer(own.access))).status).toBe(401);
     const inSession = await session.post({ jsonrpc: "2.0", id: 2, method: "ping" }, fromNewAddress());
     expect(inSession.status).toBe(401);
+  });
+
+  test("the shared agent token cannot take a machine name that has its own token", async () => {
+    const impostor = rawSocket(wsUrl(), bearer(AGENT_TOKEN));
+    expect(await impostor.opened).toBe(true);
+    impostor.send(JSON.stringify(hello("laptop")));
+    expect(await impostor.closed).toEqual({ code: 4003, reason: "machine 'laptop' has its own agent token; connect with that one" });
+    const refusal = eventsOf(relay.databasePath, "--machine", "laptop").find((e) => e.kind === "auth_refused");
+    expect(refusal?.detail.detail).toBe("shared agent token used as 'laptop', which has its own token");
   });
 
   test("a revoked per-machine agent token disconnects its agent (4003) and is refused at the next upgrade", async () => {

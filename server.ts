@@ -738,15 +738,15 @@ function auditFilter(params: URLSearchParams): AuditFilter | string {
   return { machine: params.get("machine") ?? undefined, tool: params.get("tool") ?? undefined, since: sinceIso, limit };
 }
 
-/** "30m", "1h", "7d" (ago) or an ISO time, as an ISO time; null when it is neither. */
+/** "30m", "1h", "7d" (ago) or an ISO time, as an ISO time; null when it is neither. A duration longer than the
+ *  time since 1970 means the whole log (a Date that far back does not exist). */
 function parseSince(value: string, now = Date.now()): string | null {
   const relative = /^(\d+)([smhd])$/.exec(value);
-  if (relative) return new Date(now - Number(relative[1]) * { s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[relative[2] as "s"]).toISOString();
+  if (relative) return new Date(Math.max(0, now - Number(relative[1]) * { s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[relative[2] as "s"])).toISOString();
   const time = Date.parse(value);
   return Number.isNaN(time) ? null : new Date(time).toISOString();
 }
 
-/** `audit [flags]` and `audit verify`: read the audit log of the database at DATABASE_PATH. */
 /** The database of a relay that has run, for the commands that read or change it. Creating one here would be a
  *  silent mistake: run on the wrong machine or directory, `audit` would find nothing, and a token made by
  *  `agent-token create` would live in a database the relay never reads. */
@@ -761,6 +761,7 @@ function openRelayDatabase(env: Record<string, string | undefined>) {
   return openDatabase(file);
 }
 
+/** `audit [flags]` and `audit verify`: read the audit log of the database at DATABASE_PATH. */
 function auditCommand(args: string[], env: Record<string, string | undefined>): number {
   const db = openRelayDatabase(env);
   try {

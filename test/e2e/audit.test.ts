@@ -108,6 +108,15 @@ describe("reading the audit", () => {
     expect((await fetch(new URL("/audit?since=bogus", relay.url), { headers: { Authorization: `Bearer ${relay.token}` } })).status).toBe(400);
   });
 
+  test("a since longer ago than 1970 means the whole log, on the route and in the command", async () => {
+    const response = await fetch(new URL("/audit?since=999999999999d&tool=write_file", relay.url), { headers: { Authorization: `Bearer ${relay.token}` } });
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as any).calls.length).toBeGreaterThan(0);
+    const cli = auditCli(relay.databasePath, "--since", "99999999999999999999999d", "--json");
+    expect(cli.code).toBe(0);
+    expect(JSON.parse(cli.stdout).calls.length).toBeGreaterThan(0);
+  });
+
   test("the database is in WAL mode", () => {
     const db = new Database(relay.databasePath, { readonly: true });
     expect((db.query("PRAGMA journal_mode").get() as any).journal_mode).toBe("wal");

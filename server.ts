@@ -537,12 +537,17 @@ export function startServer(config: ServerConfig): RunningServer {
 
   /** GET /audit: the audit log as JSON, for the owner only: a dashboard session or the static token (an OAuth
    *  client the owner approved uses the tools, but is not the owner). */
+  /** The owner by the dashboard's cookie (with its pages' Host and Origin checks) or by AUTH_TOKEN, else a refusal. */
+  const refuseAllButOwner = (req: Request, server: Server<SocketData>): Response | undefined => {
+    if (dashboard.isOwner(req)) return guards.checkHost(req) ?? guards.checkOrigin(req);
+    const auth = authorize(req, server, "/mcp");
+    if (auth instanceof Response) return auth;
+    return auth.clientId === "owner" ? undefined : jsonRpcError(403, -32000, "The audit log is for the owner: use the relay's AUTH_TOKEN.");
+  };
+
   const auditRoute = (req: Request, server: Server<SocketData>) => {
-    if (!dashboard.isOwner(req)) {
-      const auth = authorize(req, server, "/mcp");
-      if (auth instanceof Response) return auth;
-      if (auth.clientId !== "owner") return jsonRpcError(403, -32000, "The audit log is for the owner: use the relay's AUTH_TOKEN.");
-    }
+    const refused = refuseAllButOwner(req, server);
+    if (refused) return refused;
     const filter = auditFilter(new URL(req.url).searchParams);
     if (typeof filter === "string") return jsonRpcError(400, -32602, filter);
     return Response.json({ calls: audit.calls(filter), events: audit.events(filter) }, { headers: { "Cache-Control": "no-store" } });

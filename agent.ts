@@ -250,6 +250,15 @@ const HANDLERS: { [O in AgentOp]: Handler<O> } = {
 
 const errorResult = (id: string, error: AgentError): AgentFrame => ({ type: "result", id, ok: false, error });
 
+/** Texts of an error frame stay within the protocol's limit (AgentError): a message echoing a 4,000-character path
+ *  would otherwise make the relay refuse the frame and drop this agent's connection, for every client. */
+const ERROR_TEXT_MAX_CHARS = 2_000;
+const shorten = (text: string) => (text.length > ERROR_TEXT_MAX_CHARS ? `${text.slice(0, ERROR_TEXT_MAX_CHARS - 1)}…` : text);
+
+function failureFrame(e: Failure): AgentError {
+  return { code: e.code, message: shorten(e.message), ...(e.quote && { quote: shorten(e.quote) }) };
+}
+
 /** Validates a request's arguments with the op's schema, runs it, and builds the one result frame. */
 export async function execute(frame: RequestFrame, ctx: OpContext): Promise<AgentFrame> {
   const parsed = opSchemas(frame.op).args.safeParse(frame.args);
@@ -261,7 +270,7 @@ export async function execute(frame: RequestFrame, ctx: OpContext): Promise<Agen
     const handler = HANDLERS[frame.op] as Handler<AgentOp>;
     return { type: "result", id: frame.id, ok: true, value: await handler(parsed.data as never, ctx) };
   } catch (e) {
-    if (e instanceof Failure) return errorResult(frame.id, { code: e.code, message: e.message, ...(e.quote && { quote: e.quote }) });
+    if (e instanceof Failure) return errorResult(frame.id, failureFrame(e));
     log("error", "operation failed unexpectedly", { op: frame.op, error: String(e) });
     return errorResult(frame.id, { code: "internal", message: "The agent hit an unexpected error; its log has the details." });
   }

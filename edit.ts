@@ -24,15 +24,10 @@ export async function editFile(args: OpArgs<"edit_file">, scope: FileScope): Pro
   const crlf = usesCrlf(file.text);
   const { text, replacements } = applyEdits(file.text, args.edits, crlf);
   const dryRun = args.dry_run === true;
+  // The answer is built before the file is written: nothing may fail once it is, or a retry would edit it twice.
+  const diff = fitToBudget(unifiedDiff(file.text, text, file.real), DIFF_BUDGET_CHARS).text;
   if (!dryRun && text !== file.text) replaceFile(args.path, file, Buffer.from(text, "utf8"), scope);
-  return {
-    path: file.real,
-    replacements,
-    line_endings: crlf ? "crlf" : "lf",
-    dry_run: dryRun,
-    diff: fitToBudget(unifiedDiff(file.text, text, file.real), DIFF_BUDGET_CHARS).text,
-    size: Buffer.byteLength(text),
-  };
+  return { path: file.real, replacements, line_endings: crlf ? "crlf" : "lf", dry_run: dryRun, diff, size: Buffer.byteLength(text) };
 }
 
 /** True when most of the file's line breaks are CRLF. */
@@ -227,7 +222,8 @@ function groupHunks(ops: Op[]): string[] {
     const body = ops.slice(from, to + 1);
     const countA = body.filter((op) => op.kind !== "+").length;
     const countB = body.filter((op) => op.kind !== "-").length;
-    hunks.push(`@@ -${startA},${countA} +${startB},${countB} @@`, ...body.map((op) => op.kind + op.line));
+    hunks.push(`@@ -${startA},${countA} +${startB},${countB} @@`);
+    for (const op of body) hunks.push(op.kind + op.line); // not push(...lines): hundreds of thousands overflow the stack
   }
   return hunks;
 }

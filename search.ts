@@ -121,13 +121,14 @@ export async function searchFiles(args: OpArgs<"search_files">, scope: FileScope
   if (args.pattern === undefined && args.content === undefined) {
     fail("invalid_arguments", "Give pattern (a glob on file names), content (a regular expression), or both.");
   }
+  const regex = compile(args); // first: a bad pattern is refused before anything is opened
   const root = resolveExisting(args.path, scope.roots, scope.home);
   const dirFd = openChecked(root, O_RDONLY | O_DIRECTORY, scope.roots, args.path);
   const started = Date.now();
   const search = new Search(args.max_results ?? DEFAULT_MAX_RESULTS, args.include_hidden === true);
-  const regex = compile(args);
-  const matcher = regex ? new Matcher(regex.pattern, regex.flags) : null;
+  let matcher: Matcher | null = null;
   try {
+    matcher = regex ? new Matcher(regex.pattern, regex.flags) : null;
     const glob = args.pattern ? new Bun.Glob(args.pattern) : null;
     await walk(search, fdPath(dirFd, root), "", scope.roots, async (file, relative) => {
       if (glob && !glob.match(relative)) return;

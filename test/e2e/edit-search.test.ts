@@ -82,6 +82,23 @@ describe("edit_file", () => {
     expect(relay.stderr.text + agent.stderr.text).not.toContain("hunter2");
   });
 
+  test("a replace_all over 400,000 lines is written once and answered with a diff (found by review: the diff overflowed the stack after the write)", async () => {
+    fs.writeFileSync(at("big.log"), "level=debug\n".repeat(400_000));
+    const r = await call(client, "edit_file", { path: at("big.log"), edits: [{ old_text: "debug", new_text: "info", replace_all: true }] });
+    expect(r.isError).toBe(false);
+    expect(r.data.replacements).toBe(400_000);
+    expect(r.data.diff).toContain("+level=info");
+    expect(fs.readFileSync(at("big.log"), "utf8")).toBe("level=info\n".repeat(400_000));
+  });
+
+  test("an error echoing a 4,000-character path reaches the client, and the agent stays connected", async () => {
+    const r = await call(client, "read_file", { path: `/nowhere/${"a".repeat(4_000)}` });
+    expect(r.isError).toBe(true);
+    expect(r.text.length).toBeLessThan(2_100);
+    expect(relay.stderr.text).not.toContain("closing agent socket");
+    expect((await call(client, "read_file", { path: at("code.ts") })).isError).toBe(false);
+  });
+
   test("edits are all or nothing: a failing second edit leaves the file as it was", async () => {
     fs.writeFileSync(at("atomic.txt"), "one\ntwo\n");
     const r = await call(client, "edit_file", { path: at("atomic.txt"), edits: [{ old_text: "one", new_text: "1" }, { old_text: "three", new_text: "3" }] });
@@ -149,6 +166,13 @@ describe("search_files", () => {
   test("an invalid regular expression, or neither pattern nor content, is a clear error", async () => {
     expect((await call(client, "search_files", { path: tree(), content: "(unclosed" })).text).toContain("not a valid regular expression");
     expect((await call(client, "search_files", { path: tree() })).text).toContain("Give pattern");
+  });
+
+  test("invalid regular expressions leave no descriptor open on the agent (found by review: one leaked per call)", async () => {
+    const openFds = () => fs.readdirSync(`/proc/${agent.proc.pid}/fd`).length;
+    const before = openFds();
+    for (let i = 0; i < 50; i++) expect((await call(client, "search_files", { path: root, content: "(unclosed" })).isError).toBe(true);
+    expect(openFds()).toBeLessThan(before + 10); // a few may come and go with the socket; 50 would be the leak
   });
 
   test("a catastrophic regular expression is stopped by the time limit while the agent stays responsive", async () => {

@@ -452,6 +452,8 @@ class Command {
     const stopReading = new AbortController();
     const pumps = Promise.all([this.#pump(proc.stdout, this.stdout, stopReading.signal), this.#pump(proc.stderr, this.stderr, stopReading.signal)]);
     await proc.exited;
+    // It ended on its own: the timeout no longer applies, even while the pipes drain below.
+    if (!this.record.timed_out) clearTimeout(this.#timer);
     // A background child (`cmd &`) may keep the pipes open after the shell is gone; don't wait for it forever.
     const drained = await Promise.race([pumps.then(() => true), Bun.sleep(DRAIN_AFTER_EXIT_MS).then(() => false)]);
     if (!drained) stopReading.abort();

@@ -88,6 +88,16 @@ describe("timeouts and killing", () => {
     await eventually(() => pidsMatching(`sleep ${tag}`).length === 0, 6_000, "no sleep left");
   });
 
+  // Found by review: the timeout still fired while a background child's pipes drained (up to 300 ms) after the
+  // command had exited by itself, and the command was reported timed_out with exit code 0.
+  test("a command that exits on its own just before its timeout is not reported timed out", async () => {
+    await using client = await connectClient(relay, "streamable-http");
+    const tag = marker();
+    const r = await call(client, "run_shell_command", { command: `sleep ${tag} & sleep 1.75; exit 0`, timeout: 2 });
+    expect(r.data).toMatchObject({ exit_code: 0, signal: null, timed_out: false });
+    for (const pid of pidsMatching(`sleep ${tag}`)) process.kill(pid); // the background child outlives the command
+  });
+
   test("exit codes above 128 and deaths by signal are reported as they are", async () => {
     await using client = await connectClient(relay, "streamable-http");
     const exit200 = await call(client, "run_shell_command", { command: "exit 200" });

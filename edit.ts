@@ -16,6 +16,10 @@ const DIFF_MAX_CELLS = 4_000_000;
 /** How many near misses an error shows, and how alike a line must be to count (Dice coefficient of bigrams). */
 const HINT_COUNT = 3;
 const HINT_MIN_SIMILARITY = 0.5;
+/** Looking for near misses compares at most this many characters of a line, and stops after this long: a hint is
+ *  a courtesy, and the agent must stay responsive (an 8 MiB file of short lines took hours before). */
+const HINT_COMPARE_CHARS = 200;
+const HINT_BUDGET_MS = 250;
 
 type Edit = OpArgs<"edit_file">["edits"][number];
 
@@ -92,11 +96,8 @@ function closestCandidates(text: string, oldText: string): { hint?: string; quot
   if (loose !== null) {
     return { hint: `It matches at line ${loose} if whitespace is ignored: copy the exact text (indentation, tabs, line breaks) from there.` };
   }
-  const first = oldText.split("\n").find((l) => l.trim() !== "")?.trim() ?? "";
-  const scored = text
-    .split("\n")
-    .map((line, i) => ({ line: i + 1, text: line.trim(), score: similarity(first, line.trim()) }))
-    .filter((c) => c.score >= HINT_MIN_SIMILARITY)
+  const first = (oldText.split("\n").find((l) => l.trim() !== "")?.trim() ?? "").slice(0, HINT_COMPARE_CHARS);
+  const scored = nearMisses(text.split("\n"), first)
     .sort((a, b) => b.score - a.score)
     .slice(0, HINT_COUNT);
   if (scored.length === 0) return { hint: "No line looks like its first line; read_file the part you mean to change." };
@@ -104,6 +105,22 @@ function closestCandidates(text: string, oldText: string): { hint?: string; quot
   return {
     quote: `Closest lines to its first line: ${scored.map((c) => `line ${c.line}: ${JSON.stringify(c.text.slice(0, 200))}`).join("; ")}.`,
   };
+}
+
+/** Lines alike enough to `first`, within the time budget. A line far shorter than `first` cannot reach the minimum
+ *  similarity, so it is skipped without comparing. */
+function nearMisses(lines: string[], first: string): { line: number; text: string; score: number }[] {
+  const found: { line: number; text: string; score: number }[] = [];
+  const deadline = Date.now() + HINT_BUDGET_MS;
+  for (let i = 0; i < lines.length; i++) {
+    if (i % 1_000 === 0 && Date.now() > deadline) break;
+    const text = lines[i]!.trim();
+    const compared = text.slice(0, HINT_COMPARE_CHARS);
+    if (compared.length * 3 < first.length) continue;
+    const score = similarity(first, compared);
+    if (score >= HINT_MIN_SIMILARITY) found.push({ line: i + 1, text, score });
+  }
+  return found;
 }
 
 /** The line where `wanted` (whitespace already squashed) occurs in `text` with its whitespace squashed too, or

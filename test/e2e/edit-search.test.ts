@@ -91,6 +91,16 @@ describe("edit_file", () => {
     expect(fs.readFileSync(at("big.log"), "utf8")).toBe("level=info\n".repeat(400_000));
   });
 
+  test("a miss in a file of millions of short lines, with a 100,000-character old_text, is answered at once (found by review: hours)", async () => {
+    fs.writeFileSync(at("short-lines.txt"), "ab\n".repeat(2_700_000));
+    const started = Date.now();
+    const r = await call(client, "edit_file", { path: at("short-lines.txt"), edits: [{ old_text: "xy".repeat(50_000), new_text: "z" }] });
+    expect(r.isError).toBe(true);
+    expect(r.text).toStartWith("old_text was not found; nothing was changed.");
+    expect(Date.now() - started).toBeLessThan(20_000); // before: the relay dropped the agent after 25 s of silence
+    expect((await call(client, "read_file", { path: at("code.ts") })).isError).toBe(false);
+  });
+
   test("an error echoing a 4,000-character path reaches the client, and the agent stays connected", async () => {
     const r = await call(client, "read_file", { path: `/nowhere/${"a".repeat(4_000)}` });
     expect(r.isError).toBe(true);

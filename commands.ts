@@ -42,6 +42,9 @@ const LOG_MAX_SEGMENTS = 6;
 /** Finished commands kept (with their output) for get_command_output and list_commands, and the disk they may
  *  use together; past either, the oldest finished ones are deleted. */
 const MAX_FINISHED_COMMANDS = 100;
+/** Foreground commands waiting for a slot, at most: beyond it a new one is refused rather than queued without end
+ *  (each waiting command holds a record file and memory, and all would run once slots free up). */
+const MAX_QUEUED_COMMANDS = 64;
 const MAX_KEPT_LOG_BYTES = 512 * 1024 * 1024;
 /** Progress frames go out this often while a foreground call waits, with this much of the output's end. */
 const PROGRESS_INTERVAL_MS = 1_000;
@@ -634,6 +637,9 @@ export class CommandRunner {
     const spec = this.#spec(args, ctx);
     if (spec.background && this.#activeBackground() >= this.options.maxBackground) {
       fail("busy", `${this.options.maxBackground} background commands are running already; kill_command one first (list_commands shows them).`);
+    }
+    if (!spec.background && this.#foreground.queued >= MAX_QUEUED_COMMANDS) {
+      fail("busy", `${MAX_QUEUED_COMMANDS} commands are already waiting for one of the ${this.options.maxForeground} slots; wait for some to finish (list_commands shows them).`);
     }
     const command = this.#create(spec);
     command.armTimeout(spec.timeoutMs === null ? null : spec.timeoutMs - (Date.now() - ctx.receivedAt));

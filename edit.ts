@@ -53,6 +53,10 @@ export function applyEdits(text: string, edits: readonly Edit[], crlf: boolean):
     const newText = eol(edit.new_text);
     const count = occurrences(result, oldText);
     const which = edits.length > 1 ? `edit ${index + 1}: ` : "";
+    const grownTo = result.length + (edit.replace_all ? count : Math.min(count, 1)) * (newText.length - oldText.length);
+    if (grownTo > EDIT_MAX_BYTES) {
+      fail("too_large", `${which}the file would grow to ${grownTo} characters; edit_file keeps files within ${EDIT_MAX_BYTES} bytes. Nothing was changed.`);
+    }
     if (count === 0) {
       const { hint, quote } = closestCandidates(result, oldText);
       fail("not_found", `${which}old_text was not found; nothing was changed.${hint ? ` ${hint}` : ""}`, quote);

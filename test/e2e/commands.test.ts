@@ -152,6 +152,24 @@ describe("commands handed back", () => {
     }
   });
 
+  // Found by review: the queue had no bound (3,000 queued commands: +100 MiB, 3,000 record files, all to run later).
+  test("at most 64 commands wait for a foreground slot; the next is refused with what to do", async () => {
+    await using _oneSlot = await startAgent(relay, { machine: "one-slot", env: { MAX_CONCURRENT_COMMANDS: "1" } });
+    await using client = await connectClient(relay, "streamable-http");
+    const ids: string[] = [];
+    try {
+      for (let i = 0; i < 65; i++) {
+        const r = await call(client, "run_shell_command", { command: "sleep 60", wait_seconds: 0, machine: "one-slot" });
+        ids.push(r.data.command_id);
+      }
+      const refused = await call(client, "run_shell_command", { command: "echo never", wait_seconds: 0, machine: "one-slot" });
+      expect(refused.isError).toBe(true);
+      expect(refused.text).toContain("64 commands are already waiting for one of the 1 slots");
+    } finally {
+      for (const id of ids) await call(client, "kill_command", { command_id: id });
+    }
+  });
+
   test("list_commands shows state, and get_command_output for an unknown id says what to do", async () => {
     await using client = await connectClient(relay, "sse");
     const done = await call(client, "run_shell_command", { command: "exit 7" });

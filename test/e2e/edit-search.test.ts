@@ -101,6 +101,15 @@ describe("edit_file", () => {
     expect((await call(client, "read_file", { path: at("code.ts") })).isError).toBe(false);
   });
 
+  test("edits that would grow the file past 8 MiB are refused before anything is built (found by review: 400 MB written)", async () => {
+    fs.writeFileSync(at("tiny.txt"), "ab");
+    const edits = [{ old_text: "a", new_text: "y".repeat(1_000_000) }, { old_text: "y", new_text: "z".repeat(100), replace_all: true }];
+    const r = await call(client, "edit_file", { path: at("tiny.txt"), edits });
+    expect(r.isError).toBe(true);
+    expect(r.text).toContain("edit 2: the file would grow to");
+    expect(fs.readFileSync(at("tiny.txt"), "utf8")).toBe("ab");
+  });
+
   test("an error echoing a 4,000-character path reaches the client, and the agent stays connected", async () => {
     const r = await call(client, "read_file", { path: `/nowhere/${"a".repeat(4_000)}` });
     expect(r.isError).toBe(true);

@@ -64,8 +64,11 @@ export async function newAuthorizationUrl(origin: URL, redirectUri: string): Pro
 }
 
 /** The consent page as a person sees it: its HTML, its hidden request id, and the cookie it set. */
-export async function openConsent(authorizationUrl: URL | string): Promise<{ response: Response; html: string; requestId: string; cookie: string }> {
-  const response = await fetch(authorizationUrl, { redirect: "manual" });
+export async function openConsent(
+  authorizationUrl: URL | string,
+  headers: Record<string, string> = {},
+): Promise<{ response: Response; html: string; requestId: string; cookie: string }> {
+  const response = await fetch(authorizationUrl, { redirect: "manual", headers });
   const html = await response.text();
   const requestId = /name="request_id" value="([^"]+)"/.exec(html)?.[1] ?? "";
   const cookie = (response.headers.get("set-cookie") ?? "").split(";")[0]!;

@@ -11,7 +11,7 @@ import { createHash } from "node:crypto";
 import * as path from "node:path";
 import { eventsOf } from "../helpers/audit.ts";
 import { hello } from "./frames.ts";
-import { newAuthorizationUrl } from "../helpers/oauth.ts";
+import { answerConsent, newAuthorizationUrl, openConsent } from "../helpers/oauth.ts";
 import { newToken, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
 import { bearer, INITIALIZE, MCP_HEADERS, oauthGrant, openSession, post, rawSocket, request, toolAnswer, whereLeaked, type Grant } from "./raw.ts";
 
@@ -287,33 +287,20 @@ test("a token holder's successful logins do not buy more guesses at the owner se
 
 describe("floods of OAuth requests cannot lock the owner out", () => {
   const REDIRECT = "http://127.0.0.1:1/callback";
-  /** Opens a consent page from `address`; returns what answering it needs. */
-  const openFrom = async (url: string, address: Record<string, string>) => {
-    const response = await fetch(url, { headers: address });
-    const html = await response.text();
-    return { status: response.status, requestId: /name="request_id" value="([^"]+)"/.exec(html)?.[1] ?? "", cookie: (response.headers.get("set-cookie") ?? "").split(";")[0]! };
-  };
-  const answerFrom = async (consent: { requestId: string; cookie: string }, address: Record<string, string>) => {
-    const response = await fetch(new URL("/authorize", relay.url), {
-      method: "POST",
-      redirect: "manual",
-      headers: { "Content-Type": "application/x-www-form-urlencoded", Cookie: consent.cookie, ...address },
-      body: new URLSearchParams({ request_id: consent.requestId, owner_secret: relay.token, decision: "approve" }),
-    });
-    await response.body?.cancel();
-    return response;
-  };
+  /** The owner's answer (the right secret), posted from `address`. */
+  const answerFrom = (consent: { requestId: string; cookie: string }, address: Record<string, string>) =>
+    answerConsent(relay.url, consent, { secret: relay.token, headers: address });
 
   test("1,100 pending consent pages from 110 addresses: the owner's page still opens and approves", async () => {
     const url = await newAuthorizationUrl(relay.url, REDIRECT);
     for (let batch = 0; batch < 110; batch++) {
       const address = fromNewAddress();
-      const statuses = await Promise.all(Array.from({ length: 10 }, () => openFrom(url, address).then((c) => c.status)));
+      const statuses = await Promise.all(Array.from({ length: 10 }, () => openConsent(url, address).then((c) => c.response.status)));
       expect(statuses).toEqual(Array(10).fill(200));
     }
     const owner = fromNewAddress();
-    const consent = await openFrom(url, owner);
-    expect(consent.status).toBe(200);
+    const consent = await openConsent(url, owner);
+    expect(consent.response.status).toBe(200);
     const approved = await answerFrom(consent, owner);
     expect(approved.status).toBe(302);
     expect(new URL(approved.headers.get("location")!).searchParams.get("code")).toStartWith("crc_");
@@ -323,7 +310,7 @@ describe("floods of OAuth requests cannot lock the owner out", () => {
     const url = await newAuthorizationUrl(relay.url, REDIRECT);
     const address = fromNewAddress();
     const consents = [];
-    for (let i = 0; i < 11; i++) consents.push(await openFrom(url, address));
+    for (let i = 0; i < 11; i++) consents.push(await openConsent(url, address));
     expect((await answerFrom(consents[0]!, address)).status).toBe(400); // expired: dropped to make room
     expect((await answerFrom(consents[10]!, address)).status).toBe(302);
   });

@@ -45,18 +45,13 @@ async function stillServes(s: RawSession = session) {
 const JSON_RPC_INVALID = [-32700, -32600]; // the SDK answers a valid JSON that is no JSON-RPC message with -32700
 
 describe("bodies that are not one JSON-RPC message", () => {
-  test("a body that is not JSON gets 400 and -32700, with and without a session", async () => {
-    const fresh = await post(relay, "/mcp", "{not json", bearer(relay.token));
+  test.each([
+    ["a body that is not JSON", "{not json"],
+    ["an empty body", ""],
+  ])("%s gets 400 and -32700, with and without a session", async (_, body) => {
+    const fresh = await post(relay, "/mcp", body, bearer(relay.token));
     expect([fresh.status, fresh.error?.code]).toEqual([400, -32700]);
-    const inSession = await session.post("{not json");
-    expect([inSession.status, inSession.error?.code]).toEqual([400, -32700]);
-    await stillServes();
-  });
-
-  test("an empty body gets 400 and -32700, with and without a session", async () => {
-    const fresh = await post(relay, "/mcp", "", bearer(relay.token));
-    expect([fresh.status, fresh.error?.code]).toEqual([400, -32700]);
-    const inSession = await session.post("");
+    const inSession = await session.post(body);
     expect([inSession.status, inSession.error?.code]).toEqual([400, -32700]);
     await stillServes();
   });

@@ -16,6 +16,14 @@ const FORGET_AFTER_MS = 60 * 60 * 1000;
 /** Addresses remembered at most; the least recently failed are dropped first. */
 const MAX_TRACKED_ADDRESSES = 10_000;
 
+/** Sets `key` as the most recent entry of `map` (insertion order = least recent first), dropping the least recent
+ *  one beyond MAX_TRACKED_ADDRESSES, so memory stays bounded whatever addresses come. */
+function rememberLatest<V>(map: Map<string, V>, key: string, value: V): void {
+  map.delete(key);
+  map.set(key, value);
+  if (map.size > MAX_TRACKED_ADDRESSES) map.delete(map.keys().next().value!);
+}
+
 interface Record {
   failures: number;
   blockedUntil: number;
@@ -44,9 +52,7 @@ export class Penalties {
     record.lastFailure = now;
     const over = record.failures - FREE_FAILURES;
     if (over > 0) record.blockedUntil = now + Math.min(MAX_PENALTY_MS, FIRST_PENALTY_MS * 2 ** Math.min(over - 1, 30));
-    this.#records.delete(address); // re-insert: most recent last
-    this.#records.set(address, record);
-    if (this.#records.size > MAX_TRACKED_ADDRESSES) this.#records.delete(this.#records.keys().next().value!);
+    rememberLatest(this.#records, address, record);
   }
 
   /** A success from `address` clears its record. */
@@ -65,9 +71,7 @@ export class OncePer {
   due(key: string, now = Date.now()): boolean {
     const last = this.#last.get(key);
     if (last !== undefined && now - last < this.windowMs) return false;
-    this.#last.delete(key);
-    this.#last.set(key, now);
-    if (this.#last.size > MAX_TRACKED_ADDRESSES) this.#last.delete(this.#last.keys().next().value!);
+    rememberLatest(this.#last, key, now);
     return true;
   }
 }

@@ -17,7 +17,9 @@ RUN bun install --frozen-lockfile --production
 
 # --- agent-build: the agent compiled for the platform this image is built for ---
 FROM deps AS agent-build
-COPY *.ts ./
+# The agent's wing and what it imports (the contract and the logger): no relay code goes into the binary.
+COPY agent.ts protocol.ts log.ts ./
+COPY agent ./agent
 COPY scripts/build.ts scripts/
 # TARGETARCH is set by BuildKit and buildah (amd64, arm64); a builder that leaves it empty builds for the
 # architecture it runs on. The native target needs no download: bun embeds its own runtime.
@@ -69,7 +71,9 @@ WORKDIR /app
 # The code stays root-owned and read-only to the relay user: a compromised relay cannot rewrite itself.
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json ./
-COPY *.ts ./
+# The relay's wing and what it imports: no agent code, so nothing in this image can run as an agent.
+COPY server.ts protocol.ts log.ts ./
+COPY relay ./relay
 COPY docker/entrypoint.sh /usr/local/bin/code-remote-entrypoint
 
 ENV HOST=0.0.0.0 \

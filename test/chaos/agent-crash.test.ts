@@ -2,13 +2,11 @@
 // fail fast instead of hanging, the command's processes are orphaned (nothing could stop them), and the next agent
 // started with the same state directory must reap exactly that process group and report the command as killed.
 
-import { expect, setDefaultTimeout, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { callsWith } from "../helpers/audit-db.ts";
 import { groupOf, processGroup } from "../helpers/chaos.ts";
 import { connectClient, eventually, pidsMatching, startAgent, startRelay, tempDir } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
-
-setDefaultTimeout(30_000);
 
 /** How soon a call must fail once its agent is gone: the relay sees the socket close at once; the rest is slack
  *  for a busy machine. */

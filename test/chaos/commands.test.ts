@@ -2,32 +2,27 @@
 // a double fork, setsid), and commands whose output never ends. Each case asserts what happens to the processes,
 // what the model is told, what the audit log records, and what it costs the agent in memory and disk.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import { KILL_GRACE_MS } from "../../protocol.ts";
 import { callsWith } from "../helpers/audit-db.ts";
 import { directoryBytes, groupOf, MiB, sampleRss } from "../helpers/chaos.ts";
-import { connectClient, eventually, pidsMatching, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
+import { connectClient, eventually, pidsMatching, tempDir } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call, resultSize } from "../helpers/tools.ts";
-
-setDefaultTimeout(30_000);
 
 /** What commands.ts keeps of one command's output on disk: six segments of 8 MiB. */
 const KEPT_LOG_BYTES = 48 * MiB;
 
-let relay: Relay;
-let agent: Agent;
 let state: { path: string } & Disposable;
 
-beforeAll(async () => {
+beforeAll(() => {
   state = tempDir("cr-state-");
-  relay = await startRelay();
-  agent = await startAgent(relay, { machine: "chaos", stateDir: state.path });
 });
 
-afterAll(async () => {
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
+const stack = useStack(() => ({ agent: { machine: "chaos", stateDir: state.path } }));
+
+afterAll(() => {
   state[Symbol.dispose]();
 });
 
@@ -46,7 +41,7 @@ function killAll(pattern: string): void {
 
 describe("a command that ignores SIGTERM", () => {
   test("is killed with SIGKILL after the grace period and reported as killed by its timeout", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const tag = marker();
     const r = await call(client, "run_shell_command", { command: `trap '' TERM; sleep ${tag}; echo never`, timeout: 1 });
     expect(r.data).toMatchObject({ state: "timed_out", timed_out: true, exit_code: null, signal: "SIGKILL", stdout: "" });
@@ -57,11 +52,11 @@ describe("a command that ignores SIGTERM", () => {
     expect(pidsMatching(`sleep ${tag}`)).toEqual([]);
     const output = await call(client, "get_command_output", { command_id: r.data.command_id, wait_seconds: 0 });
     expect(output.data).toMatchObject({ state: "timed_out", signal: "SIGKILL" });
-    expect(callsWith(relay.databasePath, tag)).toMatchObject([{ tool: "run_shell_command", finished: true, outcome: "timed_out" }]);
+    expect(callsWith(stack.relay.databasePath, tag)).toMatchObject([{ tool: "run_shell_command", finished: true, outcome: "timed_out" }]);
   });
 
   test("a background command that ignores SIGTERM is stopped by kill_command with SIGKILL after the grace", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const tag = marker();
     const started = await call(client, "run_shell_command", { command: `trap '' TERM; sleep ${tag}`, background: true });
     await eventually(() => pidsMatching(`sleep ${tag}`).length > 0, 5_000, "started");
@@ -80,7 +75,7 @@ const DAEMONS = [
 
 describe.each(DAEMONS)("a command that daemonizes with $how", ({ start, inGroup }) => {
   test(`while the command runs, its timeout ${inGroup ? "kills the daemon too (same process group)" : "does not reach the daemon (a new session)"}`, async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const tag = marker();
     try {
       const r = await call(client, "run_shell_command", { command: `${start(tag)}\nsleep 30`, timeout: 1 });
@@ -99,7 +94,7 @@ describe.each(DAEMONS)("a command that daemonizes with $how", ({ start, inGroup 
   });
 
   test("after the command exits, the daemon keeps running and kill_command no longer reaches it", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const tag = marker();
     try {
       const r = await call(client, "run_shell_command", { command: `${start(tag)}\necho started` });
@@ -121,10 +116,10 @@ describe.each([
   { what: "NUL bytes (cat /dev/zero)", command: (tag: string) => `cat /dev/zero # ${tag}` },
 ])("infinite output: $what", ({ command }) => {
   test("the result stays under 100,000 characters, the command is killed at its timeout, and agent memory and disk stay bounded", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     await call(client, "run_shell_command", { command: "head -c 20000000 /dev/zero" }); // warm up the pipes
     const tag = marker();
-    const rss = sampleRss(agent.proc.pid, 100);
+    const rss = sampleRss(stack.agent.proc.pid, 100);
     const earlier = new Set(fs.readdirSync(state.path)); // other commands' logs: not this one's
     const logBytes: number[] = [];
     const disk = setInterval(() => logBytes.push(directoryBytes(state.path, (name) => !earlier.has(name))), 100);

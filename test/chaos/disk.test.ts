@@ -4,14 +4,12 @@
 // stray temp file, the old content intact), and the agent must go on serving. Mounting needs root: without it the
 // tests are skipped, saying so.
 
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import { callsWith } from "../helpers/audit-db.ts";
 import { canMount, followCommand, readOnlyView, smallTmpfs } from "../helpers/chaos.ts";
 import { connectClient, startAgent, startRelay, tempDir } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
-
-setDefaultTimeout(30_000);
 
 if (!canMount) console.warn("test/chaos/disk.test.ts: skipped: mounting a tmpfs or a read-only bind mount needs root (CAP_SYS_ADMIN)");
 

@@ -2,36 +2,23 @@
 // calls recorded when they start and when they end, secrets redacted, a hash chain that catches any change,
 // deletion or reordering, pruning that keeps the chain verifiable, and a relay killed with -9 mid-burst.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { auditCli, callsOf, eventsOf } from "../helpers/audit.ts";
-import { connectClient, eventually, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
+import { connectClient, eventually, startAgent, startRelay, tempDir } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
-let relay: Relay;
-let agent: Agent;
-
-beforeAll(async () => {
-  relay = await startRelay();
-  agent = await startAgent(relay, { machine: "audited" });
-});
-
-afterAll(async () => {
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
-});
+const stack = useStack({ agent: { machine: "audited" } });
 
 describe("reading the audit", () => {
   test("a call is listed as unfinished while it runs and with its outcome when it ends", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const pending = call(client, "run_shell_command", { command: "sleep 1; exit 4", timeout: 30 });
-    const mine = () => callsOf(relay.databasePath, "--tool", "run_shell_command").find((c) => c.arguments.command === "sleep 1; exit 4");
+    const mine = () => callsOf(stack.relay.databasePath, "--tool", "run_shell_command").find((c) => c.arguments.command === "sleep 1; exit 4");
     await eventually(() => mine() !== undefined, 3_000, "call recorded");
     expect(mine()).toMatchObject({ outcome: "unfinished", finished_at: null, client: "owner" });
     await pending;
@@ -42,83 +29,83 @@ describe("reading the audit", () => {
   });
 
   test("the table is readable and filters by machine, tool, time and count", async () => {
-    await using client = await connectClient(relay, "sse");
-    await call(client, "list_directory", { path: agent.roots[0] });
-    const { code, stdout } = auditCli(relay.databasePath, "--tool", "list_directory", "--since", "10m", "--limit", "1");
+    await using client = await connectClient(stack.relay, "sse");
+    await call(client, "list_directory", { path: stack.agent.roots[0] });
+    const { code, stdout } = auditCli(stack.relay.databasePath, "--tool", "list_directory", "--since", "10m", "--limit", "1");
     expect(code).toBe(0);
     const lines = stdout.trim().split("\n");
     expect(lines[0]).toMatch(/^TIME \(UTC\)\s+MACHINE\s+TOOL\s+OUTCOME\s+EXIT\s+MS\s+CLIENT\s+ARGUMENTS$/);
     expect(lines.length).toBe(2);
     expect(lines[1]).toContain("audited");
     expect(lines[1]).toContain("list_directory");
-    expect(auditCli(relay.databasePath, "--machine", "nowhere").stdout.trim()).toBe("No tool calls match.");
-    expect(auditCli(relay.databasePath, "--since", "yesterday-ish").stderr).toContain("since must be a duration");
+    expect(auditCli(stack.relay.databasePath, "--machine", "nowhere").stdout.trim()).toBe("No tool calls match.");
+    expect(auditCli(stack.relay.databasePath, "--since", "yesterday-ish").stderr).toContain("since must be a duration");
   });
 
   test("write_file content is stored as its size and SHA-256, and env values by name only", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const content = `secret-content-${Date.now()}`;
-    await call(client, "write_file", { path: `${agent.roots[0]}/audited.txt`, content });
+    await call(client, "write_file", { path: `${stack.agent.roots[0]}/audited.txt`, content });
     await call(client, "run_shell_command", { command: "true", env: { API_KEY: "sk-do-not-store" }, stdin: "typed-password" });
-    const [write] = callsOf(relay.databasePath, "--tool", "write_file");
+    const [write] = callsOf(stack.relay.databasePath, "--tool", "write_file");
     expect(write.arguments).toEqual({
-      path: `${agent.roots[0]}/audited.txt`,
+      path: `${stack.agent.roots[0]}/audited.txt`,
       content_bytes: content.length,
       content_sha256: createHash("sha256").update(content).digest("hex"),
     });
-    const [shell] = callsOf(relay.databasePath, "--tool", "run_shell_command");
+    const [shell] = callsOf(stack.relay.databasePath, "--tool", "run_shell_command");
     expect(shell.arguments.env).toEqual(["API_KEY"]);
-    const raw = Buffer.concat([relay.databasePath, `${relay.databasePath}-wal`].filter(fs.existsSync).map((f) => fs.readFileSync(f)));
+    const raw = Buffer.concat([stack.relay.databasePath, `${stack.relay.databasePath}-wal`].filter(fs.existsSync).map((f) => fs.readFileSync(f)));
     for (const secret of [content, "sk-do-not-store", "typed-password"]) expect(raw.includes(secret)).toBe(false);
   });
 
   test("failed calls, path denials and calls to a missing machine are recorded", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     await call(client, "read_file", { path: "/etc/hostname" });
     await call(client, "list_directory", { path: "/tmp", machine: "ghost" });
-    const failed = callsOf(relay.databasePath).filter((c) => c.outcome === "error");
+    const failed = callsOf(stack.relay.databasePath).filter((c) => c.outcome === "error");
     expect(failed.find((c) => c.tool === "read_file")).toMatchObject({ machine: "audited" });
     expect(failed.find((c) => c.tool === "list_directory")).toMatchObject({ machine: "ghost" });
-    const denial = eventsOf(relay.databasePath).find((e) => e.kind === "path_denied");
+    const denial = eventsOf(stack.relay.databasePath).find((e) => e.kind === "path_denied");
     expect(denial).toMatchObject({ machine: "audited" });
     expect(denial.detail.detail).toContain("read_file: Access denied");
   });
 
   test("timed-out commands are recorded as timed_out", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     await call(client, "run_shell_command", { command: "sleep 30", timeout: 1 });
-    expect(callsOf(relay.databasePath, "--tool", "run_shell_command").find((c) => c.arguments.command === "sleep 30").outcome).toBe("timed_out");
+    expect(callsOf(stack.relay.databasePath, "--tool", "run_shell_command").find((c) => c.arguments.command === "sleep 30").outcome).toBe("timed_out");
   });
 
   test("agent connects and disconnects are recorded", async () => {
-    await using extra = await startAgent(relay, { machine: "visitor" });
+    await using extra = await startAgent(stack.relay, { machine: "visitor" });
     await extra.stop();
-    await eventually(() => eventsOf(relay.databasePath, "--machine", "visitor").some((e) => e.kind === "agent_disconnected"), 3_000, "disconnect recorded");
-    expect(eventsOf(relay.databasePath, "--machine", "visitor").map((e) => e.kind).reverse()).toEqual(["agent_connected", "agent_disconnected"]);
+    await eventually(() => eventsOf(stack.relay.databasePath, "--machine", "visitor").some((e) => e.kind === "agent_disconnected"), 3_000, "disconnect recorded");
+    expect(eventsOf(stack.relay.databasePath, "--machine", "visitor").map((e) => e.kind).reverse()).toEqual(["agent_connected", "agent_disconnected"]);
   });
 
   test("GET /audit answers the owner with the same records, and refuses others", async () => {
-    const url = new URL("/audit?tool=write_file&limit=1", relay.url);
-    const response = await fetch(url, { headers: { Authorization: `Bearer ${relay.token}` } });
+    const url = new URL("/audit?tool=write_file&limit=1", stack.relay.url);
+    const response = await fetch(url, { headers: { Authorization: `Bearer ${stack.relay.token}` } });
     expect(response.status).toBe(200);
     const body = (await response.json()) as any;
     expect(body.calls.length).toBe(1);
     expect(body.calls[0].tool).toBe("write_file");
     expect((await fetch(url)).status).toBe(401);
-    expect((await fetch(new URL("/audit?since=bogus", relay.url), { headers: { Authorization: `Bearer ${relay.token}` } })).status).toBe(400);
+    expect((await fetch(new URL("/audit?since=bogus", stack.relay.url), { headers: { Authorization: `Bearer ${stack.relay.token}` } })).status).toBe(400);
   });
 
   test("a since longer ago than 1970 means the whole log, on the route and in the command", async () => {
-    const response = await fetch(new URL("/audit?since=999999999999d&tool=write_file", relay.url), { headers: { Authorization: `Bearer ${relay.token}` } });
+    const response = await fetch(new URL("/audit?since=999999999999d&tool=write_file", stack.relay.url), { headers: { Authorization: `Bearer ${stack.relay.token}` } });
     expect(response.status).toBe(200);
     expect(((await response.json()) as any).calls.length).toBeGreaterThan(0);
-    const cli = auditCli(relay.databasePath, "--since", "99999999999999999999999d", "--json");
+    const cli = auditCli(stack.relay.databasePath, "--since", "99999999999999999999999d", "--json");
     expect(cli.code).toBe(0);
     expect(JSON.parse(cli.stdout).calls.length).toBeGreaterThan(0);
   });
 
   test("the database is in WAL mode", () => {
-    const db = new Database(relay.databasePath, { readonly: true });
+    const db = new Database(stack.relay.databasePath, { readonly: true });
     expect((db.query("PRAGMA journal_mode").get() as any).journal_mode).toBe("wal");
     db.close();
   });

@@ -6,19 +6,16 @@
 // `install-service` writing a systemd user unit (systemd does not run here, so it must say what to run);
 // `status` before and after. Only a linux-x64 binary can run here, so other machines skip with the reason.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { buildAgent, type BuiltBinary } from "../../scripts/build.ts";
 import { VERSION } from "../../protocol.ts";
-import { parseSettings } from "../../service.ts";
+import { parseSettings } from "../../agent/config-file.ts";
 import { runBinary, spawnBinary, startBinaryAgent } from "../helpers/binary.ts";
 import { connectClient, eventually, startRelay, tempDir, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
-
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
 const canRun = process.platform === "linux" && process.arch === "x64";
 if (!canRun) console.warn(`binary.test.ts: skipped, the linux-x64 agent cannot run on ${process.platform}-${process.arch}`);

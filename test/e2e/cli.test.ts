@@ -1,13 +1,10 @@
 // The entry points as a user meets them: --help and --version, refusals to start with a clear reason, and
 // `bun run dev` (server plus local agent, one Ctrl-C) checked with the real MCP Inspector CLI.
 
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { eventually, NEUTRAL_CWD, OutputLog, ROOT, tempDir } from "../helpers/processes.ts";
-
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
 /** The process ids whose parent is `pid`. */
 const childrenOf = (pid: number) =>

@@ -2,28 +2,15 @@
 // whole process group, commands handed back with a command_id and followed with get_command_output, input to a
 // prompt, per-command argv/env/stdin/shell, limits, and what an agent restart does to running commands.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { callsOf } from "../helpers/audit.ts";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
-import { connectClient, eventually, pidsMatching, startAgent, startRelay, tempDir, TRANSPORTS, type Agent, type Relay } from "../helpers/processes.ts";
+import { connectClient, eventually, pidsMatching, startAgent, tempDir, TRANSPORTS } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
-let relay: Relay;
-let agent: Agent;
-
-beforeAll(async () => {
-  relay = await startRelay();
-  agent = await startAgent(relay, { machine: "worker", env: { MAX_BACKGROUND_COMMANDS: "3" } });
-});
-
-afterAll(async () => {
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
-});
+const stack = useStack({ agent: { machine: "worker", env: { MAX_BACKGROUND_COMMANDS: "3" } } });
 
 /** A marker unlikely to appear in any other process's command line. */
 const marker = () => String(3_000_000 + Math.floor(Math.random() * 6_000_000));
@@ -44,7 +31,7 @@ async function follow(client: Client, commandId: string): Promise<{ output: stri
 
 describe.each(TRANSPORTS)("over %s", (transport) => {
   test("a silent 10 s command sends progress at least every 2 s and completes with a 3 s client timeout that progress resets", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const progress: { progress: number; message?: string }[] = [];
     const result = (await client.callTool({ name: "run_shell_command", arguments: { command: "sleep 10; echo finished" } }, undefined, {
       timeout: 3_000,
@@ -59,7 +46,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   }, 30_000);
 
   test("progress messages carry the latest output lines", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const messages: string[] = [];
     await client.callTool({ name: "run_shell_command", arguments: { command: "for i in 1 2 3; do echo step-$i; sleep 1; done" } }, undefined, {
       onprogress: (p) => messages.push(p.message ?? ""),
@@ -68,7 +55,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("cancelling a call kills the command's whole process group within 2 s, and the audit says cancelled", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const tag = marker();
     const abort = new AbortController();
     const pending = client.callTool({ name: "run_shell_command", arguments: { command: `sh -c 'sleep ${tag} & sleep ${tag}'` } }, undefined, { signal: abort.signal });
@@ -78,11 +65,11 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
     const cancelledAt = Date.now();
     await eventually(() => pidsMatching(`sleep ${tag}`).length === 0, 2_000, "no process left");
     expect(Date.now() - cancelledAt).toBeLessThan(2_000);
-    await eventually(() => callsOf(relay.databasePath).find((c) => c.arguments.command?.includes(`sleep ${tag}`))?.outcome === "cancelled", 3_000, "audit says cancelled");
+    await eventually(() => callsOf(stack.relay.databasePath).find((c) => c.arguments.command?.includes(`sleep ${tag}`))?.outcome === "cancelled", 3_000, "audit says cancelled");
   });
 
   test("a background loop is followed to completion with get_command_output", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const started = await call(client, "run_shell_command", { command: "for i in $(seq 5); do echo $i; sleep 1; done", background: true });
     expect(started.data).toMatchObject({ state: "running", exit_code: null, next_offset: 0 });
     expect(started.data.command_id).toMatch(/^[0-9a-f]{12}@worker$/);
@@ -93,7 +80,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   }, 20_000);
 
   test("send_command_input answers a read prompt", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const started = await call(client, "run_shell_command", { command: "printf 'name? '; read name; echo \"hello $name\"", background: true });
     const sent = await call(client, "send_command_input", { command_id: started.data.command_id, input: "world\n" });
     expect(sent.data).toMatchObject({ bytes_written: 6, stdin_open: true });
@@ -105,7 +92,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
 
 describe("commands handed back", () => {
   test("a foreground command still running at wait_seconds comes back with its output so far and goes on", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const r = await call(client, "run_shell_command", { command: "echo start; sleep 2; echo end", wait_seconds: 1 });
     expect(r.data).toMatchObject({ state: "running", stdout: "start\n", exit_code: null, next_offset: 6 });
     expect(r.text).toContain("get_command_output");
@@ -115,7 +102,7 @@ describe("commands handed back", () => {
   });
 
   test("a handed-back command is still killed at its timeout, grandchildren included", async () => {
-    await using client = await connectClient(relay, "sse");
+    await using client = await connectClient(stack.relay, "sse");
     const tag = marker();
     const r = await call(client, "run_shell_command", { command: `sleep ${tag} & wait`, timeout: 2, wait_seconds: 1 });
     expect(r.data.state).toBe("running");
@@ -125,7 +112,7 @@ describe("commands handed back", () => {
   });
 
   test("kill_command stops a background command and everything it started", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const tag = marker();
     const started = await call(client, "run_shell_command", { command: `sleep ${tag} & sleep ${tag}`, background: true });
     await eventually(() => pidsMatching(`sleep ${tag}`).length >= 2, 3_000, "started");
@@ -137,7 +124,7 @@ describe("commands handed back", () => {
   });
 
   test("background commands have their own limit; the next one is refused with what to do", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const ids: string[] = [];
     try {
       const running = (await call(client, "list_commands", { state: "running" })).data.commands.length;
@@ -154,8 +141,8 @@ describe("commands handed back", () => {
 
   // Found by review: the queue had no bound (3,000 queued commands: +100 MiB, 3,000 record files, all to run later).
   test("at most 64 commands wait for a foreground slot; the next is refused with what to do", async () => {
-    await using _oneSlot = await startAgent(relay, { machine: "one-slot", env: { MAX_CONCURRENT_COMMANDS: "1" } });
-    await using client = await connectClient(relay, "streamable-http");
+    await using _oneSlot = await startAgent(stack.relay, { machine: "one-slot", env: { MAX_CONCURRENT_COMMANDS: "1" } });
+    await using client = await connectClient(stack.relay, "streamable-http");
     const ids: string[] = [];
     try {
       for (let i = 0; i < 65; i++) {
@@ -171,7 +158,7 @@ describe("commands handed back", () => {
   });
 
   test("list_commands shows state, and get_command_output for an unknown id says what to do", async () => {
-    await using client = await connectClient(relay, "sse");
+    await using client = await connectClient(stack.relay, "sse");
     const done = await call(client, "run_shell_command", { command: "exit 7" });
     const listed = await call(client, "list_commands", {});
     const entry = listed.data.commands.find((c: any) => c.command_id === done.data.command_id);
@@ -182,7 +169,7 @@ describe("commands handed back", () => {
   });
 
   test("a dropped HTTP connection does not kill the command; its result is kept", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const tag = marker();
     const session = await rawSession();
     const abort = new AbortController();
@@ -213,11 +200,11 @@ async function rawSession(): Promise<string> {
 }
 
 function rawPost(session: string | null, body: unknown, signal?: AbortSignal): Promise<Response> {
-  return fetch(new URL("/mcp", relay.url), {
+  return fetch(new URL("/mcp", stack.relay.url), {
     method: "POST",
     signal,
     headers: {
-      Authorization: `Bearer ${relay.token}`,
+      Authorization: `Bearer ${stack.relay.token}`,
       "Content-Type": "application/json",
       Accept: "application/json, text/event-stream",
       "MCP-Protocol-Version": "2025-11-25",
@@ -229,27 +216,27 @@ function rawPost(session: string | null, body: unknown, signal?: AbortSignal): P
 
 describe("what a command runs with", () => {
   test("argv passes an argument with quotes, $() and newlines unchanged, without a shell", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const tricky = `it's "quoted" $(echo no) \`no\` $HOME\nsecond line; rm -rf /nope`;
     const r = await call(client, "run_shell_command", { argv: ["printf", "%s", tricky] });
     expect(r.data.stdout).toBe(tricky);
   });
 
   test("env values reach the command; the agent's token does not", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const r = await call(client, "run_shell_command", { command: 'echo "$GREETING"; env', env: { GREETING: "hello there" } });
     expect(r.data.stdout.split("\n")[0]).toBe("hello there");
-    expect(r.data.stdout).not.toContain(relay.token);
+    expect(r.data.stdout).not.toContain(stack.relay.token);
   });
 
   test("stdin is fed then closed; without it stdin is empty", async () => {
-    await using client = await connectClient(relay, "sse");
+    await using client = await connectClient(stack.relay, "sse");
     expect((await call(client, "run_shell_command", { command: "cat; echo done", stdin: "fed\n" })).data.stdout).toBe("fed\ndone\n");
     expect((await call(client, "run_shell_command", { command: "cat; echo done" })).data.stdout).toBe("done\n");
   });
 
   test("shell picks another shell; a missing program ends like in a shell (exit 127)", async () => {
-    await using client = await connectClient(relay, "sse");
+    await using client = await connectClient(stack.relay, "sse");
     const bash = await call(client, "run_shell_command", { command: 'echo "${BASH_VERSION:+bash}"', shell: "/bin/bash" });
     expect(bash.data.stdout).toBe("bash\n");
     const missing = await call(client, "run_shell_command", { argv: ["no-such-program-here"] });
@@ -258,14 +245,14 @@ describe("what a command runs with", () => {
   });
 
   test("without working_dir a command runs in home when home is an allowed root", async () => {
-    await using homely = await startAgent(relay, { machine: "homely", roots: [process.env.HOME!, "/tmp"] });
-    await using client = await connectClient(relay, "sse");
+    await using homely = await startAgent(stack.relay, { machine: "homely", roots: [process.env.HOME!, "/tmp"] });
+    await using client = await connectClient(stack.relay, "sse");
     const r = await call(client, "run_shell_command", { command: "pwd", machine: "homely" });
     expect(r.data.stdout).toBe(`${homely.roots[0]}\n`);
   });
 
   test("command and argv together, or shell with argv, are refused with a clear error", async () => {
-    await using client = await connectClient(relay, "sse");
+    await using client = await connectClient(stack.relay, "sse");
     const both = await call(client, "run_shell_command", { command: "ls", argv: ["ls"] });
     expect(both.text).toContain("either command");
     const neither = await call(client, "run_shell_command", {});
@@ -279,17 +266,17 @@ describe("an agent restart", () => {
   test("stopping the agent kills its background commands; after a restart get_command_output says so", async () => {
     using state = tempDir("cr-state-");
     const tag = marker();
-    const first = await startAgent(relay, { machine: "restarting", stateDir: state.path });
+    const first = await startAgent(stack.relay, { machine: "restarting", stateDir: state.path });
     let commandId: string;
     {
-      await using client = await connectClient(relay, "streamable-http");
+      await using client = await connectClient(stack.relay, "streamable-http");
       commandId = (await call(client, "run_shell_command", { command: `echo before; sleep ${tag}`, background: true, machine: "restarting" })).data.command_id;
       await eventually(() => pidsMatching(`sleep ${tag}`).length > 0, 3_000, "started");
     }
     await first.stop();
     expect(pidsMatching(`sleep ${tag}`)).toEqual([]);
-    await using second = await startAgent(relay, { machine: "restarting", stateDir: state.path });
-    await using client = await connectClient(relay, "streamable-http");
+    await using second = await startAgent(stack.relay, { machine: "restarting", stateDir: state.path });
+    await using client = await connectClient(stack.relay, "streamable-http");
     const r = await call(client, "get_command_output", { command_id: commandId });
     expect(r.data).toMatchObject({ state: "killed", output: "before\n" });
     expect(second.stderr.text).not.toContain("left running by a previous agent");
@@ -298,26 +285,26 @@ describe("an agent restart", () => {
   test("after a crash (SIGKILL) the next agent kills the orphaned process group and reports the command killed", async () => {
     using state = tempDir("cr-state-");
     const tag = marker();
-    const first = await startAgent(relay, { machine: "crashing", stateDir: state.path });
+    const first = await startAgent(stack.relay, { machine: "crashing", stateDir: state.path });
     let commandId: string;
     {
-      await using client = await connectClient(relay, "streamable-http");
+      await using client = await connectClient(stack.relay, "streamable-http");
       commandId = (await call(client, "run_shell_command", { command: `sleep ${tag} & sleep ${tag}`, background: true, machine: "crashing" })).data.command_id;
       await eventually(() => pidsMatching(`sleep ${tag}`).length >= 2, 3_000, "started");
     }
     await first.kill();
     expect(pidsMatching(`sleep ${tag}`).length).toBeGreaterThanOrEqual(2); // orphans, for now
-    await using second = await startAgent(relay, { machine: "crashing", stateDir: state.path });
+    await using second = await startAgent(stack.relay, { machine: "crashing", stateDir: state.path });
     await second.stderr.waitFor(/commands left running by a previous agent were killed commands=1/);
     await eventually(() => pidsMatching(`sleep ${tag}`).length === 0, 3_000, "orphans reaped");
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     expect((await call(client, "get_command_output", { command_id: commandId })).data.state).toBe("killed");
   });
 
   test("a second agent with the same name and state on one machine refuses to start", async () => {
     using state = tempDir("cr-state-");
-    await using first = await startAgent(relay, { machine: "single", stateDir: state.path });
-    const second = await startAgent(relay, { machine: "single", stateDir: state.path, waitConnected: false });
+    await using first = await startAgent(stack.relay, { machine: "single", stateDir: state.path });
+    const second = await startAgent(stack.relay, { machine: "single", stateDir: state.path, waitConnected: false });
     expect(await second.proc.exited).toBe(2);
     expect(second.stderr.text).toContain(`Another agent (pid ${first.proc.pid}) is already running as 'single'`);
   });

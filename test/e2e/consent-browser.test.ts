@@ -2,38 +2,18 @@
 // owner secret redirects with a code; a wrong one is refused and the page asks again. (What repeated wrong secrets
 // lead to is in consent-lockout.test.ts.) A screenshot is saved in test-output/ for a person to look at.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { closeBrowser, HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS, submitForm, textsOf, type Landing } from "../helpers/browser.ts";
 import { newAuthorizationUrl } from "../helpers/oauth.ts";
-import { startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
-
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
+import { useStack } from "../helpers/stack.ts";
 
 const OWNER_PASSWORD = "a long owner passphrase";
 const REDIRECT = "http://127.0.0.1:1/callback";
 
-let relay: Relay;
-let agent: Agent;
 let browser: Browser;
-
-beforeAll(async () => {
-  if (!HAS_CHROMIUM) return;
-  relay = await startRelay({ env: { OWNER_PASSWORD } });
-  agent = await startAgent(relay, { machine: "phone-test-box" });
-  browser = await launchChromium();
-});
-
-afterAll(async () => {
-  await closeBrowser(browser);
-  await agent?.[Symbol.asyncDispose]();
-  await relay?.[Symbol.asyncDispose]();
-});
-
-const authorizationUrl = () => newAuthorizationUrl(relay.url, REDIRECT);
 
 const phonePage = (): Promise<Page> => newPhonePage(browser);
 
@@ -43,6 +23,20 @@ async function submit(page: Page, secret: string): Promise<Landing> {
 }
 
 describe.skipIf(!HAS_CHROMIUM)("the consent page in Chromium at phone width (skipped without /usr/bin/chromium: apt-get install chromium)", () => {
+  // The relay, the agent and the browser start here, not for the whole file: a skipped describe runs none of its hooks.
+  // This afterAll is made before the stack's, so the browser closes before the agent and the relay stop.
+  afterAll(async () => {
+    await closeBrowser(browser);
+  });
+
+  const stack = useStack({ relay: { env: { OWNER_PASSWORD } }, agent: { machine: "phone-test-box" } });
+
+  beforeAll(async () => {
+    browser = await launchChromium();
+  });
+
+  const authorizationUrl = () => newAuthorizationUrl(stack.relay.url, REDIRECT);
+
   test("shows who asks and what it reaches, fits the screen, and the right secret redirects with a code", async () => {
     const page = await phonePage();
     await page.goto(await authorizationUrl());
@@ -59,7 +53,7 @@ describe.skipIf(!HAS_CHROMIUM)("the consent page in Chromium at phone width (ski
     const target = new URL((await redirected).url());
     expect(target.searchParams.get("code")).toStartWith("crc_");
     expect(target.searchParams.get("state")).toBe("xyz");
-    expect(target.searchParams.get("iss")).toBe(relay.url.origin);
+    expect(target.searchParams.get("iss")).toBe(stack.relay.url.origin);
     await page.context().close();
   });
 
@@ -78,7 +72,7 @@ describe.skipIf(!HAS_CHROMIUM)("the consent page in Chromium at phone width (ski
     const page = await phonePage();
     await page.goto(await authorizationUrl());
     const html = await page.content();
-    for (const secret of [OWNER_PASSWORD, relay.token]) expect(html).not.toContain(secret);
+    for (const secret of [OWNER_PASSWORD, stack.relay.token]) expect(html).not.toContain(secret);
     await page.context().close();
   });
 });

@@ -2,30 +2,20 @@
 // form's rotating cookie): five wrong answers cancel that approval; past ten failures the address has to wait, even
 // with the right secret. Its own relay, because the wait applies to every test from this address.
 
-import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { answerConsent, newAuthorizationUrl, openConsent } from "../helpers/oauth.ts";
-import { startRelay, type Relay } from "../helpers/processes.ts";
-
-setDefaultTimeout(30_000);
+import { useStack } from "../helpers/stack.ts";
 
 const OWNER_PASSWORD = "a long owner passphrase";
 const REDIRECT = "http://127.0.0.1:1/callback";
 
-let relay: Relay;
-
-beforeAll(async () => {
-  relay = await startRelay({ env: { OWNER_PASSWORD } });
-});
-
-afterAll(async () => {
-  await relay?.[Symbol.asyncDispose]();
-});
+const stack = useStack({ relay: { env: { OWNER_PASSWORD } }, agent: false });
 
 /** A consent page opened by the owner, answered again and again the way a browser resubmits it. */
 async function openApproval() {
-  const consent = await openConsent(await newAuthorizationUrl(relay.url, REDIRECT));
+  const consent = await openConsent(await newAuthorizationUrl(stack.relay.url, REDIRECT));
   return async (secret: string) => {
-    const response = await answerConsent(relay.url, consent, { secret });
+    const response = await answerConsent(stack.relay.url, consent, { secret });
     const rotated = response.headers.get("set-cookie");
     if (rotated) consent.cookie = rotated.split(";")[0]!;
     return { status: response.status, html: await response.text(), location: response.headers.get("location") };

@@ -1,14 +1,11 @@
 // Per-machine agent tokens (made, listed and revoked with `bun run server.ts agent-token`), throttling of an
 // address that keeps failing, and per-client limits on tool calls: against a real relay and real agents.
 
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { connectClient, newToken, ROOT, startAgent, startRelay, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
-
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
 /** Runs `bun run server.ts agent-token …` against the relay's database. */
 function agentToken(relay: Relay, ...args: string[]) {

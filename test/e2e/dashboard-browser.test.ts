@@ -2,66 +2,61 @@
 // relay with real agents: login, machines, running commands, recent calls filtered by machine, and the two
 // actions behind their confirmation pages. Screenshots go to test-output/.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { closeBrowser, HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS, submitForm, textsOf, type Landing } from "../helpers/browser.ts";
 import { eventsOf } from "../helpers/audit.ts";
-import { connectClient, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { connectClient, ROOT, startAgent, type Agent } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
-
-// Real processes and a browser take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
 const OWNER_PASSWORD = "owner passphrase for tests";
 
-let relay: Relay;
-let laptop: Agent;
 let ci: Agent;
 let ciToken: string;
 let browser: Browser;
-
-beforeAll(async () => {
-  if (!HAS_CHROMIUM) return;
-  relay = await startRelay({ env: { OWNER_PASSWORD } });
-  const made = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", "create", "ci"], { env: { ...process.env, DATABASE_PATH: relay.databasePath } });
-  ciToken = /crm_[A-Za-z0-9_-]{43}/.exec(made.stdout.toString())![0];
-  laptop = await startAgent(relay, { machine: "laptop" });
-  ci = await startAgent(relay, { machine: "ci", token: ciToken });
-  browser = await launchChromium();
-});
-
-afterAll(async () => {
-  await closeBrowser(browser);
-  await ci?.[Symbol.asyncDispose]();
-  await laptop?.[Symbol.asyncDispose]();
-  await relay?.[Symbol.asyncDispose]();
-});
 
 const phonePage = (): Promise<Page> => newPhonePage(browser);
 
 /** A machine's card, found by its heading alone (a temp directory in another card's roots may hold "ci" too). */
 const cardOf = (page: Page, machine: string) => page.locator(".card").filter({ has: page.locator("h3", { hasText: new RegExp(`^${machine}$`) }) });
 
-const dashboardUrl = () => new URL("/", relay.url).toString();
-
-/** Fills in the login form and submits it; returns the page the relay answered with. */
-async function submitSecret(page: Page, secret: string): Promise<Landing> {
-  await page.goto(dashboardUrl());
-  await page.fill("#owner_secret", secret);
-  return submitForm(page, "button[type=submit]");
-}
-
-/** Signs in as the owner and opens the dashboard afresh (see submitForm for why afresh). */
-async function signIn(page: Page): Promise<void> {
-  const landing = await submitSecret(page, OWNER_PASSWORD);
-  expect(landing.status).toBe(200);
-  expect(landing.url.pathname).toBe("/");
-  await page.goto(dashboardUrl());
-}
-
 describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skipped without /usr/bin/chromium)", () => {
+  // The relay, the agents and the browser start here, not for the whole file: a skipped describe runs none of its
+  // hooks. This afterAll is made before the stack's, so the browser and "ci" stop before "laptop" and the relay.
+  afterAll(async () => {
+    await closeBrowser(browser);
+    await ci?.[Symbol.asyncDispose]();
+  });
+
+  const stack = useStack({ relay: { env: { OWNER_PASSWORD } }, agent: { machine: "laptop" } });
+
+  beforeAll(async () => {
+    const made = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", "create", "ci"], { env: { ...process.env, DATABASE_PATH: stack.relay.databasePath } });
+    ciToken = /crm_[A-Za-z0-9_-]{43}/.exec(made.stdout.toString())![0];
+    ci = await startAgent(stack.relay, { machine: "ci", token: ciToken });
+    browser = await launchChromium();
+  });
+
+  const dashboardUrl = () => new URL("/", stack.relay.url).toString();
+
+  /** Fills in the login form and submits it; returns the page the relay answered with. */
+  async function submitSecret(page: Page, secret: string): Promise<Landing> {
+    await page.goto(dashboardUrl());
+    await page.fill("#owner_secret", secret);
+    return submitForm(page, "button[type=submit]");
+  }
+
+  /** Signs in as the owner and opens the dashboard afresh (see submitForm for why afresh). */
+  async function signIn(page: Page): Promise<void> {
+    const landing = await submitSecret(page, OWNER_PASSWORD);
+    expect(landing.status).toBe(200);
+    expect(landing.url.pathname).toBe("/");
+    await page.goto(dashboardUrl());
+  }
+
   test("a visitor without a session sees only the login form; a wrong secret is refused", async () => {
     const page = await phonePage();
     await page.goto(dashboardUrl());
@@ -75,7 +70,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
   });
 
   test("signed in, it shows machines, running commands and recent calls, fits a phone, and holds no secret", async () => {
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     await call(client, "run_shell_command", { command: "echo from-laptop", machine: "laptop" });
     await call(client, "list_directory", { path: ci.roots[0], machine: "ci" });
     const background = await call(client, "run_shell_command", { command: "sleep 120", background: true, machine: "laptop" });
@@ -86,7 +81,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     await expect(cards.count()).resolves.toBe(2);
     const laptopCard = await cardOf(page, "laptop").textContent();
     expect(laptopCard).toContain("agent 0.1.0 on Linux");
-    expect(laptopCard).toContain(laptop.roots[0]!);
+    expect(laptopCard).toContain(stack.agent.roots[0]!);
     expect(laptopCard).toContain("the shared token");
     expect(await cardOf(page, "ci").textContent()).toContain("its own token");
     const running = await page.locator("h2:has-text('Running commands') + ul").textContent();
@@ -101,7 +96,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     await page.screenshot({ path: path.join(SCREENSHOTS, "dashboard-phone.png"), fullPage: true });
 
     const html = await page.content();
-    for (const secret of [OWNER_PASSWORD, relay.token, ciToken]) expect(html).not.toContain(secret);
+    for (const secret of [OWNER_PASSWORD, stack.relay.token, ciToken]) expect(html).not.toContain(secret);
 
     await page.locator("nav.filter a", { hasText: /^ci$/ }).click();
     const filtered = await page.locator("h2:has-text('Recent tool calls') ~ ul.list").first().textContent();
@@ -118,11 +113,11 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     await expect(page.locator("h1").textContent()).resolves.toBe("Are you sure?");
     await page.screenshot({ path: path.join(SCREENSHOTS, "dashboard-confirm-phone.png") });
     await submitForm(page, "button.danger");
-    await laptop.stderr.waitFor(/disconnected code=4003 reason="disconnected by the owner"/);
+    await stack.agent.stderr.waitFor(/disconnected code=4003 reason="disconnected by the owner"/);
     await page.goto(dashboardUrl());
     await expect(page.locator(".card").count()).resolves.toBe(1);
-    await laptop.stderr.waitFor(/could not register with the relay.*turned away until/, 10_000); // it may not come straight back
-    const event = eventsOf(relay.databasePath, "--machine", "laptop").find((e) => e.kind === "agent_disconnected_by_owner");
+    await stack.agent.stderr.waitFor(/could not register with the relay.*turned away until/, 10_000); // it may not come straight back
+    const event = eventsOf(stack.relay.databasePath, "--machine", "laptop").find((e) => e.kind === "agent_disconnected_by_owner");
     expect(event?.detail.detail).toBe("disconnected");
     await page.context().close();
   });
@@ -133,7 +128,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     await cardOf(page, "ci").locator("a", { hasText: "Revoke token" }).click();
     await submitForm(page, "button.danger");
     await ci.stderr.waitFor(/disconnected code=4003 reason="agent token revoked"/, 5_000);
-    expect(eventsOf(relay.databasePath, "--machine", "ci").some((e) => e.kind === "agent_token_revoked")).toBe(true);
+    expect(eventsOf(stack.relay.databasePath, "--machine", "ci").some((e) => e.kind === "agent_token_revoked")).toBe(true);
     await page.context().close();
   });
 
@@ -142,14 +137,14 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     await signIn(page);
     // The page's CSP forbids it to fetch anything, so the forgery comes from outside, with the session's cookie.
     const cookie = (await page.context().cookies()).map((c) => `${c.name}=${c.value}`).join("; ");
-    const forged = await fetch(new URL("/actions", relay.url), {
+    const forged = await fetch(new URL("/actions", stack.relay.url), {
       method: "POST",
       redirect: "manual",
       headers: { Cookie: cookie, "Content-Type": "application/x-www-form-urlencoded" },
       body: "action=disconnect&machine=ci&csrf=forged",
     });
     expect(forged.status).toBe(403);
-    const crossSite = await fetch(new URL("/actions", relay.url), { method: "POST", headers: { Cookie: cookie, Origin: "https://evil.example" }, body: "" });
+    const crossSite = await fetch(new URL("/actions", stack.relay.url), { method: "POST", headers: { Cookie: cookie, Origin: "https://evil.example" }, body: "" });
     expect(crossSite.status).toBe(403);
     await page.context().close();
   });
@@ -161,7 +156,7 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     const signedOut = await submitForm(page, "text=Sign out");
     expect(signedOut.html).toContain('name="owner_secret"');
     const copied = cookies.map((c) => `${c.name}=${c.value}`).join("; ");
-    const response = await fetch(new URL("/", relay.url), { headers: { Cookie: copied } });
+    const response = await fetch(new URL("/", stack.relay.url), { headers: { Cookie: copied } });
     expect(await response.text()).toContain('name="owner_secret"');
     await page.context().close();
   });

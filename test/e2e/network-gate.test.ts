@@ -2,12 +2,9 @@
 // admitted from inside, and a client-written X-Forwarded-For never gets anyone in unless TRUST_PROXY says a proxy
 // of ours wrote it.
 
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { eventsOf } from "../helpers/audit.ts";
 import { startAgent, startRelay, type Relay } from "../helpers/processes.ts";
-
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
 /** Opens the agent WebSocket with the relay's token and `headers`: "open" or "refused". */
 function dial(relay: Relay, headers: Record<string, string> = {}): Promise<"open" | "refused"> {

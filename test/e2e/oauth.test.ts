@@ -1,39 +1,27 @@
 // OAuth 2.1 against a real relay: the SDK's own OAuth client end to end (register, consent, token, tool call,
 // refresh) over both transports, and each bad input of the flow getting the right OAuth error and no token.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { UnauthorizedError } from "@modelcontextprotocol/sdk/client/auth.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { connectClient, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { connectClient, startAgent } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { answerConsent, approve, openConsent, TestOAuthProvider } from "../helpers/oauth.ts";
 import { call } from "../helpers/tools.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
-let relay: Relay;
-let agent: Agent;
 const OWNER_PASSWORD = "correct horse battery staple";
 const REDIRECT = "http://127.0.0.1:1/callback";
 
-beforeAll(async () => {
-  relay = await startRelay({ env: { OWNER_PASSWORD } });
-  agent = await startAgent(relay, { machine: "oauth-box" });
-});
-
-afterAll(async () => {
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
-});
+const stack = useStack({ relay: { env: { OWNER_PASSWORD } }, agent: { machine: "oauth-box" } });
 
 function transportFor(kind: "streamable-http" | "sse", provider: TestOAuthProvider) {
   return kind === "streamable-http"
-    ? new StreamableHTTPClientTransport(new URL("/mcp", relay.url), { authProvider: provider })
-    : new SSEClientTransport(new URL("/sse", relay.url), { authProvider: provider });
+    ? new StreamableHTTPClientTransport(new URL("/mcp", stack.relay.url), { authProvider: provider })
+    : new SSEClientTransport(new URL("/sse", stack.relay.url), { authProvider: provider });
 }
 
 /** The SDK client's whole flow: a first connect that needs authorization, the owner's consent, then a client. */
@@ -83,7 +71,7 @@ function pkce() {
 }
 
 async function register(metadata: Record<string, unknown> = {}): Promise<{ client_id: string; client_secret: string }> {
-  const response = await fetch(new URL("/register", relay.url), {
+  const response = await fetch(new URL("/register", stack.relay.url), {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ client_name: "Raw client", redirect_uris: [REDIRECT], token_endpoint_auth_method: "client_secret_post", ...metadata }),
@@ -93,7 +81,7 @@ async function register(metadata: Record<string, unknown> = {}): Promise<{ clien
 }
 
 function authorizeUrl(clientId: string, params: Record<string, string | null> = {}): URL {
-  const url = new URL("/authorize", relay.url);
+  const url = new URL("/authorize", stack.relay.url);
   const { challenge } = pkce();
   const all: Record<string, string | null> = {
     response_type: "code",
@@ -102,7 +90,7 @@ function authorizeUrl(clientId: string, params: Record<string, string | null> = 
     code_challenge: challenge,
     code_challenge_method: "S256",
     state: "s-123",
-    resource: new URL("/mcp", relay.url).toString(),
+    resource: new URL("/mcp", stack.relay.url).toString(),
     ...params,
   };
   for (const [key, value] of Object.entries(all)) if (value !== null) url.searchParams.set(key, value);
@@ -110,7 +98,7 @@ function authorizeUrl(clientId: string, params: Record<string, string | null> = 
 }
 
 function token(params: Record<string, string>): Promise<Response> {
-  return fetch(new URL("/token", relay.url), {
+  return fetch(new URL("/token", stack.relay.url), {
     method: "POST",
     headers: { "Content-Type": "application/x-www-form-urlencoded" },
     body: new URLSearchParams(params),
@@ -118,7 +106,7 @@ function token(params: Record<string, string>): Promise<Response> {
 }
 
 /** A registered client with a code in hand, ready to be redeemed (or misused). */
-async function codeInHand(resource = new URL("/mcp", relay.url).toString()) {
+async function codeInHand(resource = new URL("/mcp", stack.relay.url).toString()) {
   const client = await register();
   const { verifier, challenge } = pkce();
   const code = await approve(authorizeUrl(client.client_id, { code_challenge: challenge, resource }), OWNER_PASSWORD);
@@ -131,7 +119,7 @@ const errorOf = async (response: Response) => ((await response.json()) as { erro
 
 /** An MCP initialize with a bearer token: the status tells whether the token is accepted. */
 async function initializeWith(tokenValue: string, path = "/mcp"): Promise<Response> {
-  return fetch(new URL(path, relay.url), {
+  return fetch(new URL(path, stack.relay.url), {
     method: path === "/mcp" ? "POST" : "GET",
     headers: { Authorization: `Bearer ${tokenValue}`, "Content-Type": "application/json", Accept: "application/json, text/event-stream" },
     body:
@@ -144,25 +132,25 @@ async function initializeWith(tokenValue: string, path = "/mcp"): Promise<Respon
 describe("discovery", () => {
   test("a 401 on /mcp and /sse points to the protected-resource metadata, which names this server", async () => {
     for (const path of ["/mcp", "/sse"]) {
-      const response = await fetch(new URL(path, relay.url), { method: path === "/mcp" ? "POST" : "GET" });
+      const response = await fetch(new URL(path, stack.relay.url), { method: path === "/mcp" ? "POST" : "GET" });
       expect(response.status).toBe(401);
       const challenge = response.headers.get("www-authenticate")!;
       expect(challenge).not.toContain("error="); // no token is not an invalid token
       const metadataUrl = /resource_metadata="([^"]+)"/.exec(challenge)![1]!;
-      expect(metadataUrl).toBe(new URL(`/.well-known/oauth-protected-resource${path}`, relay.url).toString());
+      expect(metadataUrl).toBe(new URL(`/.well-known/oauth-protected-resource${path}`, stack.relay.url).toString());
       const metadata = (await (await fetch(metadataUrl)).json()) as any;
-      expect(metadata).toMatchObject({ resource: new URL(path, relay.url).toString(), authorization_servers: [relay.url.origin] });
+      expect(metadata).toMatchObject({ resource: new URL(path, stack.relay.url).toString(), authorization_servers: [stack.relay.url.origin] });
     }
   });
 
   test("the authorization server metadata requires PKCE S256 and names every endpoint", async () => {
-    const metadata = (await (await fetch(new URL("/.well-known/oauth-authorization-server", relay.url))).json()) as any;
+    const metadata = (await (await fetch(new URL("/.well-known/oauth-authorization-server", stack.relay.url))).json()) as any;
     expect(metadata).toMatchObject({
-      issuer: relay.url.origin,
-      authorization_endpoint: `${relay.url.origin}/authorize`,
-      token_endpoint: `${relay.url.origin}/token`,
-      registration_endpoint: `${relay.url.origin}/register`,
-      revocation_endpoint: `${relay.url.origin}/revoke`,
+      issuer: stack.relay.url.origin,
+      authorization_endpoint: `${stack.relay.url.origin}/authorize`,
+      token_endpoint: `${stack.relay.url.origin}/token`,
+      registration_endpoint: `${stack.relay.url.origin}/register`,
+      revocation_endpoint: `${stack.relay.url.origin}/revoke`,
       code_challenge_methods_supported: ["S256"],
       grant_types_supported: ["authorization_code", "refresh_token"],
     });
@@ -181,7 +169,7 @@ describe("bad inputs get the right error and no token", () => {
   });
 
   test("registration refuses a non-https redirect URI to another host", async () => {
-    const response = await fetch(new URL("/register", relay.url), {
+    const response = await fetch(new URL("/register", stack.relay.url), {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ redirect_uris: ["http://evil.example/callback"] }),
@@ -245,7 +233,7 @@ describe("bad inputs get the right error and no token", () => {
   });
 
   test("a token issued for /sse is refused on /mcp", async () => {
-    const { redeem } = await codeInHand(new URL("/sse", relay.url).toString());
+    const { redeem } = await codeInHand(new URL("/sse", stack.relay.url).toString());
     const tokens = (await (await redeem()).json()) as any;
     const refused = await initializeWith(tokens.access_token, "/mcp");
     expect(refused.status).toBe(401);
@@ -258,21 +246,21 @@ describe("bad inputs get the right error and no token", () => {
   test("an OAuth access token is not an agent token, and an agent token is not a client token", async () => {
     const { redeem } = await codeInHand();
     const tokens = (await (await redeem()).json()) as any;
-    const wrongAgent = await startAgent(relay, { machine: "impostor", token: tokens.access_token, waitConnected: false });
+    const wrongAgent = await startAgent(stack.relay, { machine: "impostor", token: tokens.access_token, waitConnected: false });
     await wrongAgent.stderr.waitFor(/could not register with the relay/);
     await wrongAgent.stop();
     const agentToken = Bun.spawnSync([process.execPath, "run", `${import.meta.dir}/../../server.ts`, "agent-token", "create", "token-kind-check"], {
-      env: { ...process.env, DATABASE_PATH: relay.databasePath },
+      env: { ...process.env, DATABASE_PATH: stack.relay.databasePath },
     }).stdout.toString();
     const machineToken = /crm_[A-Za-z0-9_-]+/.exec(agentToken)![0];
     expect((await initializeWith(machineToken)).status).toBe(401);
-    expect((await initializeWith(relay.token)).status).toBe(200);
+    expect((await initializeWith(stack.relay.token)).status).toBe(200);
   });
 
   test("?access_token= in the URL is refused even when it is valid", async () => {
     const { redeem } = await codeInHand();
     const tokens = (await (await redeem()).json()) as any;
-    const response = await fetch(new URL(`/mcp?access_token=${tokens.access_token}`, relay.url), {
+    const response = await fetch(new URL(`/mcp?access_token=${tokens.access_token}`, stack.relay.url), {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json, text/event-stream" },
       body: "{}",
@@ -283,18 +271,18 @@ describe("bad inputs get the right error and no token", () => {
   test("a wrong owner secret is refused and the page asks again; deny sends access_denied", async () => {
     const client = await register();
     const consent = await openConsent(authorizeUrl(client.client_id));
-    const wrong = await answerConsent(relay.url, consent, { secret: "guess" });
+    const wrong = await answerConsent(stack.relay.url, consent, { secret: "guess" });
     expect(wrong.status).toBe(401);
     expect(await wrong.text()).toContain("Wrong owner secret");
     const again = await openConsent(authorizeUrl(client.client_id));
-    const denied = await answerConsent(relay.url, again, { decision: "deny" });
+    const denied = await answerConsent(stack.relay.url, again, { decision: "deny" });
     expect(new URL(denied.headers.get("location")!).searchParams.get("error")).toBe("access_denied");
   });
 
   test("the consent form without its cookie (a cross-site post) is refused", async () => {
     const client = await register();
     const consent = await openConsent(authorizeUrl(client.client_id));
-    const forged = await answerConsent(relay.url, { ...consent, cookie: "code-remote-consent=forged" }, { secret: OWNER_PASSWORD });
+    const forged = await answerConsent(stack.relay.url, { ...consent, cookie: "code-remote-consent=forged" }, { secret: OWNER_PASSWORD });
     expect(forged.status).toBe(403);
     expect(forged.headers.get("location")).toBeNull();
   });
@@ -316,9 +304,9 @@ test("no token, code or secret ever reaches the relay's output or its database",
   const { client, provider } = await oauthClient("streamable-http");
   await call(client, "check_agent_status");
   await client.close();
-  const secrets = [provider.tokens()!.access_token, provider.tokens()!.refresh_token!, (provider.clientInformation() as any).client_secret, OWNER_PASSWORD, relay.token];
-  const output = relay.stderr.text + relay.stdout.text + agent.stderr.text;
-  const database = Buffer.concat([relay.databasePath, `${relay.databasePath}-wal`].filter(fs.existsSync).map((f) => fs.readFileSync(f)));
+  const secrets = [provider.tokens()!.access_token, provider.tokens()!.refresh_token!, (provider.clientInformation() as any).client_secret, OWNER_PASSWORD, stack.relay.token];
+  const output = stack.relay.stderr.text + stack.relay.stdout.text + stack.agent.stderr.text;
+  const database = Buffer.concat([stack.relay.databasePath, `${stack.relay.databasePath}-wal`].filter(fs.existsSync).map((f) => fs.readFileSync(f)));
   for (const secret of secrets) {
     expect(output).not.toContain(secret);
     expect(database.includes(secret)).toBe(false);
@@ -326,6 +314,6 @@ test("no token, code or secret ever reaches the relay's output or its database",
 });
 
 test("the static bearer token keeps working beside OAuth", async () => {
-  await using client = await connectClient(relay, "streamable-http");
+  await using client = await connectClient(stack.relay, "streamable-http");
   expect((await call(client, "check_agent_status")).data.connected).toBe(1);
 });

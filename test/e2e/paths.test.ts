@@ -1,26 +1,20 @@
 // The path policy over the wire: every escape of the core issue (and research/security.md §1, §4.5) is refused by
 // the real agent with a clear error and no side effect. The pure policy has its own property tests in test/unit.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { connectClient, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
+import { tempDir } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 import { expectRefusedLeavingTreeUnchanged } from "../helpers/snapshot.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
-let relay: Relay;
-let agent: Agent;
-let client: Client & AsyncDisposable;
 const tree = tempDir("cr-paths-");
 const base = tree.path;
 const root = path.join(base, "root");
 const outside = path.join(base, "outside");
 
-beforeAll(async () => {
+beforeAll(() => {
   fs.mkdirSync(path.join(root, "a"), { recursive: true });
   fs.mkdirSync(outside);
   fs.mkdirSync(path.join(base, "rootx"));
@@ -34,20 +28,16 @@ beforeAll(async () => {
   fs.symlinkSync("loop-a", path.join(root, "loop-b"));
   fs.symlinkSync("/dev/zero", path.join(root, "zero"));
   Bun.spawnSync(["mkfifo", path.join(root, "fifo")]);
-  relay = await startRelay();
-  agent = await startAgent(relay, { machine: "jail", roots: [root] });
-  client = await connectClient(relay, "streamable-http");
 });
 
-afterAll(async () => {
-  await client.close();
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
+const stack = useStack({ agent: { machine: "jail", roots: [root] }, client: "streamable-http" });
+
+afterAll(() => {
   tree[Symbol.dispose]();
 });
 
 
-const expectDenied = (tool: string, args: Record<string, unknown>, message: RegExp) => expectRefusedLeavingTreeUnchanged(client, base, tool, args, message);
+const expectDenied = (tool: string, args: Record<string, unknown>, message: RegExp) => expectRefusedLeavingTreeUnchanged(stack.client, base, tool, args, message);
 
 const DENIED = /Access denied: .* is outside the allowed roots/;
 
@@ -89,7 +79,7 @@ describe("what stays allowed", () => {
   test("a symlink inside the root to a file inside the root is followed, and the link kept", async () => {
     fs.writeFileSync(path.join(root, "a", "real.txt"), "v1");
     fs.symlinkSync("a/real.txt", path.join(root, "inner-link"));
-    const w = await call(client, "write_file", { path: `${root}/inner-link`, content: "v2" });
+    const w = await call(stack.client, "write_file", { path: `${root}/inner-link`, content: "v2" });
     expect(w.data.path).toBe(path.join(root, "a", "real.txt"));
     expect(fs.lstatSync(path.join(root, "inner-link")).isSymbolicLink()).toBe(true);
     expect(fs.readFileSync(path.join(root, "a", "real.txt"), "utf8")).toBe("v2");
@@ -104,14 +94,14 @@ describe("what stays allowed", () => {
       const now = fs.readFileSync(file, "utf8");
       if (now !== "old" && now !== big) sawPartial = true;
     }, 1);
-    await call(client, "write_file", { path: file, content: big });
+    await call(stack.client, "write_file", { path: file, content: big });
     clearInterval(watcher);
     expect(sawPartial).toBe(false);
     expect(fs.readdirSync(root).filter((n) => n.endsWith(".tmp"))).toEqual([]);
   });
 
   test("content over the per-call limit is refused with how to proceed", async () => {
-    const r = await call(client, "write_file", { path: `${root}/huge`, content: "x".repeat(3 * 1024 * 1024 + 1) });
+    const r = await call(stack.client, "write_file", { path: `${root}/huge`, content: "x".repeat(3 * 1024 * 1024 + 1) });
     expect(r.isError).toBe(true);
     expect(r.text).toMatch(/append/);
     expect(fs.existsSync(path.join(root, "huge"))).toBe(false);

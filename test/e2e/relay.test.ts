@@ -1,13 +1,10 @@
 // The relay under failure: agents that die, servers that restart, several machines, and a machine name taken
 // over by a second agent. Every test starts its own processes.
 
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { connectClient, eventually, freePort, pidsMatching, startAgent, startRelay } from "../helpers/processes.ts";
 import { eventsOf } from "../helpers/audit.ts";
 import { call } from "../helpers/tools.ts";
-
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
 const marker = () => String(2_000_000 + Math.floor(Math.random() * 7_000_000));
 

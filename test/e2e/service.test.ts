@@ -4,30 +4,21 @@
 // rotates by size while the agent runs. Every output is searched for the token, which must never appear.
 // The compiled binary runs the same flows in binary.test.ts (setup, a tool call, install-service, status).
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { NEUTRAL_CWD, OutputLog, ROOT, connectClient, eventually, freePort, startRelay, tempDir, type Relay } from "../helpers/processes.ts";
+import { NEUTRAL_CWD, OutputLog, ROOT, connectClient, eventually, freePort, tempDir } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
 const AGENT = path.join(ROOT, "agent.ts");
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
-let relay: Relay;
+const stack = useStack({ agent: false });
 /** Everything any agent process printed in this file, searched for the token at the end. */
 const printed: string[] = [];
 
-beforeAll(async () => {
-  relay = await startRelay();
-});
-
-afterAll(async () => {
-  await relay[Symbol.asyncDispose]();
-  expect(printed.join("\n")).not.toContain(relay.token);
+afterAll(() => {
+  expect(printed.join("\n")).not.toContain(stack.relay.token);
 });
 
 /** The environment of a fresh user: a PATH and a HOME, nothing else (no config in the environment). */
@@ -57,11 +48,11 @@ function daemon(env: Record<string, string>, args: string[] = []) {
   };
 }
 
-const relayUrl = () => `ws://127.0.0.1:${relay.port}/ws/agent`;
+const relayUrl = () => `ws://127.0.0.1:${stack.relay.port}/ws/agent`;
 const configFile = (home: string) => path.join(home, ".config", "code-remote", "agent.env");
 
 /** A home with the token in a file, as a user would keep it for `setup --token-file`. */
-function homeWithToken(token = relay.token) {
+function homeWithToken(token = stack.relay.token) {
   const home = tempDir("cr-home-");
   fs.writeFileSync(path.join(home.path, "token"), `${token}\n`, { mode: 0o600 });
   return home;
@@ -91,7 +82,7 @@ describe("setup", () => {
 
   test("--no-check saves without connecting; the token can come from stdin", async () => {
     using home = tempDir("cr-home-");
-    const r = await cli(["setup", "--relay-url", "https://relay.example.com", "--token-stdin", "--machine", "offline", "--no-check"], userEnv(home.path), `${relay.token}\n`);
+    const r = await cli(["setup", "--relay-url", "https://relay.example.com", "--token-stdin", "--machine", "offline", "--no-check"], userEnv(home.path), `${stack.relay.token}\n`);
     expect(r.code).toBe(0);
     expect(r.stdout).not.toContain("Checking");
     // https:// and a bare host are turned into the WebSocket URL the agent dials.
@@ -100,7 +91,7 @@ describe("setup", () => {
 
   test("has no flag for the token itself: argv is visible to every user in ps", async () => {
     using home = tempDir("cr-home-");
-    const r = await cli(["setup", `--token=${relay.token}`, "--relay-url", relayUrl()], userEnv(home.path));
+    const r = await cli(["setup", `--token=${stack.relay.token}`, "--relay-url", relayUrl()], userEnv(home.path));
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("There is no --token");
     expect(r.stderr).toContain("--token-file FILE or --token-stdin");
@@ -123,7 +114,7 @@ describe("setup", () => {
     expect(forced.code).toBe(0);
     const text = fs.readFileSync(configFile(home.path), "utf8");
     expect(text).toContain("MACHINE_NAME=renamed\n");
-    expect(text).toContain(`AGENT_TOKEN=${relay.token}\n`);
+    expect(text).toContain(`AGENT_TOKEN=${stack.relay.token}\n`);
     expect(text).toContain(`ALLOWED_ROOTS=${home.path}\n`);
     expect((fs.statSync(configFile(home.path)).mode & 0o777).toString(8)).toBe("600");
   });
@@ -159,17 +150,17 @@ describe("setup in a terminal", () => {
       proc.stdin.flush();
     };
     await answer("Relay URL (wss://host/ws/agent): ", relayUrl());
-    await answer("typing is hidden): ", relay.token);
+    await answer("typing is hidden): ", stack.relay.token);
     await eventually(() => screen.includes("Saved "), 10_000, "saved");
     proc.stdin.end();
     await proc.exited;
     printed.push(screen);
 
     expect(screen).toContain(relayUrl()); // what is typed in the open is shown
-    expect(screen).not.toContain(relay.token); // the token is not
+    expect(screen).not.toContain(stack.relay.token); // the token is not
     expect(screen).not.toContain("Machine name"); // given as a flag, so not asked
     expect(screen).toContain("Connected as 'tty-box'");
-    expect(fs.readFileSync(configFile(home.path), "utf8")).toContain(`AGENT_TOKEN=${relay.token}\n`);
+    expect(fs.readFileSync(configFile(home.path), "utf8")).toContain(`AGENT_TOKEN=${stack.relay.token}\n`);
   });
 });
 
@@ -186,7 +177,7 @@ describe("the daemon and its configuration file", () => {
     using home = await configuredHome("from-file");
     await using agent = daemon(userEnv(home.path, { MACHINE_NAME: "from-env" }));
     await agent.stderr.waitFor(/agent info connected .*machine="from-env"/);
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     const status = await call(client, "check_agent_status", { machine: "from-env" });
     expect(status.data.machines[0].allowed_roots).toEqual([home.path]);
   });
@@ -214,7 +205,7 @@ describe("the log file", () => {
     const log = path.join(home.path, "logs", "agent.log");
     const maxBytes = 1024;
     await using agent = daemon(
-      userEnv(home.path, { RELAY_URL: relayUrl(), AGENT_TOKEN: relay.token, MACHINE_NAME: "rotating", ALLOWED_ROOTS: home.path, LOG_MAX_BYTES: String(maxBytes), LOG_FILES: "3" }),
+      userEnv(home.path, { RELAY_URL: relayUrl(), AGENT_TOKEN: stack.relay.token, MACHINE_NAME: "rotating", ALLOWED_ROOTS: home.path, LOG_MAX_BYTES: String(maxBytes), LOG_FILES: "3" }),
       ["--log-file", log],
     );
     await eventually(() => fs.existsSync(log) && fs.readFileSync(log, "utf8").includes("agent info connected"), 10_000, "connected in the log file");
@@ -222,7 +213,7 @@ describe("the log file", () => {
     await agent.stderr.waitFor(/logging to /);
     expect(agent.stderr.lines.filter(Boolean)).toEqual([`code-remote-agent: logging to ${log}`]);
 
-    await using client = await connectClient(relay, "streamable-http");
+    await using client = await connectClient(stack.relay, "streamable-http");
     for (let i = 0; i < 40; i++) {
       const r = await call(client, "file_info", { machine: "rotating", path: home.path });
       expect(r.isError).toBe(false);

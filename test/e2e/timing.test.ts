@@ -2,14 +2,11 @@
 // (30 s here; Bun's default of 10 s would cut them), and a dead link is noticed within 30 s on either side.
 // An OAuth authorization code expires after 60 s. The tests run concurrently, so the file takes about a minute.
 
-import { describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import { approve } from "../helpers/oauth.ts";
 import { connectClient, startAgent, startRelay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
-
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
 const LONG = 40_000;
 const TEST_TIMEOUT = 60_000;

@@ -1,36 +1,26 @@
 // The five tools end to end, the same suite over Streamable HTTP and legacy SSE: a real relay, a real agent,
 // the SDK's Client.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { TOOLS } from "../../protocol.ts";
-import { connectClient, startAgent, startRelay, tempDir, TRANSPORTS, type Agent, type Relay } from "../helpers/processes.ts";
+import { connectClient, tempDir, TRANSPORTS } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call, resultSize } from "../helpers/tools.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
-let relay: Relay;
-let agent: Agent;
-let root: string;
 const workspace = tempDir("cr-tools-");
+const root = workspace.path;
 
-beforeAll(async () => {
-  relay = await startRelay();
-  root = workspace.path;
-  agent = await startAgent(relay, { machine: "desk", roots: [root] });
-});
+const stack = useStack({ agent: { machine: "desk", roots: [root] } });
 
-afterAll(async () => {
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
+afterAll(() => {
   workspace[Symbol.dispose]();
 });
 
 describe.each(TRANSPORTS)("over %s", (transport) => {
   test("tools/list has the five tools with titles, annotations, strict input and output schemas", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const { tools } = await client.listTools();
     expect(tools.map((t) => t.name)).toEqual(Object.keys(TOOLS));
     for (const tool of tools) {
@@ -44,7 +34,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("run_shell_command returns exit code, stdout and stderr, in the first allowed root when home is not one", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const r = await call(client, "run_shell_command", { command: "echo out; echo err >&2; pwd; exit 3" });
     expect(r.isError).toBe(false);
     expect(r.data).toMatchObject({ machine: "desk", exit_code: 3, signal: null, stderr: "err\n", timed_out: false, truncated: false });
@@ -54,20 +44,20 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("run_shell_command runs in working_dir and gives the command an empty stdin", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const r = await call(client, "run_shell_command", { command: "pwd; cat; echo done", working_dir: root });
     expect(r.data.stdout).toBe(`${root}\ndone\n`);
   });
 
   test("run_shell_command refuses a working_dir outside the allowed roots", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const r = await call(client, "run_shell_command", { command: "true", working_dir: "/etc" });
     expect(r.isError).toBe(true);
     expect(r.text).toContain("Access denied");
   });
 
   test("unknown fields and wrong types are refused by the input schema", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const extra = await call(client, "read_file", { path: `${root}/x`, surprise: 1 });
     expect(extra.isError).toBe(true);
     const wrong = await call(client, "run_shell_command", { command: "true", timeout: 0 });
@@ -77,7 +67,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("write_file then read_file round-trips text, creating parent directories", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const file = path.join(root, transport, "deep/dir/notes.txt");
     const content = "first line\nsecond – ünïcode ✓\nthird\n";
     const w = await call(client, "write_file", { path: file, content });
@@ -88,7 +78,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("read_file returns a line range and says where to continue", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const file = path.join(root, `${transport}-lines.txt`);
     fs.writeFileSync(file, Array.from({ length: 100 }, (_, i) => `line ${i + 1}\n`).join(""));
     const r = await call(client, "read_file", { path: file, offset: 10, limit: 3 });
@@ -98,7 +88,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("write_file with append adds to the end and keeps the file's mode", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const file = path.join(root, `${transport}-script.sh`);
     fs.writeFileSync(file, "#!/bin/sh\n");
     fs.chmodSync(file, 0o750);
@@ -109,7 +99,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("binary content round-trips byte for byte through write_file and read_file", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const bytes = new Uint8Array(20_000).map((_, i) => (i * 7919 + 13) % 256);
     const file = path.join(root, `${transport}-blob.bin`);
     const w = await call(client, "write_file", { path: file, content: Buffer.from(bytes).toString("base64"), encoding: "base64" });
@@ -121,7 +111,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("binary reads come in 32 KiB parts by default; an explicit limit takes up to 1 MiB at once", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const bytes = Buffer.from(new Uint8Array(300_000).map((_, i) => (i * 31 + 7) % 256));
     const file = path.join(root, `${transport}-bulk.bin`);
     fs.writeFileSync(file, bytes);
@@ -134,7 +124,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("list_directory lists entries sorted with type, size and time", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const dir = path.join(root, `${transport}-list`);
     fs.mkdirSync(path.join(dir, "sub"), { recursive: true });
     fs.writeFileSync(path.join(dir, "b.txt"), "12345");
@@ -151,7 +141,7 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("check_agent_status makes a live round trip and reports the agent", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const r = await call(client, "check_agent_status");
     expect(r.isError).toBe(false);
     expect(r.data.connected).toBe(1);
@@ -162,14 +152,14 @@ describe.each(TRANSPORTS)("over %s", (transport) => {
   });
 
   test("a tool naming an unknown machine fails with the list of connected machines", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const r = await call(client, "read_file", { path: `${root}/x`, machine: "nope" });
     expect(r.isError).toBe(true);
     expect(r.text).toBe("Machine 'nope' is not connected. Connected: desk.");
   });
 
   test("every result stays under 100,000 characters", async () => {
-    await using client = await connectClient(relay, transport);
+    await using client = await connectClient(stack.relay, transport);
     const file = path.join(root, `${transport}-big.txt`);
     fs.writeFileSync(file, "x".repeat(300) + "\n".repeat(1) + "y\n".repeat(200_000));
     const r = await call(client, "read_file", { path: file });

@@ -5,25 +5,22 @@
 // The relay believes X-Forwarded-For (TRUST_PROXY=1), so each test fails from its own loopback address and the
 // throttling of one does not spill into the next.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { createHash } from "node:crypto";
 import * as path from "node:path";
 import { eventsOf } from "../helpers/audit.ts";
 import { hello } from "./frames.ts";
 import { answerConsent, newAuthorizationUrl, openConsent } from "../helpers/oauth.ts";
-import { newToken, ROOT, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { newToken, ROOT, startAgent } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { bearer, INITIALIZE, MCP_HEADERS, oauthGrant, openSession, post, rawSocket, request, toolAnswer, whereLeaked, type Grant } from "./raw.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
 const AGENT_TOKEN = newToken();
-let relay: Relay;
-let agent: Agent;
+const stack = useStack({ relay: { env: { AGENT_TOKEN, TRUST_PROXY: "1" } }, agent: { machine: "guarded", token: AGENT_TOKEN } });
 let grant: Grant;
 let machineToken: string;
-const wsUrl = (query = "") => `ws://127.0.0.1:${relay.port}/ws/agent${query}`;
+const wsUrl = (query = "") => `ws://127.0.0.1:${stack.relay.port}/ws/agent${query}`;
 
 /** A fresh loopback source address per call (the relay trusts one proxy hop), so failures never add up across tests. */
 let addresses = 0;
@@ -32,29 +29,22 @@ const fromNewAddress = () => ({ "X-Forwarded-For": `127.0.${Math.floor(addresses
 /** Runs `bun run server.ts agent-token …` on the relay's database, as the owner would. */
 function agentTokenCli(...args: string[]): string {
   const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", ...args], {
-    env: { PATH: process.env.PATH!, HOME: process.env.HOME!, DATABASE_PATH: relay.databasePath },
+    env: { PATH: process.env.PATH!, HOME: process.env.HOME!, DATABASE_PATH: stack.relay.databasePath },
   });
   if (result.exitCode !== 0) throw new Error(result.stderr.toString());
   return result.stdout.toString();
 }
 
 beforeAll(async () => {
-  relay = await startRelay({ env: { AGENT_TOKEN, TRUST_PROXY: "1" } });
-  agent = await startAgent(relay, { machine: "guarded", token: AGENT_TOKEN });
-  grant = await oauthGrant(relay, relay.token);
+  grant = await oauthGrant(stack.relay, stack.relay.token);
   machineToken = /crm_\S+/.exec(agentTokenCli("create", "laptop"))![0];
 });
 
-afterAll(async () => {
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
-});
-
-const initialize = (headers: Record<string, string>, pathAndQuery = "/mcp") => post(relay, pathAndQuery, INITIALIZE, { ...fromNewAddress(), ...headers });
+const initialize = (headers: Record<string, string>, pathAndQuery = "/mcp") => post(stack.relay, pathAndQuery, INITIALIZE, { ...fromNewAddress(), ...headers });
 
 /** What a WebSocket upgrade to /ws/agent is answered with, as an HTTP status (101 when it is accepted). */
 async function upgradeStatus(headers: Record<string, string>, query = ""): Promise<number> {
-  const response = await fetch(new URL(`/ws/agent${query}`, relay.url), {
+  const response = await fetch(new URL(`/ws/agent${query}`, stack.relay.url), {
     headers: { Upgrade: "websocket", Connection: "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", ...fromNewAddress(), ...headers },
   });
   await response.body?.cancel();
@@ -65,20 +55,20 @@ describe("wrong tokens", () => {
   test("no token gets 401 with an OAuth challenge, does not count as a failure, and writes no audit row", async () => {
     const address = fromNewAddress();
     for (let i = 0; i < 15; i++) {
-      const reply = await post(relay, "/mcp", INITIALIZE, address);
+      const reply = await post(stack.relay, "/mcp", INITIALIZE, address);
       expect(reply.status).toBe(401);
       expect(reply.error!.message).toContain("Missing credentials");
       expect(reply.headers.get("www-authenticate")).toContain("resource_metadata=");
     }
     // Anyone can send these at no cost, so they must not grow the audit log.
-    const noTokenRows = eventsOf(relay.databasePath).filter((e) => e.kind === "auth_refused" && e.detail.detail.endsWith("no token"));
+    const noTokenRows = eventsOf(stack.relay.databasePath).filter((e) => e.kind === "auth_refused" && e.detail.detail.endsWith("no token"));
     expect(noTokenRows).toEqual([]);
-    expect((await post(relay, "/mcp", INITIALIZE, { ...address, ...bearer(relay.token) })).status).toBe(200);
+    expect((await post(stack.relay, "/mcp", INITIALIZE, { ...address, ...bearer(stack.relay.token) })).status).toBe(200);
   });
 
   test("wrong tokens of the same and of other lengths get the very same 401", async () => {
     const answers = new Set<string>();
-    for (const wrong of [newToken(), relay.token.slice(0, -1) + (relay.token.endsWith("0") ? "1" : "0"), "x", "y".repeat(63), "z".repeat(65), "w".repeat(4096)]) {
+    for (const wrong of [newToken(), stack.relay.token.slice(0, -1) + (stack.relay.token.endsWith("0") ? "1" : "0"), "x", "y".repeat(63), "z".repeat(65), "w".repeat(4096)]) {
       const reply = await initialize(bearer(wrong));
       expect(reply.status).toBe(401);
       expect(reply.headers.get("www-authenticate")).toContain('error="invalid_token"');
@@ -88,16 +78,16 @@ describe("wrong tokens", () => {
   });
 
   test("an expired OAuth access token gets 401, while the client's refresh token still gets it a new one", async () => {
-    const own = await oauthGrant(relay, relay.token);
+    const own = await oauthGrant(stack.relay, stack.relay.token);
     expect((await initialize(bearer(own.access))).status).toBe(200);
-    const db = new Database(relay.databasePath);
+    const db = new Database(stack.relay.databasePath);
     db.run("PRAGMA busy_timeout = 5000");
     db.query("UPDATE oauth_tokens SET expires_at = ? WHERE token_hash = ?").run(Date.now() - 1, createHash("sha256").update(own.access).digest("hex"));
     db.close();
     const expired = await initialize(bearer(own.access));
     expect(expired.status).toBe(401);
     expect(expired.headers.get("www-authenticate")).toContain('error="invalid_token"');
-    const refreshed = await fetch(new URL("/token", relay.url), {
+    const refreshed = await fetch(new URL("/token", stack.relay.url), {
       method: "POST",
       headers: { "Content-Type": "application/x-www-form-urlencoded", ...fromNewAddress() },
       body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: own.refresh, client_id: own.clientId, client_secret: own.clientSecret }),
@@ -108,9 +98,9 @@ describe("wrong tokens", () => {
   });
 
   test("a revoked OAuth access token gets 401 at once, and its open session is refused too", async () => {
-    const own = await oauthGrant(relay, relay.token);
-    const session = await openSession(relay, own.access);
-    const revoked = await fetch(new URL("/revoke", relay.url), {
+    const own = await oauthGrant(stack.relay, stack.relay.token);
+    const session = await openSession(stack.relay, own.access);
+    const revoked = await fetch(new URL("/revoke", stack.relay.url), {
       method: "POST",
       headers: { "Content-Type": "application/x-www-form-urlencoded", ...fromNewAddress() },
       body: new URLSearchParams({ token: own.access, client_id: own.clientId, client_secret: own.clientSecret }),
@@ -126,15 +116,15 @@ describe("wrong tokens", () => {
     expect(await impostor.opened).toBe(true);
     impostor.send(JSON.stringify(hello("laptop")));
     expect(await impostor.closed).toEqual({ code: 4003, reason: "machine 'laptop' has its own agent token; connect with that one" });
-    const refusal = eventsOf(relay.databasePath, "--machine", "laptop").find((e) => e.kind === "auth_refused");
+    const refusal = eventsOf(stack.relay.databasePath, "--machine", "laptop").find((e) => e.kind === "auth_refused");
     expect(refusal?.detail.detail).toBe("shared agent token used as 'laptop', which has its own token");
   });
 
   test("a revoked per-machine agent token disconnects its agent (4003) and is refused at the next upgrade", async () => {
     const token = /crm_\S+/.exec(agentTokenCli("create", "doomed"))![0];
-    await using doomed = await startAgent(relay, { machine: "doomed", token });
+    await using doomed = await startAgent(stack.relay, { machine: "doomed", token });
     agentTokenCli("revoke", "doomed");
-    await relay.stderr.waitFor(/agent token revoked; disconnecting machine="doomed"/);
+    await stack.relay.stderr.waitFor(/agent token revoked; disconnecting machine="doomed"/);
     await doomed.stderr.waitFor(/could not register with the relay/, 15_000);
     expect(await upgradeStatus(bearer(token))).toBe(401);
   });
@@ -150,12 +140,12 @@ describe("a credential of one kind in the place of another", () => {
   for (const [what, token] of onMcp) {
     test(`${what} on /mcp gets 401`, async () => {
       expect((await initialize(bearer(token()))).status).toBe(401);
-      expect((await request(relay, "/sse", { headers: { ...bearer(token()), ...fromNewAddress() } })).status).toBe(401);
+      expect((await request(stack.relay, "/sse", { headers: { ...bearer(token()), ...fromNewAddress() } })).status).toBe(401);
     });
   }
 
   const onAgentSocket: [string, () => string][] = [
-    ["the client token (AUTH_TOKEN)", () => relay.token],
+    ["the client token (AUTH_TOKEN)", () => stack.relay.token],
     ["an OAuth access token", () => grant.access],
     ["an OAuth refresh token", () => grant.refresh],
   ];
@@ -166,7 +156,7 @@ describe("a credential of one kind in the place of another", () => {
   }
 
   test("the right credentials in their own places are accepted (the cases above fail for the right reason)", async () => {
-    expect((await initialize(bearer(relay.token))).status).toBe(200);
+    expect((await initialize(bearer(stack.relay.token))).status).toBe(200);
     expect((await initialize(bearer(grant.access))).status).toBe(200);
     expect(await upgradeStatus(bearer(AGENT_TOKEN))).toBe(101);
     expect(await upgradeStatus(bearer(machineToken))).toBe(101);
@@ -178,11 +168,11 @@ describe("tokens in URLs", () => {
 
   test("a token in any credential-like query parameter is refused on every route, even with the right header", async () => {
     for (const param of params) {
-      const query = `?${param}=${relay.token}`;
-      const mcp = await initialize(bearer(relay.token), `/mcp${query}`);
+      const query = `?${param}=${stack.relay.token}`;
+      const mcp = await initialize(bearer(stack.relay.token), `/mcp${query}`);
       expect([mcp.status, mcp.error?.message]).toEqual([401, "Tokens in URLs are refused (URLs end up in logs). Send the header Authorization: Bearer <token>."]);
-      expect((await request(relay, `/sse${query}`, { headers: { ...bearer(relay.token), ...fromNewAddress() } })).status).toBe(401);
-      expect((await post(relay, `/messages?sessionId=x&${param}=${relay.token}`, "{}", { ...bearer(relay.token), ...fromNewAddress() })).status).toBe(401);
+      expect((await request(stack.relay, `/sse${query}`, { headers: { ...bearer(stack.relay.token), ...fromNewAddress() } })).status).toBe(401);
+      expect((await post(stack.relay, `/messages?sessionId=x&${param}=${stack.relay.token}`, "{}", { ...bearer(stack.relay.token), ...fromNewAddress() })).status).toBe(401);
       expect(await upgradeStatus(bearer(AGENT_TOKEN), `?${param}=${AGENT_TOKEN}`)).toBe(401);
     }
   });
@@ -190,19 +180,19 @@ describe("tokens in URLs", () => {
   test("the refused tokens appear in no response, no log line and no database file", async () => {
     const answers = [
       await initialize({}, `/mcp?access_token=${grant.access}`),
-      await request(relay, `/sse?token=${relay.token}`, { headers: fromNewAddress() }),
+      await request(stack.relay, `/sse?token=${stack.relay.token}`, { headers: fromNewAddress() }),
     ];
     for (const answer of answers) {
       const headers = JSON.stringify([...answer.headers]);
-      for (const secret of [relay.token, grant.access]) {
+      for (const secret of [stack.relay.token, grant.access]) {
         expect(answer.text).not.toContain(secret);
         expect(headers).not.toContain(secret);
       }
     }
     const socket = rawSocket(wsUrl(`?token=${AGENT_TOKEN}`), fromNewAddress());
     expect(await socket.opened).toBe(false);
-    await relay.stderr.waitFor(/authentication refused path="\/ws\/agent".*reason="token in URL"/);
-    for (const secret of [relay.token, AGENT_TOKEN, grant.access, grant.refresh, machineToken]) expect(whereLeaked(secret, relay, [agent])).toEqual([]);
+    await stack.relay.stderr.waitFor(/authentication refused path="\/ws\/agent".*reason="token in URL"/);
+    for (const secret of [stack.relay.token, AGENT_TOKEN, grant.access, grant.refresh, machineToken]) expect(whereLeaked(secret, stack.relay, [stack.agent])).toEqual([]);
   });
 });
 
@@ -215,7 +205,7 @@ describe("the Authorization header, spelled in unusual ways", () => {
   ];
   for (const [what, header] of accepted) {
     test(`${what} is accepted (the scheme is case-insensitive and 1*SP may separate it: RFC 9110 §11.4)`, async () => {
-      expect((await initialize({ Authorization: header(relay.token) })).status).toBe(200);
+      expect((await initialize({ Authorization: header(stack.relay.token) })).status).toBe(200);
     });
   }
 
@@ -228,9 +218,9 @@ describe("the Authorization header, spelled in unusual ways", () => {
   ];
   for (const [what, header] of refused) {
     test(`${what} gets 401`, async () => {
-      const reply = await initialize({ Authorization: header(relay.token) });
+      const reply = await initialize({ Authorization: header(stack.relay.token) });
       expect(reply.status).toBe(401);
-      expect(reply.text).not.toContain(relay.token);
+      expect(reply.text).not.toContain(stack.relay.token);
     });
   }
 });
@@ -240,7 +230,7 @@ test("1000 failures from one address: 401 for the first eleven, then 429 with Re
   const statuses: number[] = [];
   let retryAfter = 0;
   for (let i = 0; i < 1000; i++) {
-    const response = await fetch(new URL("/mcp", relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...address, ...bearer(newToken()) }, body: "{}" });
+    const response = await fetch(new URL("/mcp", stack.relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...address, ...bearer(newToken()) }, body: "{}" });
     statuses.push(response.status);
     if (response.status === 429) retryAfter = Math.max(retryAfter, Number(response.headers.get("retry-after")));
     await response.body?.cancel();
@@ -252,19 +242,19 @@ test("1000 failures from one address: 401 for the first eleven, then 429 with Re
   expect(unauthorized).toBeLessThanOrEqual(11 + Math.ceil(Math.log2(60)));
   expect(statuses.filter((s) => s === 429).length).toBe(1000 - unauthorized);
   expect(retryAfter).toBeGreaterThanOrEqual(1);
-  const rightToken = await initialize({ ...address, ...bearer(relay.token) });
+  const rightToken = await initialize({ ...address, ...bearer(stack.relay.token) });
   expect(rightToken.status).toBe(429);
   expect(rightToken.error!.message).toMatch(/Too many failed attempts from this address; try again in \d+ s\./);
   expect(await upgradeStatus({ ...address, ...bearer(AGENT_TOKEN) })).toBe(429);
-  expect((await initialize(bearer(relay.token))).status).toBe(200); // another address is not affected
-  const session = await openSession(relay);
+  expect((await initialize(bearer(stack.relay.token))).status).toBe(200); // another address is not affected
+  const session = await openSession(stack.relay);
   expect(toolAnswer(await session.callTool("run_shell_command", { command: "echo served" })).data.stdout).toBe("served\n");
 });
 
 test("a token holder's successful logins do not buy more guesses at the owner secret", async () => {
   const address = fromNewAddress();
   const guess = async (secret: string) => {
-    const response = await fetch(new URL("/login", relay.url), {
+    const response = await fetch(new URL("/login", stack.relay.url), {
       method: "POST",
       redirect: "manual",
       headers: { "Content-Type": "application/x-www-form-urlencoded", ...address },
@@ -277,22 +267,22 @@ test("a token holder's successful logins do not buy more guesses at the owner se
   for (let round = 0; round < 2; round++) {
     for (let i = 0; i < 6; i++) statuses.push(await guess(`guess ${round}-${i}`));
     expect(await upgradeStatus({ ...address, ...bearer(machineToken) })).toBe(101); // a success from the same address
-    expect((await initialize({ ...address, ...bearer(relay.token) })).status).toBe(200);
+    expect((await initialize({ ...address, ...bearer(stack.relay.token) })).status).toBe(200);
   }
   // Twelve wrong guesses: the eleventh starts the wait, the twelfth meets it, despite the successes in between.
   expect(statuses.slice(0, 11)).toEqual(Array(11).fill(401));
   expect(statuses[11]).toBe(429);
-  expect(await guess(relay.token)).toBe(429); // the right secret waits too
+  expect(await guess(stack.relay.token)).toBe(429); // the right secret waits too
 });
 
 describe("floods of OAuth requests cannot lock the owner out", () => {
   const REDIRECT = "http://127.0.0.1:1/callback";
   /** The owner's answer (the right secret), posted from `address`. */
   const answerFrom = (consent: { requestId: string; cookie: string }, address: Record<string, string>) =>
-    answerConsent(relay.url, consent, { secret: relay.token, headers: address });
+    answerConsent(stack.relay.url, consent, { secret: stack.relay.token, headers: address });
 
   test("1,100 pending consent pages from 110 addresses: the owner's page still opens and approves", async () => {
-    const url = await newAuthorizationUrl(relay.url, REDIRECT);
+    const url = await newAuthorizationUrl(stack.relay.url, REDIRECT);
     for (let batch = 0; batch < 110; batch++) {
       const address = fromNewAddress();
       const statuses = await Promise.all(Array.from({ length: 10 }, () => openConsent(url, address).then((c) => c.response.status)));
@@ -307,7 +297,7 @@ describe("floods of OAuth requests cannot lock the owner out", () => {
   });
 
   test("one address keeps its last ten pending consents: the eleventh drops its first", async () => {
-    const url = await newAuthorizationUrl(relay.url, REDIRECT);
+    const url = await newAuthorizationUrl(stack.relay.url, REDIRECT);
     const address = fromNewAddress();
     const consents = [];
     for (let i = 0; i < 11; i++) consents.push(await openConsent(url, address));
@@ -326,10 +316,10 @@ test(
         let timer: ReturnType<typeof setInterval> | undefined;
         const socket = await Bun.connect({
           hostname: "127.0.0.1",
-          port: relay.port,
+          port: stack.relay.port,
           socket: { data() {}, close: () => (clearInterval(timer), resolve(Date.now() - opened)) },
         });
-        socket.write(`GET /ws/agent HTTP/1.1\r\nHost: 127.0.0.1:${relay.port}\r\nUpgrade: websocket\r\nAuthorization: Bearer ${AGENT_TOKEN}\r\n`);
+        socket.write(`GET /ws/agent HTTP/1.1\r\nHost: 127.0.0.1:${stack.relay.port}\r\nUpgrade: websocket\r\nAuthorization: Bearer ${AGENT_TOKEN}\r\n`);
         if (trickle) timer = setInterval(() => socket.write(`X-Slow-${Date.now()}: a\r\n`), 2_000);
         setTimeout(() => (clearInterval(timer), socket.end()), 50_000); // bounded even if the relay never closes it
       });
@@ -337,8 +327,8 @@ test(
     const silent = Array.from({ length: 5 }, () => rawSocket(wsUrl(), bearer(AGENT_TOKEN)));
     for (const s of silent) expect(await s.opened).toBe(true);
 
-    await using late = await startAgent(relay, { machine: "late", token: AGENT_TOKEN });
-    const session = await openSession(relay);
+    await using late = await startAgent(stack.relay, { machine: "late", token: AGENT_TOKEN });
+    const session = await openSession(stack.relay);
     const status = toolAnswer(await session.callTool("check_agent_status", { machine: "late" }));
     expect(status.data.machines[0].pid).toBe(late.proc.pid);
 
@@ -346,7 +336,7 @@ test(
     const closedAfterMs = await Promise.all(slow);
     // Bun drops a request whose headers are not complete within about 10 s; the idle timeout would be 30 s.
     expect(Math.max(...closedAfterMs)).toBeLessThan(40_000);
-    expect(relay.proc.exitCode).toBeNull();
+    expect(stack.relay.proc.exitCode).toBeNull();
   },
   60_000,
 );

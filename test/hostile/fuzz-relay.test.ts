@@ -5,11 +5,11 @@
 // the real agent and its clients, and turns any answer a hostile agent gives to a call into either a valid result
 // or a clear tool error. Runs are bounded (numRuns), and each connection is closed before the next.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import fc from "fast-check";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { AgentFrame, CloseCode, opSchemas, parseFrame, PROTOCOL_VERSION } from "../../protocol.ts";
-import { connectClient, newToken, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { newToken } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 import { agentFrameAfterHello, garbage, hello, mutated, onTheWire } from "./frames.ts";
 import { bearer, rawSocket, type RawSocket } from "./raw.ts";
@@ -19,27 +19,22 @@ setDefaultTimeout(120_000);
 fc.configureGlobal({ interruptAfterTimeLimit: 60_000, markInterruptAsFailure: true });
 
 const AGENT_TOKEN = newToken();
-let relay: Relay;
-let agent: Agent;
-let client: Client & AsyncDisposable;
 let machines = 0;
 const stats = { connections: 0, frames: 0, closedWithReason: 0 };
 
-beforeAll(async () => {
-  relay = await startRelay({ env: { AGENT_TOKEN, CLIENT_CALLS_PER_MINUTE: "0" } });
-  agent = await startAgent(relay, { machine: "real", token: AGENT_TOKEN });
-  client = await connectClient(relay, "streamable-http");
+// Made before the stack's, so the counts are printed before it stops.
+afterAll(() => {
+  console.log(`fuzz-relay: ${stats.connections} fake-agent connections, ${stats.frames} frames, ${stats.closedWithReason} closed with 4000 and a reason`);
 });
 
-afterAll(async () => {
-  console.log(`fuzz-relay: ${stats.connections} fake-agent connections, ${stats.frames} frames, ${stats.closedWithReason} closed with 4000 and a reason`);
-  await client.close();
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
+const stack = useStack({
+  relay: { env: { AGENT_TOKEN, CLIENT_CALLS_PER_MINUTE: "0" } },
+  agent: { machine: "real", token: AGENT_TOKEN },
+  client: "streamable-http",
 });
 
 async function fakeAgent(): Promise<RawSocket> {
-  const socket = rawSocket(`ws://127.0.0.1:${relay.port}/ws/agent`, bearer(AGENT_TOKEN));
+  const socket = rawSocket(`ws://127.0.0.1:${stack.relay.port}/ws/agent`, bearer(AGENT_TOKEN));
   if (!(await socket.opened)) throw new Error("the relay refused the fake agent's upgrade");
   stats.connections++;
   return socket;
@@ -71,8 +66,8 @@ function expectHarmlessReason(reason: string, frame: string | Uint8Array) {
 
 /** The real agent still answers through the relay, promptly. */
 async function realAgentServed() {
-  const status = await call(client, "check_agent_status", { machine: "real" }, { timeout: 10_000 });
-  expect(status.data.machines[0]).toMatchObject({ machine: "real", pid: agent.proc.pid });
+  const status = await call(stack.client, "check_agent_status", { machine: "real" }, { timeout: 10_000 });
+  expect(status.data.machines[0]).toMatchObject({ machine: "real", pid: stack.agent.proc.pid });
   expect(status.data.machines[0].error).toBeUndefined();
 }
 
@@ -202,7 +197,7 @@ describe("a hostile agent answering real calls", () => {
     const ok = { valid: 0, malformed: 0, failed: 0 };
     await fc.assert(
       fc.asyncProperty(answer, fc.boolean(), async (reply, noiseFirst) => {
-        const pending = call(client, "read_file", { machine: "fz-answers", path: "/x" }, { timeout: 10_000 });
+        const pending = call(stack.client, "read_file", { machine: "fz-answers", path: "/x" }, { timeout: 10_000 });
         let request = await nextFrame(socket);
         while (request?.type === "ping") request = await nextFrame(socket);
         expect(request).toMatchObject({ type: "request", op: "read_file", args: { path: "/x" } });
@@ -235,9 +230,9 @@ describe("a hostile agent answering real calls", () => {
 });
 
 test("after the fuzzing the relay is the same process, the real agent never dropped, and no fake agent is left registered", async () => {
-  expect(relay.proc.exitCode).toBeNull();
-  expect(relay.stderr.lines.filter((l) => l.includes('agent disconnected machine="real"'))).toEqual([]);
+  expect(stack.relay.proc.exitCode).toBeNull();
+  expect(stack.relay.stderr.lines.filter((l) => l.includes('agent disconnected machine="real"'))).toEqual([]);
   await realAgentServed();
-  const status = await call(client, "check_agent_status");
+  const status = await call(stack.client, "check_agent_status");
   expect(status.data.machines.map((m: { machine: string }) => m.machine)).toEqual(["real"]);
 });

@@ -3,17 +3,14 @@
 // and changes nothing outside, or (for the ones that stay inside) does exactly what the path says. The
 // symlink-swap race is in race.test.ts.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { connectClient, NEUTRAL_CWD, OutputLog, ROOT, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
+import { NEUTRAL_CWD, OutputLog, ROOT, tempDir } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 import { expectRefusedLeavingTreeUnchanged, snapshot } from "../helpers/snapshot.ts";
-
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
 
 const SECRET = "outside secret\n";
 const tree = tempDir("cr-hpaths-");
@@ -22,11 +19,8 @@ const root = path.join(base, "root");
 const outside = path.join(base, "outside");
 const SIBLINGS = ["root2", "rootx", "root ", "root'", "root.bak", "root\t"];
 const isRoot = process.getuid?.() === 0;
-let relay: Relay;
-let agent: Agent;
-let client: Client & AsyncDisposable;
 
-beforeAll(async () => {
+beforeAll(() => {
   fs.mkdirSync(path.join(root, "dir"), { recursive: true });
   fs.mkdirSync(outside);
   fs.writeFileSync(path.join(root, "in.txt"), "inside\n");
@@ -53,23 +47,22 @@ beforeAll(async () => {
   link("/dev/tty", "tty");
   fs.linkSync(path.join(outside, "secret"), path.join(root, "hardlink-to-secret"));
   Bun.spawnSync(["mkfifo", path.join(root, "fifo")]);
-  relay = await startRelay();
-  agent = await startAgent(relay, { machine: "paths", roots: [root] });
-  fs.symlinkSync(`/proc/${agent.proc.pid}/mem`, path.join(root, "agent-mem"));
-  client = await connectClient(relay, "streamable-http");
 });
 
-afterAll(async () => {
-  await client.close();
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
+const stack = useStack({ agent: { machine: "paths", roots: [root] }, client: "streamable-http" });
+
+beforeAll(() => {
+  fs.symlinkSync(`/proc/${stack.agent.proc.pid}/mem`, path.join(root, "agent-mem"));
+});
+
+afterAll(() => {
   tree[Symbol.dispose]();
 });
 
 
 /** Expects a tool error matching `message` that leaks nothing from outside, and that nothing in the whole tree changed. */
 async function refused(tool: string, args: Record<string, unknown>, message: RegExp) {
-  const text = await expectRefusedLeavingTreeUnchanged(client, base, tool, args, message);
+  const text = await expectRefusedLeavingTreeUnchanged(stack.client, base, tool, args, message);
   expect(text).not.toContain("outside secret");
 }
 
@@ -101,18 +94,18 @@ describe("escapes by name", () => {
 
 describe("names that stay inside and mean what they say", () => {
   test("//root/in.txt is the same file (a leading double slash is one slash)", async () => {
-    const r = await call(client, "read_file", { path: `/${root}/in.txt` });
+    const r = await call(stack.client, "read_file", { path: `/${root}/in.txt` });
     expect(r.data).toMatchObject({ path: path.join(root, "in.txt"), content: "inside\n" });
   });
 
   test("a trailing /. and /./ are normalized away", async () => {
-    expect((await call(client, "list_directory", { path: `${root}/dir/.` })).data.path).toBe(path.join(root, "dir"));
-    expect((await call(client, "read_file", { path: `${root}/./in.txt` })).data.content).toBe("inside\n");
+    expect((await call(stack.client, "list_directory", { path: `${root}/dir/.` })).data.path).toBe(path.join(root, "dir"));
+    expect((await call(stack.client, "read_file", { path: `${root}/./in.txt` })).data.content).toBe("inside\n");
   });
 
   test("%2e%2e%2f stays literal: a file of that name inside the root, nothing outside", async () => {
     const before = snapshot(outside);
-    const w = await call(client, "write_file", { path: `${root}/%2e%2e%2f%2e%2e%2foutside%2fsecret`, content: "literal" });
+    const w = await call(stack.client, "write_file", { path: `${root}/%2e%2e%2f%2e%2e%2foutside%2fsecret`, content: "literal" });
     expect(w.data.path).toBe(path.join(root, "%2e%2e%2f%2e%2e%2foutside%2fsecret"));
     expect(fs.readFileSync(path.join(root, "%2e%2e%2f%2e%2e%2foutside%2fsecret"), "utf8")).toBe("literal");
     expect(snapshot(outside)).toBe(before);
@@ -121,19 +114,19 @@ describe("names that stay inside and mean what they say", () => {
   test("NFC and NFD spellings of a name are two different files: nothing is normalized", async () => {
     const nfc = "caf\u00e9.txt";
     const nfd = "cafe\u0301.txt";
-    await call(client, "write_file", { path: `${root}/${nfc}`, content: "nfc" });
-    const missing = await call(client, "read_file", { path: `${root}/${nfd}` });
+    await call(stack.client, "write_file", { path: `${root}/${nfc}`, content: "nfc" });
+    const missing = await call(stack.client, "read_file", { path: `${root}/${nfd}` });
     expect(missing.isError).toBe(true);
     expect(missing.text).toContain("does not exist");
-    await call(client, "write_file", { path: `${root}/${nfd}`, content: "nfd" });
+    await call(stack.client, "write_file", { path: `${root}/${nfd}`, content: "nfd" });
     expect(fs.readFileSync(path.join(root, nfc), "utf8")).toBe("nfc");
     expect(fs.readFileSync(path.join(root, nfd), "utf8")).toBe("nfd");
   });
 
   test("RTL-override and zero-width characters in a name are kept and listed byte for byte", async () => {
     const names = ["invoice\u202Efdp.exe", "zero\u200Bwidth", "joiner\u200D\uFEFF"];
-    for (const name of names) expect((await call(client, "write_file", { path: `${root}/dir/${name}`, content: name })).isError).toBe(false);
-    const listing = await call(client, "list_directory", { path: `${root}/dir` });
+    for (const name of names) expect((await call(stack.client, "write_file", { path: `${root}/dir/${name}`, content: name })).isError).toBe(false);
+    const listing = await call(stack.client, "list_directory", { path: `${root}/dir` });
     expect(listing.data.entries.map((e: { name: string }) => e.name).sort()).toEqual([...names].sort());
     for (const name of names) expect(fs.readFileSync(path.join(root, "dir", name), "utf8")).toBe(name);
   });
@@ -143,7 +136,7 @@ describe("symlinks", () => {
   test("to /etc/shadow", () => refused("read_file", { path: `${root}/shadow` }, DENIED));
   test("to a symlink to /etc/shadow", () => refused("read_file", { path: `${root}/link-to-shadow-link` }, DENIED));
   test("a chain of two links inside the root is followed", async () => {
-    expect((await call(client, "read_file", { path: `${root}/in-link-link` })).data).toMatchObject({ path: path.join(root, "in.txt"), content: "inside\n" });
+    expect((await call(stack.client, "read_file", { path: `${root}/in-link-link` })).data).toMatchObject({ path: path.join(root, "in.txt"), content: "inside\n" });
   });
   test("a loop of two links", () => refused("read_file", { path: `${root}/loop-a` }, /symlink loop/));
   test("a link to itself", () => refused("write_file", { path: `${root}/self`, content: "x" }, /symlink loop/));
@@ -160,7 +153,7 @@ describe("symlinks", () => {
     await refused("edit_file", { path: `${root}/outside-dir/secret`, edits: [{ old_text: "outside", new_text: "pwned" }] }, DENIED);
   });
   test("a search from the root never follows the link out", async () => {
-    const r = await call(client, "search_files", { path: root, content: "outside secret", include_hidden: true });
+    const r = await call(stack.client, "search_files", { path: root, content: "outside secret", include_hidden: true });
     expect(r.data.matches.map((m: { file: string }) => m.file)).toEqual(["hardlink-to-secret"]); // see the hard link below
   });
   test("/proc/self/environ through a link in the root", () => refused("read_file", { path: `${root}/environ` }, DENIED));
@@ -199,7 +192,7 @@ describe("special and odd files", () => {
     const file = path.join(root, "sparse");
     fs.writeFileSync(file, "");
     fs.truncateSync(file, 8 * 1024 ** 3);
-    const r = await call(client, "read_file", { path: file });
+    const r = await call(stack.client, "read_file", { path: file });
     expect(r.data).toMatchObject({ encoding: "base64", size: 8 * 1024 ** 3, offset: 0, returned: 32 * 1024, truncated: true, next_offset: 32 * 1024 });
     expect(Buffer.from(r.data.content, "base64").equals(Buffer.alloc(32 * 1024))).toBe(true);
     fs.rmSync(file);
@@ -211,7 +204,7 @@ describe("special and odd files", () => {
     fs.writeSync(fd, "first line\n", 0);
     fs.writeSync(fd, "\nline before last\nlast line\n", 8 * 1024 ** 3 - 28);
     fs.closeSync(fd);
-    const r = await call(client, "read_file", { path: file, tail: 2, encoding: "utf8" });
+    const r = await call(stack.client, "read_file", { path: file, tail: 2, encoding: "utf8" });
     expect(r.data).toMatchObject({ encoding: "utf8", content: "line before last\nlast line\n", returned: 2, total_lines: null });
     fs.rmSync(file);
   });
@@ -219,23 +212,23 @@ describe("special and odd files", () => {
   test("binary and invalid UTF-8 come back as base64, byte for byte", async () => {
     const bytes = Buffer.from([0x66, 0x6f, 0xff, 0xfe, 0x00, 0xc3, 0x28, 0xed, 0xa0, 0x80]);
     fs.writeFileSync(path.join(root, "bin"), bytes);
-    const r = await call(client, "read_file", { path: `${root}/bin` });
+    const r = await call(stack.client, "read_file", { path: `${root}/bin` });
     expect(r.data.encoding).toBe("base64");
     expect(Buffer.from(r.data.content, "base64").equals(bytes)).toBe(true);
-    const forced = await call(client, "read_file", { path: `${root}/bin`, encoding: "utf8" });
+    const forced = await call(stack.client, "read_file", { path: `${root}/bin`, encoding: "utf8" });
     expect(forced.isError).toBe(true);
     expect(forced.text).toContain('read it with encoding "base64"');
   });
 
   test("a hard link to a file outside is read like any file inside: realpath cannot tell (a documented limit)", async () => {
-    const r = await call(client, "read_file", { path: `${root}/hardlink-to-secret` });
+    const r = await call(stack.client, "read_file", { path: `${root}/hardlink-to-secret` });
     expect(r.data.content).toBe(SECRET);
   });
 
   test("32 concurrent writes to one file: it ends as exactly one of them, and no temp file is left", async () => {
     const file = path.join(root, "contended");
     const contents = Array.from({ length: 32 }, (_, i) => `writer ${i} `.repeat(1000 + i));
-    const results = await Promise.all(contents.map((content) => call(client, "write_file", { path: file, content })));
+    const results = await Promise.all(contents.map((content) => call(stack.client, "write_file", { path: file, content })));
     expect(results.filter((r) => r.isError)).toEqual([]);
     expect(contents).toContain(fs.readFileSync(file, "utf8"));
     expect(fs.readdirSync(root).filter((name) => name.endsWith(".tmp"))).toEqual([]);
@@ -256,8 +249,8 @@ describe("files this agent's user cannot read", () => {
         PATH: process.env.PATH!,
         HOME: ownRoot,
         BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0",
-        RELAY_URL: `ws://127.0.0.1:${relay.port}/ws/agent`,
-        AGENT_TOKEN: relay.token,
+        RELAY_URL: `ws://127.0.0.1:${stack.relay.port}/ws/agent`,
+        AGENT_TOKEN: stack.relay.token,
         MACHINE_NAME: "unprivileged",
         ALLOWED_ROOTS: ownRoot,
         AGENT_STATE_DIR: state,
@@ -283,16 +276,16 @@ describe("files this agent's user cannot read", () => {
     for (const p of [file, dir, path.join(dir, "inner")]) fs.chownSync(p, unprivileged.uid, unprivileged.uid);
     fs.chmodSync(file, 0o000);
     fs.chmodSync(dir, 0o000);
-    const read = await call(client, "read_file", { path: file, machine: "unprivileged" });
+    const read = await call(stack.client, "read_file", { path: file, machine: "unprivileged" });
     expect([read.isError, read.text]).toEqual([true, `Permission denied: '${file}'.`]);
-    const append = await call(client, "write_file", { path: file, content: "more", append: true, machine: "unprivileged" });
+    const append = await call(stack.client, "write_file", { path: file, content: "more", append: true, machine: "unprivileged" });
     expect(append.isError).toBe(true);
     expect(append.text).toContain("permission denied");
-    const list = await call(client, "list_directory", { path: dir, machine: "unprivileged" });
+    const list = await call(stack.client, "list_directory", { path: dir, machine: "unprivileged" });
     expect(list.isError).toBe(true);
     expect(list.text).toMatch(/Permission denied|EACCES/);
     // Describing a file needs no permission on it (stat), so file_info still works, and says what it is.
-    const info = await call(client, "file_info", { path: file, machine: "unprivileged" });
+    const info = await call(stack.client, "file_info", { path: file, machine: "unprivileged" });
     expect(info.data).toMatchObject({ type: "file", mode: "0000", size: 14, uid: unprivileged.uid });
     fs.chmodSync(file, 0o600);
     expect(fs.readFileSync(file, "utf8")).toBe("locked content");

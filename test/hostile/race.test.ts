@@ -7,8 +7,8 @@
 import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { connectClient, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
+import { tempDir } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call, type ToolCall } from "../helpers/tools.ts";
 import { snapshot } from "../helpers/snapshot.ts";
 
@@ -26,12 +26,8 @@ const tree = tempDir("cr-race-");
 const root = path.join(tree.path, "root");
 const outside = path.join(tree.path, "outside");
 const flip = path.join(root, "flip");
-let relay: Relay;
-let agent: Agent;
-let client: Client & AsyncDisposable;
 
-
-beforeAll(async () => {
+beforeAll(() => {
   fs.mkdirSync(path.join(root, "real"), { recursive: true });
   fs.mkdirSync(outside);
   fs.writeFileSync(path.join(root, "real", "file"), INSIDE);
@@ -43,15 +39,15 @@ beforeAll(async () => {
   fs.chmodSync(path.join(root, "real", "sub"), 0o755);
   fs.chmodSync(path.join(outside, "sub"), 0o700);
   fs.symlinkSync(outside, path.join(root, "link"));
-  relay = await startRelay({ env: { CLIENT_CALLS_PER_MINUTE: "0" } }); // thousands of calls a minute, on purpose
-  agent = await startAgent(relay, { machine: "racer", roots: [root] });
-  client = await connectClient(relay, "streamable-http");
 });
 
-afterAll(async () => {
-  await client.close();
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
+const stack = useStack({
+  relay: { env: { CLIENT_CALLS_PER_MINUTE: "0" } }, // thousands of calls a minute, on purpose
+  agent: { machine: "racer", roots: [root] },
+  client: "streamable-http",
+});
+
+afterAll(() => {
   tree[Symbol.dispose]();
 });
 
@@ -97,30 +93,30 @@ interface Probe {
 
 const leaks = (r: ToolCall) => JSON.stringify(r.result).includes("OUTSIDE-SECRET") || JSON.stringify(r.result).includes("outside-only-entry");
 const PROBES: Probe[] = [
-  { name: "read_file", call: () => call(client, "read_file", { path: `${flip}/file` }), escaped: leaks },
-  { name: "read_file (tail)", call: () => call(client, "read_file", { path: `${flip}/file`, tail: 5 }), escaped: leaks },
-  { name: "write_file (new file)", call: (i) => call(client, "write_file", { path: `${flip}/new-${i}`, content: "written" }), escaped: leaks },
-  { name: "write_file (replace)", call: () => call(client, "write_file", { path: `${flip}/file`, content: INSIDE }), escaped: leaks },
-  { name: "write_file (append)", call: () => call(client, "write_file", { path: `${flip}/file`, content: "", append: true }), escaped: leaks },
-  { name: "write_file (new directories)", call: (i) => call(client, "write_file", { path: `${flip}/d-${i}/e/new`, content: "written" }), escaped: leaks },
+  { name: "read_file", call: () => call(stack.client, "read_file", { path: `${flip}/file` }), escaped: leaks },
+  { name: "read_file (tail)", call: () => call(stack.client, "read_file", { path: `${flip}/file`, tail: 5 }), escaped: leaks },
+  { name: "write_file (new file)", call: (i) => call(stack.client, "write_file", { path: `${flip}/new-${i}`, content: "written" }), escaped: leaks },
+  { name: "write_file (replace)", call: () => call(stack.client, "write_file", { path: `${flip}/file`, content: INSIDE }), escaped: leaks },
+  { name: "write_file (append)", call: () => call(stack.client, "write_file", { path: `${flip}/file`, content: "", append: true }), escaped: leaks },
+  { name: "write_file (new directories)", call: (i) => call(stack.client, "write_file", { path: `${flip}/d-${i}/e/new`, content: "written" }), escaped: leaks },
   {
     // Toggles INSIDE and INS1DE, so edits succeed inside and each one writes; one that wrote outside would show
     // in the snapshot of the outside directory.
     name: "edit_file",
-    call: (i) => call(client, "edit_file", { path: `${flip}/file`, edits: [i % 2 ? { old_text: "INS1DE", new_text: "INSIDE" } : { old_text: "INSIDE", new_text: "INS1DE" }] }),
+    call: (i) => call(stack.client, "edit_file", { path: `${flip}/file`, edits: [i % 2 ? { old_text: "INS1DE", new_text: "INSIDE" } : { old_text: "INSIDE", new_text: "INS1DE" }] }),
     escaped: leaks,
   },
-  { name: "list_directory", call: () => call(client, "list_directory", { path: flip }), escaped: leaks },
-  { name: "list_directory (depth 3 from the root)", call: () => call(client, "list_directory", { path: root, depth: 3 }), escaped: leaks },
-  { name: "search_files", call: () => call(client, "search_files", { path: root, content: "SECRET|INSIDE", include_hidden: true }), escaped: leaks },
+  { name: "list_directory", call: () => call(stack.client, "list_directory", { path: flip }), escaped: leaks },
+  { name: "list_directory (depth 3 from the root)", call: () => call(stack.client, "list_directory", { path: root, depth: 3 }), escaped: leaks },
+  { name: "search_files", call: () => call(stack.client, "search_files", { path: root, content: "SECRET|INSIDE", include_hidden: true }), escaped: leaks },
   {
     name: "file_info",
-    call: () => call(client, "file_info", { path: `${flip}/file` }),
+    call: () => call(stack.client, "file_info", { path: `${flip}/file` }),
     escaped: (r) => leaks(r) || (!r.isError && r.data.size === SECRET.length),
   },
   {
     name: "file_info (directory)",
-    call: () => call(client, "file_info", { path: `${flip}/sub` }),
+    call: () => call(stack.client, "file_info", { path: `${flip}/sub` }),
     escaped: (r) => leaks(r) || (!r.isError && r.data.mode === "0700"),
   },
 ];
@@ -190,11 +186,11 @@ test("file_info never describes the directory a swapped-in symlink leads to", as
 test("with the flipper stopped, the same calls through the real directory succeed and through the link are denied", async () => {
   fs.rmSync(flip, { recursive: true, force: true }); // made by a write that landed while it was absent
   fs.renameSync(path.join(root, "real"), flip);
-  const read = await call(client, "read_file", { path: `${flip}/file` });
+  const read = await call(stack.client, "read_file", { path: `${flip}/file` });
   expect(read.data.content).toMatch(/^INS[I1]DE\n$/);
   fs.renameSync(flip, path.join(root, "real"));
   fs.renameSync(path.join(root, "link"), flip);
-  const denied = await call(client, "read_file", { path: `${flip}/file` });
+  const denied = await call(stack.client, "read_file", { path: `${flip}/file` });
   expect(denied.isError).toBe(true);
   expect(denied.text).toContain("Access denied");
   fs.renameSync(flip, path.join(root, "link"));

@@ -4,36 +4,22 @@
 // within its timeout, and the agent keeps serving other calls meanwhile. (Floods of 50 and 200 MB, timeouts of
 // whole process groups and the clean environment are in test/e2e/shell.test.ts.)
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { connectClient, eventually, newToken, pidsMatching, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { eventually, newToken, pidsMatching } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { call, resultSize } from "../helpers/tools.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
 const AGENT_TOKEN = newToken();
-let relay: Relay;
-let agent: Agent;
-let client: Client & AsyncDisposable;
+const stack = useStack({ relay: { env: { AGENT_TOKEN } }, agent: { machine: "shell", token: AGENT_TOKEN }, client: "streamable-http" });
 let root: string;
 
-beforeAll(async () => {
-  relay = await startRelay({ env: { AGENT_TOKEN } });
-  agent = await startAgent(relay, { machine: "shell", token: AGENT_TOKEN });
-  root = agent.roots[0]!;
-  client = await connectClient(relay, "streamable-http");
+beforeAll(() => {
+  root = stack.agent.roots[0]!;
 });
 
-afterAll(async () => {
-  await client.close();
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
-});
-
-const run = (args: Record<string, unknown>) => call(client, "run_shell_command", args);
+const run = (args: Record<string, unknown>) => call(stack.client, "run_shell_command", args);
 /** A number unlikely to appear in any other process's command line. */
 const tag = () => String(3_000_000 + Math.floor(Math.random() * 6_000_000));
 
@@ -169,12 +155,12 @@ describe("arguments", () => {
   test("the command's environment holds neither the agent's token nor the client's", async () => {
     const r = await run({ command: "env; cat /proc/self/environ" });
     expect(r.data.stdout).not.toContain(AGENT_TOKEN);
-    expect(r.data.stdout).not.toContain(relay.token);
+    expect(r.data.stdout).not.toContain(stack.relay.token);
   });
 });
 
 test("after all of the above the agent is the same process and answers at once", async () => {
-  expect(agent.proc.exitCode).toBeNull();
-  const status = await call(client, "check_agent_status");
-  expect(status.data.machines[0]).toMatchObject({ machine: "shell", pid: agent.proc.pid, running_commands: 0, queued_commands: 0 });
+  expect(stack.agent.proc.exitCode).toBeNull();
+  const status = await call(stack.client, "check_agent_status");
+  expect(status.data.machines[0]).toMatchObject({ machine: "shell", pid: stack.agent.proc.pid, running_commands: 0, queued_commands: 0 });
 });

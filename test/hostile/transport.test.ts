@@ -2,30 +2,20 @@
 // with a real agent: every malformed body, header or session gets a clear HTTP or JSON-RPC error, nothing runs on
 // the machine, and the session and relay go on serving. Bugs found here are test.todo with the bug named.
 
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { eventually, pidsMatching, startAgent, startRelay, type Agent, type Relay } from "../helpers/processes.ts";
+import { eventually, pidsMatching } from "../helpers/processes.ts";
+import { useStack } from "../helpers/stack.ts";
 import { bearer, INITIALIZE, MCP_HEADERS, oauthAccessToken, openSession, post, PROTOCOL_VERSION, request, toolAnswer, type RawSession } from "./raw.ts";
 
-// Real processes on a busy machine take longer than bun's default 5 s per test (the setting is per file).
-setDefaultTimeout(30_000);
-
-let relay: Relay;
-let agent: Agent;
+const stack = useStack({ agent: { machine: "target" } });
 let session: RawSession;
 let root: string;
 
 beforeAll(async () => {
-  relay = await startRelay();
-  agent = await startAgent(relay, { machine: "target" });
-  root = agent.roots[0]!;
-  session = await openSession(relay);
-});
-
-afterAll(async () => {
-  await agent[Symbol.asyncDispose]();
-  await relay[Symbol.asyncDispose]();
+  root = stack.agent.roots[0]!;
+  session = await openSession(stack.relay);
 });
 
 /** A command that leaves a file behind if it ever runs, and the check that it did not. */
@@ -49,7 +39,7 @@ describe("bodies that are not one JSON-RPC message", () => {
     ["a body that is not JSON", "{not json"],
     ["an empty body", ""],
   ])("%s gets 400 and -32700, with and without a session", async (_, body) => {
-    const fresh = await post(relay, "/mcp", body, bearer(relay.token));
+    const fresh = await post(stack.relay, "/mcp", body, bearer(stack.relay.token));
     expect([fresh.status, fresh.error?.code]).toEqual([400, -32700]);
     const inSession = await session.post(body);
     expect([inSession.status, inSession.error?.code]).toEqual([400, -32700]);
@@ -57,7 +47,7 @@ describe("bodies that are not one JSON-RPC message", () => {
   });
 
   test("a batch (JSON array) that would open a session is refused with 400, and no session is made", async () => {
-    const reply = await post(relay, "/mcp", [INITIALIZE], bearer(relay.token));
+    const reply = await post(stack.relay, "/mcp", [INITIALIZE], bearer(stack.relay.token));
     expect(reply.status).toBe(400);
     expect(reply.headers.get("mcp-session-id")).toBeNull();
   });
@@ -246,12 +236,12 @@ describe("sizes", () => {
   });
 
   test("a legacy /messages body over 8 MiB gets 413", async () => {
-    const reply = await post(relay, "/messages?sessionId=whatever", "a".repeat(8 * 1024 * 1024 + 1), bearer(relay.token));
+    const reply = await post(stack.relay, "/messages?sessionId=whatever", "a".repeat(8 * 1024 * 1024 + 1), bearer(stack.relay.token));
     expect(reply.status).toBe(413);
   });
 
   test("an OAuth registration over 64 KiB gets 413", async () => {
-    const reply = await post(relay, "/register", { client_name: "x".repeat(70_000), redirect_uris: ["http://127.0.0.1:1/cb"] });
+    const reply = await post(stack.relay, "/register", { client_name: "x".repeat(70_000), redirect_uris: ["http://127.0.0.1:1/cb"] });
     expect(reply.status).toBe(413);
   });
 });
@@ -259,7 +249,7 @@ describe("sizes", () => {
 describe("headers", () => {
   test("no MCP-Protocol-Version inside a session is taken as 2025-03-26 (the spec's default) and served", async () => {
     const { "MCP-Protocol-Version": _, ...headers } = session.headers;
-    const reply = await post(relay, "/mcp", { jsonrpc: "2.0", id: 23, method: "ping" }, headers);
+    const reply = await post(stack.relay, "/mcp", { jsonrpc: "2.0", id: 23, method: "ping" }, headers);
     expect(reply.messages).toEqual([{ jsonrpc: "2.0", id: 23, result: {} }]);
   });
 
@@ -278,29 +268,29 @@ describe("headers", () => {
   test("a POST that is not application/json gets 415", async () => {
     const reply = await session.post({ jsonrpc: "2.0", id: 26, method: "ping" }, { "Content-Type": "text/plain" });
     expect(reply.status).toBe(415);
-    const legacy = await post(relay, "/messages?sessionId=x", "{}", { ...bearer(relay.token), "Content-Type": "text/plain" });
+    const legacy = await post(stack.relay, "/messages?sessionId=x", "{}", { ...bearer(stack.relay.token), "Content-Type": "text/plain" });
     expect([404, 415]).toContain(legacy.status);
   });
 
   test("a GET without Accept: text/event-stream gets 406, and with it an event stream", async () => {
-    const refused = await request(relay, "/mcp", { headers: session.headers });
+    const refused = await request(stack.relay, "/mcp", { headers: session.headers });
     expect(refused.status).toBe(406);
     expect(refused.error!.message).toContain("text/event-stream");
-    const stream = await fetch(new URL("/mcp", relay.url), { headers: { ...session.headers, Accept: "text/event-stream" } });
+    const stream = await fetch(new URL("/mcp", stack.relay.url), { headers: { ...session.headers, Accept: "text/event-stream" } });
     expect(stream.status).toBe(200);
     expect(stream.headers.get("content-type")).toBe("text/event-stream");
     await stream.body?.cancel();
   });
 
   const foreign: [string, () => Promise<Response>][] = [
-    ["POST /mcp with a foreign Origin", () => fetch(new URL("/mcp", relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...bearer(relay.token), Origin: "https://evil.example" }, body: JSON.stringify(INITIALIZE) })],
-    ["POST /mcp with a foreign Host", () => fetch(new URL("/mcp", relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...bearer(relay.token), Host: "evil.example" }, body: JSON.stringify(INITIALIZE) })],
-    ["GET /sse with a foreign Origin", () => fetch(new URL("/sse", relay.url), { headers: { ...bearer(relay.token), Origin: "http://evil.example" } })],
-    ["GET /sse with a foreign Host", () => fetch(new URL("/sse", relay.url), { headers: { ...bearer(relay.token), Host: "rebind.evil.example:8080" } })],
-    ["POST /messages with a foreign Origin", () => fetch(new URL("/messages?sessionId=x", relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...bearer(relay.token), Origin: "https://evil.example" }, body: "{}" })],
-    ["the agent upgrade with a foreign Origin", () => fetch(new URL("/ws/agent", relay.url), { headers: { ...bearer(relay.token), Origin: "https://evil.example", Upgrade: "websocket", Connection: "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==" } })],
-    ["OAuth registration with a foreign Host", () => fetch(new URL("/register", relay.url), { method: "POST", headers: { "Content-Type": "application/json", Host: "evil.example" }, body: JSON.stringify({ redirect_uris: ["http://127.0.0.1:1/cb"] }) })],
-    ["an Origin that only shares the relay's host, on another port", () => fetch(new URL("/mcp", relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...bearer(relay.token), Origin: `http://127.0.0.1:${relay.port + 1}` }, body: JSON.stringify(INITIALIZE) })],
+    ["POST /mcp with a foreign Origin", () => fetch(new URL("/mcp", stack.relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...bearer(stack.relay.token), Origin: "https://evil.example" }, body: JSON.stringify(INITIALIZE) })],
+    ["POST /mcp with a foreign Host", () => fetch(new URL("/mcp", stack.relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...bearer(stack.relay.token), Host: "evil.example" }, body: JSON.stringify(INITIALIZE) })],
+    ["GET /sse with a foreign Origin", () => fetch(new URL("/sse", stack.relay.url), { headers: { ...bearer(stack.relay.token), Origin: "http://evil.example" } })],
+    ["GET /sse with a foreign Host", () => fetch(new URL("/sse", stack.relay.url), { headers: { ...bearer(stack.relay.token), Host: "rebind.evil.example:8080" } })],
+    ["POST /messages with a foreign Origin", () => fetch(new URL("/messages?sessionId=x", stack.relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...bearer(stack.relay.token), Origin: "https://evil.example" }, body: "{}" })],
+    ["the agent upgrade with a foreign Origin", () => fetch(new URL("/ws/agent", stack.relay.url), { headers: { ...bearer(stack.relay.token), Origin: "https://evil.example", Upgrade: "websocket", Connection: "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==" } })],
+    ["OAuth registration with a foreign Host", () => fetch(new URL("/register", stack.relay.url), { method: "POST", headers: { "Content-Type": "application/json", Host: "evil.example" }, body: JSON.stringify({ redirect_uris: ["http://127.0.0.1:1/cb"] }) })],
+    ["an Origin that only shares the relay's host, on another port", () => fetch(new URL("/mcp", stack.relay.url), { method: "POST", headers: { ...MCP_HEADERS, ...bearer(stack.relay.token), Origin: `http://127.0.0.1:${stack.relay.port + 1}` }, body: JSON.stringify(INITIALIZE) })],
   ];
   for (const [what, send] of foreign) {
     test(`${what} gets 403, even with the right token`, async () => {
@@ -315,7 +305,7 @@ describe("headers", () => {
 describe("sessions", () => {
   test("a request before initialize (no session) gets 400 telling to initialize, and nothing runs", async () => {
     const m = marker("before-init");
-    const reply = await post(relay, "/mcp", { jsonrpc: "2.0", id: 27, method: "tools/call", params: { name: "run_shell_command", arguments: { command: m.command } } }, bearer(relay.token));
+    const reply = await post(stack.relay, "/mcp", { jsonrpc: "2.0", id: 27, method: "tools/call", params: { name: "run_shell_command", arguments: { command: m.command } } }, bearer(stack.relay.token));
     expect(reply.status).toBe(400);
     expect(reply.error!.message).toContain("initialize");
     expect(m.ran()).toBe(false);
@@ -330,31 +320,31 @@ describe("sessions", () => {
   test("a forged Mcp-Session-Id gets 404, and nothing runs", async () => {
     const m = marker("forged");
     const forged = { ...session.headers, "Mcp-Session-Id": crypto.randomUUID() };
-    const reply = await post(relay, "/mcp", { jsonrpc: "2.0", id: 28, method: "tools/call", params: { name: "run_shell_command", arguments: { command: m.command } } }, forged);
+    const reply = await post(stack.relay, "/mcp", { jsonrpc: "2.0", id: 28, method: "tools/call", params: { name: "run_shell_command", arguments: { command: m.command } } }, forged);
     expect([reply.status, reply.error?.code]).toEqual([404, -32001]);
     expect(m.ran()).toBe(false);
   });
 
   test("another principal's Mcp-Session-Id gets 404: a session id is never a credential", async () => {
-    const other = await oauthAccessToken(relay, relay.token); // the owner approves a second client
+    const other = await oauthAccessToken(stack.relay, stack.relay.token); // the owner approves a second client
     const m = marker("other-principal");
     const stolen = { ...session.headers, ...bearer(other) };
-    const reply = await post(relay, "/mcp", { jsonrpc: "2.0", id: 29, method: "tools/call", params: { name: "run_shell_command", arguments: { command: m.command } } }, stolen);
+    const reply = await post(stack.relay, "/mcp", { jsonrpc: "2.0", id: 29, method: "tools/call", params: { name: "run_shell_command", arguments: { command: m.command } } }, stolen);
     expect([reply.status, reply.error?.code]).toEqual([404, -32001]);
     expect(m.ran()).toBe(false);
-    const ownSession = await openSession(relay, other);
+    const ownSession = await openSession(stack.relay, other);
     await stillServes(ownSession); // the second principal is fine in its own session
     await stillServes(); // and the owner's session was not disturbed
   });
 
   test("a forged legacy sessionId on /messages gets 404", async () => {
-    const reply = await post(relay, `/messages?sessionId=${crypto.randomUUID()}`, { jsonrpc: "2.0", id: 30, method: "ping" }, bearer(relay.token));
+    const reply = await post(stack.relay, `/messages?sessionId=${crypto.randomUUID()}`, { jsonrpc: "2.0", id: 30, method: "ping" }, bearer(stack.relay.token));
     expect([reply.status, reply.error?.code]).toEqual([404, -32001]);
   });
 
   test("a session that was DELETEd gets 404 afterwards", async () => {
-    const doomed = await openSession(relay);
-    const deleted = await request(relay, "/mcp", { method: "DELETE", headers: doomed.headers });
+    const doomed = await openSession(stack.relay);
+    const deleted = await request(stack.relay, "/mcp", { method: "DELETE", headers: doomed.headers });
     expect(deleted.status).toBe(200);
     const after = await doomed.post({ jsonrpc: "2.0", id: 31, method: "ping" });
     expect(after.status).toBe(404);
@@ -373,9 +363,9 @@ describe("sessions", () => {
 
   // Found by review: every initialize kept an McpServer for an hour (5,000 of them took the relay from 60 to 668 MB).
   test("a client's 257th session closes its least recently used one; other clients keep theirs", async () => {
-    const token = await oauthAccessToken(relay, relay.token); // a principal of its own, so the owner's session is not touched
+    const token = await oauthAccessToken(stack.relay, stack.relay.token); // a principal of its own, so the owner's session is not touched
     const opened = [];
-    for (let i = 0; i < 257; i++) opened.push(await openSession(relay, token));
+    for (let i = 0; i < 257; i++) opened.push(await openSession(stack.relay, token));
     const oldest = await opened[0]!.post({ jsonrpc: "2.0", id: "old", method: "ping" });
     expect(oldest.status).toBe(404);
     for (const kept of [opened[1]!, opened[256]!]) {
@@ -388,12 +378,12 @@ describe("sessions", () => {
   // ran on after its client left (until its timeout, up to an hour).
   test("legacy SSE: a reused id is refused too, and the first call still ends when its client leaves", async () => {
     const stream = new AbortController();
-    const opened = await fetch(new URL("/sse", relay.url), { headers: bearer(relay.token), signal: stream.signal });
+    const opened = await fetch(new URL("/sse", stack.relay.url), { headers: bearer(stack.relay.token), signal: stream.signal });
     const reader = opened.body!.getReader();
     let received = "";
     while (!received.includes("event: endpoint")) received += new TextDecoder().decode((await reader.read()).value);
     const endpoint = /data: (\/messages\?sessionId=\S+)/.exec(received)![1]!;
-    const send = (message: object) => post(relay, endpoint, message, bearer(relay.token));
+    const send = (message: object) => post(stack.relay, endpoint, message, bearer(stack.relay.token));
     expect((await send(INITIALIZE)).status).toBe(202);
     await send({ jsonrpc: "2.0", method: "notifications/initialized" });
     const mark = `legacy-reuse-${Date.now()}`;
@@ -408,8 +398,8 @@ describe("sessions", () => {
 });
 
 test("after all of the above, the relay and agent are the same processes and nothing ran by mistake", async () => {
-  expect(relay.proc.exitCode).toBeNull();
-  expect(agent.proc.exitCode).toBeNull();
+  expect(stack.relay.proc.exitCode).toBeNull();
+  expect(stack.agent.proc.exitCode).toBeNull();
   expect(fs.readdirSync(root).filter((name) => name.startsWith("ran-"))).toEqual([]);
   await stillServes();
 });

@@ -2,8 +2,8 @@
 // or compose's `${NAME:-}` produce), and a wrong value is refused with the variable's name, for both processes.
 
 import { describe, expect, test } from "bun:test";
-import { loadConfig as loadAgentConfig, ConfigError as AgentConfigError } from "../../agent.ts";
-import { loadConfig as loadServerConfig, ConfigError as ServerConfigError } from "../../server.ts";
+import { loadConfig as loadAgentConfig, ConfigError as AgentConfigError } from "../../agent/config.ts";
+import { loadConfig as loadServerConfig, ConfigError as ServerConfigError } from "../../relay/config.ts";
 
 const TOKEN = "0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -3,7 +3,7 @@
 
 import { describe, expect, test } from "bun:test";
 import type { Server } from "bun";
-import { addressBytes, clientAddress, inNetworks, parseCidr, TAILSCALE_NETWORKS } from "../../auth.ts";
+import { addressBytes, clientAddress, inNetworks, parseCidr, TAILSCALE_NETWORKS } from "../../relay/auth.ts";
 
 const tailscale = TAILSCALE_NETWORKS.split(",").map(parseCidr);
 

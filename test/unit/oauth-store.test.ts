@@ -2,8 +2,8 @@
 // registered long enough ago and never got a token makes room (credentials.ts, OAuthStore.dropOldestUnused).
 
 import { expect, test } from "bun:test";
-import { OAuthStore } from "../../credentials.ts";
-import { openDatabase } from "../../storage.ts";
+import { OAuthStore } from "../../relay/credentials.ts";
+import { openDatabase } from "../../relay/storage.ts";
 
 const metadata = { redirect_uris: ["http://127.0.0.1:1/callback"], token_endpoint_auth_method: "none" } as never;
 

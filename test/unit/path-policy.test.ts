@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import fc from "fast-check";
-import { expandPath, isInsideRoot, isInsideRoots, resolveExisting, resolveForWrite } from "../../paths.ts";
+import { expandPath, isInsideRoot, isInsideRoots, resolveExisting, resolveForWrite } from "../../agent/paths.ts";
 import { Failure } from "../../protocol.ts";
 
 // Shrinking a long counterexample can take minutes: stop after 10 s and report the smallest one found so far.

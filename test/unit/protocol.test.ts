@@ -4,8 +4,8 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import pkg from "../../package.json";
-import { nextDelayMs } from "../../agent.ts";
-import { OutputCapture } from "../../commands.ts";
+import { nextDelayMs } from "../../agent/link.ts";
+import { OutputCapture } from "../../agent/commands.ts";
 import {
   AgentFrame,
   FIELD_BUDGET_CHARS,

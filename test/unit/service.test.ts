@@ -4,8 +4,9 @@
 // The subcommands themselves run for real in test/e2e/binary.test.ts and test/e2e/service.test.ts.
 
 import { describe, expect, test } from "bun:test";
-import { ConfigError } from "../../agent.ts";
-import { LAUNCHD_LABEL, formatSettings, launchdPlist, parseSettings, serviceSpec, systemdUnit, type ServiceSpec } from "../../service.ts";
+import { ConfigError } from "../../agent/config.ts";
+import { formatSettings, parseSettings } from "../../agent/config-file.ts";
+import { LAUNCHD_LABEL, launchdPlist, serviceSpec, systemdUnit, type ServiceSpec } from "../../agent/service.ts";
 
 // --- a plist parser (the subset of Apple's PropertyList-1.0 DTD a launchd job uses) ---
 

@@ -5,7 +5,7 @@
 // terminated when the time is up, and the agent's own loop (heartbeats, other calls) never stalls.
 
 import * as fs from "node:fs";
-import { FIELD_BUDGET_CHARS, fail, type OpArgs, type OpResult } from "./protocol.ts";
+import { FIELD_BUDGET_CHARS, fail, type OpArgs, type OpResult } from "../protocol.ts";
 import { fdPath, O_DIRECTORY, O_NONBLOCK, O_RDONLY, openChecked, resolveExisting } from "./paths.ts";
 import type { FileScope } from "./files.ts";
 

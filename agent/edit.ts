@@ -2,7 +2,7 @@
 // endings, returned as a unified diff. A miss is explained with the closest candidates, so the model can correct
 // old_text instead of guessing. The pure parts (applyEdits, unifiedDiff) are exported for tests.
 
-import { FIELD_BUDGET_CHARS, fail, fitToBudget, type OpArgs, type OpResult } from "./protocol.ts";
+import { FIELD_BUDGET_CHARS, fail, fitToBudget, type OpArgs, type OpResult } from "../protocol.ts";
 import { readWholeText, replaceFile, type FileScope } from "./files.ts";
 
 /** Files larger than this are not edited in memory (use run_shell_command with sed, or write_file). */

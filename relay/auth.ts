@@ -11,7 +11,7 @@ import type { AuditLog } from "./audit.ts";
 import { secretMatches, type AgentTokens } from "./credentials.ts";
 import { OncePer, tooManyAttempts, type Penalties } from "./limits.ts";
 import type { AuthorizationServer, ResourcePath } from "./oauth.ts";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const log = logger("server");
 

@@ -22,9 +22,9 @@ import {
   type OpArgs,
   type OpResult,
   type ProgressFrame,
-} from "./protocol.ts";
+} from "../protocol.ts";
 import { isInsideRoots, resolveExisting } from "./paths.ts";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const log = logger("agent");
 

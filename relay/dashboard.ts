@@ -10,9 +10,9 @@ import type { AgentTokens } from "./credentials.ts";
 import { secretMatches } from "./credentials.ts";
 import { Penalties, tooManyAttempts } from "./limits.ts";
 import { confirmPage, dashboardPage, errorPage, loginPage, type DashboardView } from "./pages.ts";
-import type { Relay } from "./relay.ts";
+import type { Relay } from "./agents.ts";
 import { listCommands } from "./tools.ts";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const log = logger("server");
 

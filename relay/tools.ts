@@ -21,11 +21,11 @@ import {
   type ProgressFrame,
   type ToolName,
   type ToolResult,
-} from "./protocol.ts";
+} from "../protocol.ts";
 import type { AuditLog } from "./audit.ts";
 import type { CallLimits } from "./limits.ts";
-import { NO_MACHINE_MESSAGE, ToolError, type Relay } from "./relay.ts";
-import { logger } from "./log.ts";
+import { NO_MACHINE_MESSAGE, ToolError, type Relay } from "./agents.ts";
+import { logger } from "../log.ts";
 
 const log = logger("server");
 

@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import { FIELD_BUDGET_CHARS, fail, Failure, jsonCost, MAX_READ_BASE64_BYTES, MAX_WRITE_BYTES, takeWithinCost, type OpArgs, type OpResult } from "./protocol.ts";
+import { FIELD_BUDGET_CHARS, fail, Failure, jsonCost, MAX_READ_BASE64_BYTES, MAX_WRITE_BYTES, takeWithinCost, type OpArgs, type OpResult } from "../protocol.ts";
 import { errnoOf, expandPath, fdPath, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
 
 /** Where the file tools may act: the real allowed roots, and the home directory for ~. */

@@ -20,10 +20,10 @@ import {
   type OpResult,
   type ProgressFrame,
   type ServerFrame,
-} from "./protocol.ts";
+} from "../protocol.ts";
 import type { AuditLog, CallOutcome } from "./audit.ts";
 import type { AgentCredential } from "./auth.ts";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const log = logger("server");
 

@@ -5,7 +5,7 @@
 
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { fail } from "./protocol.ts";
+import { fail } from "../protocol.ts";
 
 // --- path policy (pure) ---
 

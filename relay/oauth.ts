@@ -25,7 +25,7 @@ import type { AuditLog } from "./audit.ts";
 import { hashSecret, newSecret, secretMatches, type OAuthClient, type OAuthStore } from "./credentials.ts";
 import { Penalties, tooManyAttempts } from "./limits.ts";
 import { consentPage, errorPage } from "./pages.ts";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const log = logger("server");
 

@@ -11,7 +11,7 @@
 
 import type { Database } from "bun:sqlite";
 import { createHash, randomBytes } from "node:crypto";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const log = logger("server");
 
@@ -86,6 +86,25 @@ export interface AuditFilter {
   /** ISO time: only what happened at or after it. */
   since?: string;
   limit?: number;
+}
+
+/** Filters for the audit, from query parameters or command-line flags; a string says what is wrong. */
+export function auditFilter(params: URLSearchParams): AuditFilter | string {
+  const since = params.get("since");
+  const sinceIso = since === null ? undefined : parseSince(since);
+  if (sinceIso === null) return "since must be a duration such as 30m, 1h or 7d, or an ISO time.";
+  const limit = params.get("limit") === null ? undefined : Number(params.get("limit"));
+  if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) return "limit must be a whole number of at least 1.";
+  return { machine: params.get("machine") ?? undefined, tool: params.get("tool") ?? undefined, since: sinceIso, limit };
+}
+
+/** "30m", "1h", "7d" (ago) or an ISO time, as an ISO time; null when it is neither. A duration longer than the
+ *  time since 1970 means the whole log (a Date that far back does not exist). */
+function parseSince(value: string, now = Date.now()): string | null {
+  const relative = /^(\d+)([smhd])$/.exec(value);
+  if (relative) return new Date(Math.max(0, now - Number(relative[1]) * { s: 1e3, m: 6e4, h: 36e5, d: 864e5 }[relative[2] as "s"])).toISOString();
+  const time = Date.parse(value);
+  return Number.isNaN(time) ? null : new Date(time).toISOString();
 }
 
 export type VerifyResult =

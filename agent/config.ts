@@ -1,0 +1,156 @@
+// The agent's settings: read once at start from the environment (over the configuration file that setup writes,
+// see config-file.ts), checked, and turned into an AgentConfig. The allowed roots are resolved with realpath here,
+// once (/tmp is /private/tmp on macOS). A setting that is wrong is a ConfigError whose message says what to fix.
+
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { MachineName } from "../protocol.ts";
+import { MIN_LOG_BYTES, logger } from "../log.ts";
+
+const log = logger("agent");
+
+/** Log file rotation: 10 MB × 5 files is at most 50 MB of logs, days of a busy agent's calls. */
+const LOG_MAX_BYTES = 10 * 1024 * 1024;
+const LOG_FILES = 5;
+
+export interface AgentConfig {
+  relayUrl: string;
+  token: string;
+  machine: string;
+  /** Real paths of the allowed roots (resolved once at start: /tmp is /private/tmp on macOS). */
+  roots: string[];
+  home: string;
+  shell: string;
+  maxConcurrentCommands: number;
+  maxBackgroundCommands: number;
+  /** Where command records and output logs are kept (one directory per machine name). */
+  stateDir: string;
+  /** The log file (absolute), rotated by size while running; unset: stderr. */
+  log: { file?: string; maxBytes: number; files: number };
+}
+
+/** Settings the agent reads, from the environment or its configuration file; `--help` prints this table. */
+export const ENV_HELP: [string, string][] = [
+  ["RELAY_URL", "Relay WebSocket URL, e.g. wss://relay.example.com/ws/agent (required)"],
+  ["AGENT_TOKEN", "Credential for the relay; AUTH_TOKEN is used when it is unset (required)"],
+  ["MACHINE_NAME", "Name the assistant uses for this machine (default: the host name)"],
+  ["ALLOWED_ROOTS", "Directories the file tools may touch, ':'-separated (default: home, /tmp, /var/tmp)"],
+  ["MAX_CONCURRENT_COMMANDS", "Foreground commands run at once; more wait in a queue (default 8)"],
+  ["MAX_BACKGROUND_COMMANDS", "Background commands run at once; more are refused (default 16)"],
+  ["AGENT_STATE_DIR", "Where command output and records are kept (default ~/.local/state/code-remote/<machine>; macOS: ~/Library/Application Support/…)"],
+  ["SHELL", "Shell for run_shell_command, an absolute path (default: the login shell's $SHELL, else /bin/sh)"],
+  ["LOG_FILE", "Log to this file instead of stderr, rotated by size (the service sets it; --log-file FILE too)"],
+  ["LOG_MAX_BYTES", `Size at which LOG_FILE is rotated, in bytes (default ${LOG_MAX_BYTES}, at least ${MIN_LOG_BYTES})`],
+  ["LOG_FILES", `Log files kept, LOG_FILE included: LOG_FILE.1 is the newest old one (default ${LOG_FILES})`],
+];
+
+export class ConfigError extends Error {}
+
+/** Reads the agent configuration from the environment. Throws ConfigError with a message that says what to fix. */
+export function loadConfig(env: Record<string, string | undefined>): AgentConfig {
+  const relayUrl = parseRelayUrl(env.RELAY_URL);
+  const token = env.AGENT_TOKEN || env.AUTH_TOKEN;
+  if (!token) throw new ConfigError("AGENT_TOKEN (or AUTH_TOKEN) is not set: use the token the relay gave you.");
+  const home = os.homedir();
+  const machine = env.MACHINE_NAME || defaultMachineName();
+  if (!MachineName.safeParse(machine).success) {
+    throw new ConfigError(`MACHINE_NAME '${machine}' is not valid: use 1-64 letters, digits, '.', '_' or '-'.`);
+  }
+  const roots = resolveRoots(env.ALLOWED_ROOTS ? env.ALLOWED_ROOTS.split(":") : [home, "/tmp", "/var/tmp"], home);
+  return {
+    relayUrl,
+    token,
+    machine,
+    roots,
+    home,
+    shell: pickShell(env.SHELL),
+    maxConcurrentCommands: positiveInteger(env, "MAX_CONCURRENT_COMMANDS", 8),
+    maxBackgroundCommands: positiveInteger(env, "MAX_BACKGROUND_COMMANDS", 16),
+    stateDir: env.AGENT_STATE_DIR || defaultStateDir(env, home, machine),
+    log: {
+      file: env.LOG_FILE ? path.resolve(expandHome(env.LOG_FILE, home)) : undefined,
+      maxBytes: positiveInteger(env, "LOG_MAX_BYTES", LOG_MAX_BYTES, MIN_LOG_BYTES),
+      files: positiveInteger(env, "LOG_FILES", LOG_FILES),
+    },
+  };
+}
+
+function positiveInteger(env: Record<string, string | undefined>, name: string, fallback: number, min = 1): number {
+  const value = Number(env[name]?.trim() || fallback); // an empty value (LOG_FILES= in agent.env) is unset
+  if (!Number.isInteger(value) || value < min) throw new ConfigError(`${name} must be a whole number of at least ${min}.`);
+  return value;
+}
+
+const expandHome = (entry: string, home: string) => (entry === "~" ? home : entry.startsWith("~/") ? path.join(home, entry.slice(2)) : entry);
+
+/** Per machine name, so two agents with different names on one host keep their commands apart. */
+export function defaultStateDir(env: Record<string, string | undefined>, home: string, machine: string): string {
+  const base =
+    process.platform === "darwin"
+      ? path.join(home, "Library", "Application Support")
+      : env.XDG_STATE_HOME || path.join(home, ".local", "state");
+  return path.join(base, "code-remote", machine);
+}
+
+export function parseRelayUrl(raw: string | undefined): string {
+  if (!raw) throw new ConfigError("RELAY_URL is not set: e.g. RELAY_URL=ws://127.0.0.1:8080/ws/agent");
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError("RELAY_URL is not a URL: e.g. RELAY_URL=wss://relay.example.com/ws/agent");
+  }
+  if (url.protocol === "https:") url.protocol = "wss:";
+  if (url.protocol === "http:") url.protocol = "ws:";
+  if (url.protocol !== "ws:" && url.protocol !== "wss:") throw new ConfigError("RELAY_URL must start with ws:// or wss://.");
+  // A credential in the URL ends up in proxy and server logs; the token travels only in the Authorization header.
+  if (url.search || url.username || url.password) {
+    throw new ConfigError("RELAY_URL must not carry a query or credentials; the token goes in AGENT_TOKEN.");
+  }
+  if (url.pathname === "/" || url.pathname === "") url.pathname = "/ws/agent";
+  return url.toString();
+}
+
+export function defaultMachineName(): string {
+  const name = os.hostname().replace(/\.local$/, "").replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[^A-Za-z0-9]+/, "");
+  return name.slice(0, 64) || "machine";
+}
+
+/** Resolves each root with realpath once; a root that does not exist is skipped, and none at all is an error. */
+function resolveRoots(raw: string[], home: string): string[] {
+  const roots: string[] = [];
+  for (const entry of raw.map((r) => r.trim()).filter(Boolean)) {
+    const expanded = expandHome(entry, home);
+    if (!path.isAbsolute(expanded)) throw new ConfigError(`ALLOWED_ROOTS entry '${entry}' is not an absolute path.`);
+    try {
+      const real = fs.realpathSync(expanded);
+      if (!roots.includes(real)) roots.push(real);
+    } catch {
+      log("warn", "allowed root does not exist; skipped", { root: entry });
+    }
+  }
+  if (roots.length === 0) throw new ConfigError("None of ALLOWED_ROOTS exists; name at least one existing directory.");
+  return roots;
+}
+
+function pickShell(shell: string | undefined): string {
+  if (shell && path.isAbsolute(shell)) {
+    try {
+      fs.accessSync(shell, fs.constants.X_OK);
+      return shell;
+    } catch {
+      log("warn", "SHELL is not executable; using /bin/sh", { shell });
+    }
+  }
+  return "/bin/sh";
+}
+
+/** Whether a relay host is on this machine or a private network (a compose service name, 10/8, 192.168/16,
+ *  172.16/12, Tailscale's 100.64/10), where plain ws:// is expected and not worth a warning. */
+export function isLocalOrPrivate(url: string): boolean {
+  const host = new URL(url).hostname.replace(/^\[|\]$/g, "");
+  if (host === "localhost" || host === "::1" || !host.includes(".") && !host.includes(":")) return true;
+  const [a, b] = host.split(".").map(Number) as [number, number];
+  return a === 127 || a === 10 || (a === 192 && b === 168) || (a === 172 && b >= 16 && b <= 31) || (a === 100 && b >= 64 && b <= 127);
+}

@@ -61,11 +61,14 @@ RUN set -eu; \
 
 # A fixed numeric uid, so a bind-mounted /data can be chowned to it (chown -R 10001:10001 ./data) and
 # platforms that check "runs as non-root" can see it without reading /etc/passwd.
+# /agent-token: where PROVISION_AGENT_TOKEN leaves the compose sandbox's own token (docker-compose.yml mounts a
+# volume there, which takes this owner and mode); the relay's group may read it, the sandbox joins that group.
 RUN groupadd --gid 10001 relay \
  && useradd --uid 10001 --gid relay --home-dir /data --no-create-home --shell /usr/sbin/nologin relay \
- && mkdir -p /data \
- && chown relay:relay /data \
- && chmod 700 /data
+ && mkdir -p /data /agent-token \
+ && chown relay:relay /data /agent-token \
+ && chmod 700 /data \
+ && chmod 750 /agent-token
 
 WORKDIR /app
 # The code stays root-owned and read-only to the relay user: a compromised relay cannot rewrite itself.
@@ -100,10 +103,16 @@ RUN set -eu; \
     apt-get install -y --no-install-recommends \
       git curl jq ripgrep vim build-essential python3 procps tree unzip ca-certificates tini; \
     rm -rf /var/lib/apt/lists/*
+# The state directory (command logs, and the key that proves this is the machine 'sandbox') and /agent-token (the
+# relay's, as in the server stage) exist here with their owners, so volumes mounted on them start with the same.
 RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash agent \
- && mkdir -p /home/agent/workspace \
- && chown agent:agent /home/agent/workspace
+ && mkdir -p /home/agent/workspace /home/agent/.local/state/code-remote /agent-token \
+ && chown agent:agent /home/agent/workspace /home/agent/.local /home/agent/.local/state /home/agent/.local/state/code-remote \
+ && chmod 700 /home/agent/.local/state/code-remote \
+ && chown 10001:10001 /agent-token \
+ && chmod 750 /agent-token
 COPY --from=agent-build /out/code-remote-agent /usr/local/bin/code-remote-agent
+COPY docker/agent-entrypoint.sh /usr/local/bin/code-remote-agent-entrypoint
 
 # The file tools reach only the workspace and /tmp. The shell tool is not confined by this list; what confines
 # it is the container: the agent user, no capabilities (see docker-compose.yml), and only what is mounted here.
@@ -112,5 +121,12 @@ ENV ALLOWED_ROOTS=/home/agent/workspace:/tmp \
     SHELL=/bin/bash
 USER agent
 WORKDIR /home/agent/workspace
-# tini as PID 1: commands that leave background children behind are reaped instead of piling up as zombies.
-ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/code-remote-agent"]
+
+# Healthy only while the agent runs and is connected to the relay (`status` exits 1 otherwise): an agent whose token
+# is refused, or that keeps crashing, shows as unhealthy in `docker ps` / `docker compose ps` instead of "Up".
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+  CMD ["/usr/local/bin/code-remote-agent-entrypoint", "status"]
+
+# tini as PID 1: commands that leave background children behind are reaped instead of piling up as zombies. The
+# entrypoint reads AGENT_TOKEN_FILE when AGENT_TOKEN is unset, then runs code-remote-agent with the arguments given.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/code-remote-agent-entrypoint"]

@@ -12,6 +12,7 @@ import { Cancelled, describeArg, UsageError } from "./agent/cli.ts";
 import { CommandRunner } from "./agent/commands.ts";
 import { ConfigError, ENV_HELP, isLocalOrPrivate, loadConfig, type AgentConfig } from "./agent/config.ts";
 import { configFilePath, withConfigFile } from "./agent/config-file.ts";
+import { loadIdentity, type Identity } from "./agent/identity.ts";
 import { runForever, type Runtime } from "./agent/link.ts";
 import { installService, uninstallService } from "./agent/service.ts";
 import { setup } from "./agent/setup.ts";
@@ -39,6 +40,10 @@ Getting started: code-remote-agent setup && code-remote-agent install-service &&
 Configuration: the file setup writes (KEY=value lines, mode 600), ${configFilePath(process.env)};
 environment variables override it (and so does a .env file in the working directory, under bun run):
 ${ENV_HELP.map(([k, v]) => `  ${k.padEnd(24)} ${v}`).join("\n")}
+
+Identity: at its first start the agent makes a key, identity.key in its state directory (AGENT_STATE_DIR). The
+relay pins it to the machine name, and no other agent can take that name. If the key is lost (a reinstall), the
+relay's owner gives the name back with: bun run server.ts machine-key unpin NAME
 
 Security: run_shell_command runs anything this user can run. Only the file tools are confined to
 ALLOWED_ROOTS. Commands can read this agent's own credentials like any secret of this user; for real
@@ -152,8 +157,10 @@ export async function main(argv: string[]): Promise<number> {
     log("warn", "RELAY_URL is ws:// to a public host: the token travels unencrypted; use wss://");
   }
   let commands: CommandRunner;
+  let identity: Identity;
   try {
     lockStateDir(config);
+    identity = await loadIdentity(config.stateDir);
     commands = new CommandRunner({
       stateDir: config.stateDir,
       machine: config.machine,
@@ -165,13 +172,14 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`code-remote-agent: ${e.message}`);
     return 2;
   }
-  log("info", "starting", { version: VERSION, machine: config.machine, roots: config.roots, shell: config.shell });
+  if (identity.created) log("info", "made this machine's identity key; the relay pins it to the machine name at the first connection", { state_dir: config.stateDir });
+  log("info", "starting", { version: VERSION, machine: config.machine, roots: config.roots, shell: config.shell, public_key: identity.publicKey });
   recordStatus(config, "connecting");
   const recovered = commands.recover();
   if (recovered.commandsLost > 0) {
     log("warn", "commands left running by a previous agent were killed", { commands: recovered.commandsLost, processes: recovered.orphansKilled });
   }
-  const rt: Runtime = { config, commands, stopping: new AbortController() };
+  const rt: Runtime = { config, identity, commands, stopping: new AbortController() };
   process.on("SIGINT", () => void shutdown(rt, "SIGINT"));
   process.on("SIGTERM", () => void shutdown(rt, "SIGTERM"));
   stopWithParent(rt, Number(process.env.CODE_REMOTE_PARENT_PID));

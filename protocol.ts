@@ -56,6 +56,9 @@ export const CloseCode = {
   unsupportedVersion: 4002,
   /** The credential was revoked or no longer admits this machine. */
   forbidden: 4003,
+  /** The machine name is pinned to another agent's key, or this agent could not prove it holds the pinned key,
+   *  or (an agent without a key) another agent connected under the name holds it: retry with the usual backoff. */
+  identityRefused: 4004,
   /** Nothing arrived for HEARTBEAT_TIMEOUT_MS. */
   heartbeatTimeout: 4008,
 } as const;
@@ -312,7 +315,9 @@ const ReadFileResult = z.object({
   offset: z.number().int().describe("First line (text, from 1) or byte (base64, from 0) returned."),
   returned: z.number().int().describe("Lines (text) or bytes (base64) returned."),
   total_lines: z.number().int().nullable().describe("Lines in the whole file (text only)."),
-  truncated: z.boolean().describe("True when more of the file follows; read again from next_offset."),
+  truncated: z
+    .boolean()
+    .describe("True when more of the file follows: read again from next_offset. With next_offset null (a tail), the last line was too long and only its end is returned."),
   next_offset: z.number().int().nullable(),
 });
 
@@ -321,7 +326,10 @@ const WriteFileArgs = z
     path: pathArg,
     content: z.string().max(2 * MAX_WRITE_BYTES).describe(`What to write (at most ${MAX_WRITE_BYTES} bytes per call).`),
     encoding: z.enum(["utf8", "base64"]).optional().describe("How content is encoded (default utf8)."),
-    append: z.boolean().optional().describe("Add to the end of the file instead of replacing it."),
+    append: z
+      .boolean()
+      .optional()
+      .describe("Add to the end of the file, in place, instead of replacing it. An append that fails partway (a full disk) is taken back unless another program appended after it."),
   })
   .strict();
 
@@ -443,6 +451,10 @@ export const AgentStatus = z.object({
   shell: z.string(),
   hostname: z.string(),
   allowed_roots: z.array(z.string()),
+  excluded_paths: z
+    .array(z.string())
+    .optional()
+    .describe("The agent's own files (settings, state, service, logs): no file tool reaches them, whatever the roots. Absent from older agents."),
   pid: z.number().int(),
   uptime_s: z.number().int(),
   running_commands: z.number().int(),
@@ -661,7 +673,24 @@ const AgentOpName = z.enum(AGENT_OP_NAMES as [AgentOp, ...AgentOp[]]);
 /** A request id: opaque to the agent, echoed in the progress and result frames that answer it. */
 const RequestId = z.string().min(1).max(64);
 
-/** Agent → server, first frame after the upgrade: who this agent is. */
+/** `bytes` bytes in unpadded base64url, in its one canonical spelling (so one key is never two different strings). */
+const base64url = (bytes: number, what: string) =>
+  z
+    .string()
+    .length(Math.ceil((bytes * 4) / 3))
+    .regex(/^[A-Za-z0-9_-]+$/, `${what} must be base64url`)
+    .refine((s) => Buffer.from(s, "base64url").toString("base64url") === s, `${what} is not canonical base64url`);
+
+/** An agent's Ed25519 public key (32 bytes), made at its first start; the relay pins it to the machine name. */
+export const PublicKey = base64url(32, "a public key");
+/** A relay's challenge: 32 random bytes, fresh for each connection. */
+const Nonce = base64url(32, "a nonce");
+/** An Ed25519 signature (64 bytes). */
+const Signature = base64url(64, "a signature");
+
+/** Agent → server, first frame after the upgrade: who this agent is. With `public_key` the relay answers with a
+ *  challenge and registers the agent only once it proves it holds that key; an agent without one (older than
+ *  keys) may take only a name that no key is pinned to and no other agent holds. */
 export const HelloFrame = z.object({
   type: z.literal("hello"),
   protocol_version: z.number().int(),
@@ -672,11 +701,32 @@ export const HelloFrame = z.object({
   shell: z.string().max(4096),
   hostname: z.string().max(255),
   allowed_roots: z.array(z.string().max(4096)).max(64),
+  public_key: PublicKey.optional(),
 });
 export type HelloFrame = z.infer<typeof HelloFrame>;
 
-/** Server → agent, answer to hello: the agent is registered and may expect requests. */
-export const WelcomeFrame = z.object({ type: z.literal("welcome"), machine: MachineName, server_version: z.string() });
+/** Server → agent, answer to a hello with a public key: prove you hold its private key. Only sent before welcome,
+ *  and only to an agent whose hello carried a key (an older agent would not know the frame). */
+export const ChallengeFrame = z.object({ type: z.literal("challenge"), nonce: Nonce });
+
+/** Agent → server, answer to a challenge: the Ed25519 signature of identityTranscript(machine, public_key, nonce). */
+export const ProofFrame = z.object({ type: z.literal("proof"), signature: Signature });
+export type ProofFrame = z.infer<typeof ProofFrame>;
+
+/** What an agent signs to prove it holds its machine's key: the relay's fresh nonce bound to the machine name and
+ *  the key, under a label of its own, so a signature proves this one connection and is good for nothing else. */
+export function identityTranscript(machine: string, publicKey: string, nonce: string): Uint8Array<ArrayBuffer> {
+  return new TextEncoder().encode(`code-remote agent identity v1\n${machine}\n${publicKey}\n${nonce}`);
+}
+
+/** Server → agent, answer to hello: the agent is registered and may expect requests. `notice` is a warning for the
+ *  agent's log (its token is the shared one, kept only for compatibility). */
+export const WelcomeFrame = z.object({
+  type: z.literal("welcome"),
+  machine: MachineName,
+  server_version: z.string(),
+  notice: z.string().max(1000).optional(),
+});
 
 /** Server → agent: do `op` with `args` (validated by the agent against opSchemas(op).args). With `progress`,
  *  the agent sends progress frames while the request runs (the MCP client asked for progress). */
@@ -714,12 +764,12 @@ export type ResultFrame = z.infer<typeof ResultFrame>;
 export const PingFrame = z.object({ type: z.literal("ping"), t: z.number() });
 export const PongFrame = z.object({ type: z.literal("pong"), t: z.number() });
 
-export const AgentFrame = z.union([HelloFrame, ResultFrame, ProgressFrame, PingFrame, PongFrame]);
+export const AgentFrame = z.union([HelloFrame, ProofFrame, ResultFrame, ProgressFrame, PingFrame, PongFrame]);
 export type AgentFrame = z.infer<typeof AgentFrame>;
-export const ServerFrame = z.union([WelcomeFrame, RequestFrame, CancelFrame, PingFrame, PongFrame]);
+export const ServerFrame = z.union([WelcomeFrame, ChallengeFrame, RequestFrame, CancelFrame, PingFrame, PongFrame]);
 export type ServerFrame = z.infer<typeof ServerFrame>;
 
-const FRAME_TYPES = ["hello", "welcome", "request", "cancel", "progress", "result", "ping", "pong"];
+const FRAME_TYPES = ["hello", "challenge", "proof", "welcome", "request", "cancel", "progress", "result", "ping", "pong"];
 
 /** Parses one text frame; returns the frame or a short reason (never echoing the frame, which may hold secrets). */
 export function parseFrame<S extends z.ZodType>(

@@ -8,26 +8,32 @@
 // subcommands. The parts live in relay/ (its README.md lists them in reading order).
 
 import type { Server } from "bun";
+import type { Database } from "bun:sqlite";
 import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
 import { Relay, type SocketData } from "./relay/agents.ts";
 import { AuditLog, auditFilter } from "./relay/audit.ts";
-import { bearerToken, clientAddress, Guards, jsonRpcError, TAILSCALE_NETWORKS } from "./relay/auth.ts";
+import { bearerToken, ClientAddresses, Guards, jsonRpcError } from "./relay/auth.ts";
 import { ConfigError, ENV_HELP, loadConfig, type ServerConfig } from "./relay/config.ts";
 import { AgentTokens, OAuthStore } from "./relay/credentials.ts";
 import { Dashboard } from "./relay/dashboard.ts";
-import { devBanner, devToken, loopbackUrl, startLocalAgent } from "./relay/dev.ts";
-import { CallLimits, Penalties } from "./relay/limits.ts";
+import { MachineKeys } from "./relay/identity.ts";
+import { DEV_NO_MACHINE_MESSAGE, devAgentTokenFile, devBanner, devMachineName, devToken, LocalAgent, loopbackUrl } from "./relay/dev.ts";
+import { keepAgentToken } from "./relay/handoff.ts";
+import { CallLimits, FAILURE_SUMMARY_MS, FailureRecords, OWNER_SECRET_GLOBAL_LIMIT, Penalties } from "./relay/limits.ts";
+import { TAILSCALE_NETWORKS } from "./relay/networks.ts";
 import { AuthorizationServer, type ResourcePath } from "./relay/oauth.ts";
-import { agentTokenCommand, auditCommand } from "./relay/operator.ts";
+import { agentTokenCommand, auditCommand, machineKeyCommand, oauthClientsCommand } from "./relay/operator.ts";
 import { openDatabase } from "./relay/storage.ts";
 import { IDLE_TIMEOUT_S, MAX_REQUEST_BODY_BYTES, SESSION_SWEEP_MS, SseSessions, StreamableSessions, type ContextMaker } from "./relay/transports.ts";
 import { logger } from "./log.ts";
 
 const log = logger("server");
 
-/** How often the relay looks for revoked agent tokens (revoking cuts an agent off within this). */
+/** How often the relay looks for revoked agent tokens and OAuth clients (revoking cuts them off within this). */
 const REVOCATION_SWEEP_MS = 1_000;
+/** How often expired OAuth consents and never-approved registrations are dropped. */
+const OAUTH_SWEEP_MS = 60 * 1000;
 /** On a graceful stop, how long to wait for calls in flight to be answered, then for answers to be written: both
  *  together stay inside the 5 s a platform (Fly, docker stop) gives before SIGKILL. */
 const STOP_GRACE_MS = 2_000;
@@ -48,9 +54,10 @@ export function startServer(config: ServerConfig): RunningServer {
   const db = openDatabase(config.databasePath);
   const audit = new AuditLog(db);
   const agentTokens = new AgentTokens(db);
-  const relay = new Relay(audit, (machine) => agentTokens.exists(machine));
-  const penalties = new Penalties();
-  const ownerSecretPenalties = new Penalties();
+  const relay = new Relay(audit, (machine) => agentTokens.exists(machine), new MachineKeys(db));
+  const failures = new FailureRecords(audit);
+  const penalties = new Penalties(failures);
+  const ownerSecretPenalties = new Penalties(failures, OWNER_SECRET_GLOBAL_LIMIT);
   const callLimits = new CallLimits(config.callLimits);
   const oauth = new AuthorizationServer({
     store: new OAuthStore(db),
@@ -59,7 +66,7 @@ export function startServer(config: ServerConfig): RunningServer {
     penalties,
     ownerSecretPenalties,
     audit,
-    machines: () => [...relay.agents.keys()].sort(),
+    endSessionsOf: (clientId) => endSessionsOf((principal) => principal === clientId),
   });
   const newContext: ContextMaker = (client, session, inflight) => ({
     relay,
@@ -69,11 +76,16 @@ export function startServer(config: ServerConfig): RunningServer {
     session,
     inflight,
   });
-  const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, ownerSecretPenalties });
+  const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, oauth, ownerSecretPenalties });
   const streamable = new StreamableSessions(newContext);
   const sse = new SseSessions(newContext);
+  const endSessionsOf = (revoked: (principal: string) => boolean) => [streamable, sse].forEach((sessions) => sessions.closeRevoked(revoked));
+  /** OAuth clients whose access is gone (revoked by `oauth-clients revoke`, which changes only the database, or by
+   *  a replayed token) lose their open sessions too. "owner" is the static AUTH_TOKEN's principal. */
+  const endRevokedSessions = () => endSessionsOf((principal) => principal !== "owner" && !oauth.isGranted(principal));
   let guards: Guards; // needs the bound port, so it is made right after Bun.serve returns
-  const addressOf = (req: Request, server: Server<SocketData>) => clientAddress(server, req, config.trustProxy);
+  const addresses = new ClientAddresses(config.trustProxy, config.trustedProxies);
+  const addressOf = (req: Request, server: Server<SocketData>) => addresses.of(server, req);
 
   /** Host, Origin and bearer checks shared by every MCP route. */
   const authorize = (req: Request, server: Server<SocketData>, path: ResourcePath): AuthInfo | Response =>
@@ -166,7 +178,7 @@ export function startServer(config: ServerConfig): RunningServer {
     return jsonRpcError(405, -32000, "Method not allowed.", { Allow: Object.keys(methods).join(", ") });
   };
 
-  const server = Bun.serve<SocketData>({
+  const server = listening(config, db, () => Bun.serve<SocketData>({
     hostname: config.host,
     port: config.port,
     idleTimeout: IDLE_TIMEOUT_S,
@@ -184,7 +196,7 @@ export function startServer(config: ServerConfig): RunningServer {
       message: (ws, data) => relay.received(ws, data),
       close: (ws, code, reason) => relay.disconnected(ws, code, reason),
     },
-  });
+  }));
   guards = new Guards({ ...config, port: server.port!, audit, penalties, oauth, agentTokens });
   if (config.privateNetworks) {
     log("info", "private-network gate on: agents must connect from PRIVATE_NETWORKS", { networks: process.env.PRIVATE_NETWORKS || TAILSCALE_NETWORKS, trust_proxy: config.trustProxy });
@@ -197,8 +209,14 @@ export function startServer(config: ServerConfig): RunningServer {
     setInterval(() => relay.sweep(), HEARTBEAT_INTERVAL_MS),
     setInterval(() => streamable.sweep(), SESSION_SWEEP_MS),
     setInterval(() => relay.dropRevoked(agentTokens.validHashes()), REVOCATION_SWEEP_MS),
+    setInterval(endRevokedSessions, REVOCATION_SWEEP_MS),
+    setInterval(() => oauth.sweep(), OAUTH_SWEEP_MS),
     setInterval(() => pruneAudit(audit, config.auditRetentionDays), AUDIT_PRUNE_EVERY_MS),
+    setInterval(() => failures.flush(), FAILURE_SUMMARY_MS),
   ];
+  // The port is ours now, so no other relay serves this database: a call still open in it is a crashed relay's.
+  audit.closeInterrupted();
+  oauth.adoptOwnerSecret(); // likewise: only the relay serving this database revokes grants made under another secret
   pruneAudit(audit, config.auditRetentionDays);
   const url = new URL(`http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`);
   return {
@@ -214,12 +232,38 @@ export function startServer(config: ServerConfig): RunningServer {
       // Let answers still being written finish, but never wait long on a client that does not read.
       await Promise.race([server.stop(false), Bun.sleep(STOP_GRACE_MS)]);
       await server.stop(true);
+      failures.flush(); // the failures counted since the last summary are written before the database closes
       db.close();
     },
   };
 }
 
 // --- lifecycle: serve, dev, and signals ---
+
+/** Runs `serve` (Bun.serve). A port another process holds, an address this machine does not have or a port this user
+ *  may not bind becomes a ConfigError that names it and says what to do, instead of Bun's stack trace. */
+function listening<T>(config: ServerConfig, db: Database, serve: () => T): T {
+  try {
+    return serve();
+  } catch (e) {
+    const advice = listenAdvice((e as { code?: string }).code, config);
+    if (!advice) throw e;
+    db.close();
+    throw new ConfigError(advice);
+  }
+}
+
+function listenAdvice(code: string | undefined, { host, port }: ServerConfig): string | undefined {
+  if (code === "EADDRINUSE") {
+    return (
+      `port ${port} on ${host} is already in use by another process (another relay, or bun run dev?). ` +
+      `Find it with: lsof -i :${port}   or: ss -ltnp 'sport = :${port}'   then stop it, or use another port: PORT=${port === 65535 ? 8081 : port + 1}`
+    );
+  }
+  if (code === "EACCES") return `this user may not listen on port ${port} (ports below 1024 need privileges). Use another port: PORT=8080`;
+  if (code === "EADDRNOTAVAIL") return `HOST ${host} is not an address of this machine. Use HOST=127.0.0.1 (this machine only) or HOST=0.0.0.0 (every address).`;
+  return undefined;
+}
 
 /** Waits until every tool call has returned its answer to the MCP transport, or `graceMs` has passed. */
 async function untilAnswered(limits: CallLimits, graceMs: number): Promise<void> {
@@ -243,23 +287,35 @@ function stopOnSignals(stop: () => Promise<void>): void {
 function serve(env: Record<string, string | undefined>): number {
   const config = loadConfig(env);
   const running = startServer(config);
+  const provision = config.provisionAgentToken;
+  // Readable by the relay's group: the compose sandbox joins that group (group_add) to read it, nothing else does.
+  if (provision) keepAgentToken(config.databasePath, provision.machine, provision.file, 0o640);
   log("info", "listening", { url: running.url.toString(), version: VERSION, database: config.databasePath });
   stopOnSignals(running.stop);
   return 0;
 }
 
-/** `bun run dev`: the server on loopback plus a local agent as a child process; one Ctrl-C stops both. */
+/** `bun run dev`: the server on loopback plus a local agent as a child process, with its own token; ready once that
+ *  agent has registered; one Ctrl-C stops both, and an agent that stops stops dev, with its reason and status 1. */
 function dev(env: Record<string, string | undefined>): number {
   const { token, source } = devToken(env, "./data");
   const config = loadConfig({ ...env, AUTH_TOKEN: token, HOST: env.HOST ?? "127.0.0.1" });
+  const machine = devMachineName(env);
   const running = startServer(config);
+  const agentToken = keepAgentToken(config.databasePath, machine, devAgentTokenFile("./data"), 0o600);
+  running.relay.noMachineMessage = DEV_NO_MACHINE_MESSAGE;
   const url = loopbackUrl(running.url);
-  console.log(devBanner(url, token, source));
-  const agent = startLocalAgent(url, config.agentToken, env);
+  const agent = new LocalAgent(url, agentToken, machine);
   stopOnSignals(async () => {
-    agent.kill("SIGTERM");
-    await agent.exited;
+    await agent.stop();
     await running.stop();
+  });
+  const ready = () => console.log(devBanner(url, token, source, machine));
+  void agent.failure(() => running.relay.agents.has(machine), ready).then(async (failure) => {
+    if (failure === undefined) return;
+    console.error(failure);
+    await running.stop();
+    process.exit(1);
   });
   return 0;
 }
@@ -278,6 +334,13 @@ Usage:
   bun run server.ts agent-token create NAME  make a token that admits only the agent named NAME; printed once
   bun run server.ts agent-token list         machines with a token, when made and last used
   bun run server.ts agent-token revoke NAME  revoke it: a connected agent using it is cut off at once
+  bun run server.ts oauth-clients [list]     OAuth applications the owner approved: name, redirect hosts, when
+                                             approved and last used
+  bun run server.ts oauth-clients revoke CLIENT_ID
+                                             revoke one: its tokens stop working at once, its open sessions end
+  bun run server.ts machine-key list         machine names and the agent key pinned to each (only its holder may connect)
+  bun run server.ts machine-key unpin NAME   forget NAME's key (the machine lost it, e.g. a reinstall): the next agent
+                                             to connect as NAME pins its own
   bun run server.ts audit [--machine M] [--tool T] [--since 1h] [--limit N] [--events] [--json]
                                              recent tool calls (or other events) from the audit log
   bun run server.ts audit verify             check the audit chain; names the first changed or missing event
@@ -301,6 +364,8 @@ export function main(argv: string[], env: Record<string, string | undefined> = p
     if (command === undefined) return serve(env);
     if (command === "dev" && rest.length === 0) return dev(env);
     if (command === "agent-token") return agentTokenCommand(rest, env);
+    if (command === "machine-key") return machineKeyCommand(rest, env);
+    if (command === "oauth-clients") return oauthClientsCommand(rest, env);
     if (command === "audit") return auditCommand(rest, env);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;

@@ -23,7 +23,7 @@ import {
   type OpResult,
   type ProgressFrame,
 } from "../protocol.ts";
-import { isInsideRoots, resolveExisting } from "./paths.ts";
+import { type FileScope, isInsideRoots, resolveExisting } from "./paths.ts";
 import { logger } from "../log.ts";
 
 const log = logger("agent");
@@ -46,6 +46,9 @@ const MAX_FINISHED_COMMANDS = 100;
  *  (each waiting command holds a record file and memory, and all would run once slots free up). */
 const MAX_QUEUED_COMMANDS = 64;
 const MAX_KEPT_LOG_BYTES = 512 * 1024 * 1024;
+/** send_command_input waits this long for the command to take its input: one that never reads (its pipe full)
+ *  must not hold the call, or pile up more input in memory, for ever. */
+const INPUT_WAIT_MS = 5_000;
 /** Progress frames go out this often while a foreground call waits, with this much of the output's end. */
 const PROGRESS_INTERVAL_MS = 1_000;
 const PROGRESS_TAIL_BYTES = 2_048;
@@ -130,12 +133,16 @@ class OutputLog {
     readonly id: string,
   ) {}
 
-  /** A log written by an earlier agent: its size, and which segments are still there. */
-  static reopen(dir: string, id: string, total: number): OutputLog {
+  /** A log an earlier agent wrote, measured by its segments on disk (`names`: the state directory's files): a
+   *  command's record gets its size only when the command ends, so after a crash the disk is what knows how much
+   *  output there is and which segments are left to delete. */
+  static fromDisk(dir: string, id: string, names: readonly string[]): OutputLog {
     const log = new OutputLog(dir, id);
-    log.total = total;
-    const last = Math.floor(total / LOG_SEGMENT_BYTES);
-    log.#firstSegment = Math.max(0, last - LOG_MAX_SEGMENTS + 1);
+    const indexes = names.map((name) => segmentIndex(name, id)).filter((i) => i !== null).sort((a, b) => a - b);
+    if (indexes.length === 0) return log;
+    const last = indexes[indexes.length - 1]!;
+    log.#firstSegment = indexes[0]!;
+    log.total = last * LOG_SEGMENT_BYTES + fs.statSync(log.#segment(last)).size;
     return log;
   }
 
@@ -213,6 +220,13 @@ class OutputLog {
     this.close();
     for (let i = this.#firstSegment; i * LOG_SEGMENT_BYTES <= this.total; i++) fs.rmSync(this.#segment(i), { force: true });
   }
+}
+
+/** The index of a file named `<id>.<index>.log` (a segment of command `id`'s log), or null for any other file. */
+function segmentIndex(name: string, id: string): number | null {
+  if (!name.startsWith(`${id}.`) || !name.endsWith(".log")) return null;
+  const index = name.slice(id.length + 1, -".log".length);
+  return /^\d+$/.test(index) ? Number(index) : null;
 }
 
 // --- process groups and environment ---
@@ -355,6 +369,8 @@ class Command {
   /** stdin is a pipe only when there is input to give (see #spawn); otherwise /dev/null. */
   #proc: Bun.Subprocess<"pipe" | "ignore", "pipe", "pipe"> | null = null;
   #stdinOpen = false;
+  /** Input given to the command that it has not taken yet: more is refused meanwhile. */
+  #inputWaiting = false;
   #killRequested = false;
   readonly #dequeue = new AbortController();
   readonly #startedAt = performance.now();
@@ -518,21 +534,43 @@ class Command {
     return signal;
   }
 
+  /** send_command_input: writes to stdin and waits (at most INPUT_WAIT_MS) until the command has taken it all. */
   async writeInput(input: string, close: boolean): Promise<number> {
+    const id = this.record.id;
     const stdin = this.#proc?.stdin;
-    if (!stdin || !this.#stdinOpen) return fail("wrong_type", `Command ${this.record.id} does not take input: its stdin is closed (only background commands keep it open).`);
+    if (!stdin || !this.#stdinOpen) return fail("wrong_type", `Command ${id} does not take input: its stdin is closed (only background commands keep it open).`);
+    if (this.#inputWaiting) {
+      return fail("busy", `Command ${id} has not read the input sent before yet, so nothing was sent. See what it is doing with get_command_output, or stop it with kill_command.`);
+    }
+    if (close) this.#stdinOpen = false;
+    this.#inputWaiting = true;
+    const delivered = this.#deliver(stdin, input, close);
+    void delivered.then(() => (this.#inputWaiting = false));
+    const taken = await Promise.race([delivered, Bun.sleep(INPUT_WAIT_MS).then(() => "waiting" as const)]);
+    if (taken === "waiting") {
+      return fail(
+        "busy",
+        `Command ${id} has not taken all of its input within ${INPUT_WAIT_MS / 1000} s (its input pipe is full): the rest waits ` +
+          `there and reaches it as it reads${close ? ", then its stdin closes" : ""}; more input is refused until then. See ` +
+          `what it is doing with get_command_output, or stop it with kill_command.`,
+      );
+    }
+    if (!taken) fail("io_error", `Command ${id} stopped reading its input.`);
+    return Buffer.byteLength(input);
+  }
+
+  /** Writes to the pipe and resolves once the command has taken it all (true), or the pipe broke (false: it
+   *  exited or closed its stdin). Never rejects. */
+  async #deliver(stdin: Bun.FileSink, input: string, close: boolean): Promise<boolean> {
     try {
       stdin.write(input);
       await stdin.flush();
-      if (close) {
-        this.#stdinOpen = false;
-        await stdin.end();
-      }
+      if (close) await stdin.end();
+      return true;
     } catch {
       this.#stdinOpen = false;
-      fail("io_error", `Command ${this.record.id} stopped reading its input.`);
+      return false;
     }
-    return Buffer.byteLength(input);
   }
 
   /** Resolves at the next output or state change, or after `ms`, or when `signal` aborts. */
@@ -588,16 +626,18 @@ export class CommandRunner {
   recover(): { orphansKilled: number; commandsLost: number } {
     let orphansKilled = 0;
     let commandsLost = 0;
-    for (const name of fs.readdirSync(this.options.stateDir).filter((n) => n.endsWith(".json"))) {
+    const names = fs.readdirSync(this.options.stateDir);
+    for (const name of names.filter((n) => n.endsWith(".json"))) {
       const record = this.#readRecord(path.join(this.options.stateDir, name));
       if (!record) continue;
+      const log = OutputLog.fromDisk(this.options.stateDir, record.id, names);
       if (!isFinal(record.state)) {
         if (record.pgid) orphansKilled += reapOrphans(record.id, record.pgid);
-        Object.assign(record, { state: "killed", ended_at: new Date().toISOString(), note: "the agent restarted while it ran" });
+        Object.assign(record, { state: "killed", ended_at: new Date().toISOString(), total_bytes: log.total, note: "the agent restarted while it ran" });
         this.#persist(record);
         commandsLost++;
       }
-      this.#commands.set(record.id, new Command(record, OutputLog.reopen(this.options.stateDir, record.id, record.total_bytes), (r) => this.#persist(r)));
+      this.#commands.set(record.id, new Command(record, log, (r) => this.#persist(r)));
     }
     this.#prune();
     return { orphansKilled, commandsLost };
@@ -677,7 +717,7 @@ export class CommandRunner {
     }
     const shell = args.shell ?? ctx.shell;
     if (args.shell && !isExecutable(args.shell)) fail("invalid_arguments", `shell '${args.shell}' is not an executable file (give an absolute path).`);
-    const cwd = args.working_dir ? resolveExisting(args.working_dir, ctx.roots, ctx.home) : defaultDirectory(ctx);
+    const cwd = args.working_dir ? resolveExisting(args.working_dir, ctx) : defaultDirectory(ctx);
     if (!fs.statSync(cwd).isDirectory()) fail("wrong_type", `'${args.working_dir}' is not a directory.`);
     const argv = args.argv ?? [shell, "-c", args.command!];
     const background = args.background === true;
@@ -825,13 +865,11 @@ export class CommandRunner {
   }
 }
 
-/** What run() needs from the request and the agent. */
-export interface RunContext {
+/** What run() needs from the request and the agent; a working_dir must be a place the file tools may reach. */
+export interface RunContext extends FileScope {
   signal: AbortSignal;
   /** When the request arrived (ms): timeout and wait_seconds count from here, queueing included. */
   receivedAt: number;
-  roots: readonly string[];
-  home: string;
   shell: string;
   /** Set when the client asked for progress. */
   onProgress?: (progress: Omit<ProgressFrame, "type" | "id">) => void;

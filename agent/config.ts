@@ -32,13 +32,13 @@ export interface AgentConfig {
 
 /** Settings the agent reads, from the environment or its configuration file; `--help` prints this table. */
 export const ENV_HELP: [string, string][] = [
-  ["RELAY_URL", "Relay WebSocket URL, e.g. wss://relay.example.com/ws/agent (required)"],
-  ["AGENT_TOKEN", "Credential for the relay; AUTH_TOKEN is used when it is unset (required)"],
+  ["RELAY_URL", "The relay's agent address, wss://relay.example.com/ws/agent, or its origin (required; not …/mcp)"],
+  ["AGENT_TOKEN", "This machine's token (agent-token create NAME on the relay), or the shared one; AUTH_TOKEN if unset (required)"],
   ["MACHINE_NAME", "Name the assistant uses for this machine (default: the host name)"],
   ["ALLOWED_ROOTS", "Directories the file tools may touch, ':'-separated (default: home, /tmp, /var/tmp)"],
   ["MAX_CONCURRENT_COMMANDS", "Foreground commands run at once; more wait in a queue (default 8)"],
   ["MAX_BACKGROUND_COMMANDS", "Background commands run at once; more are refused (default 16)"],
-  ["AGENT_STATE_DIR", "Where command output and records are kept (default ~/.local/state/code-remote/<machine>; macOS: ~/Library/Application Support/…)"],
+  ["AGENT_STATE_DIR", "Command output and records, and identity.key (default ~/.local/state/code-remote/<machine>; macOS: ~/Library/Application Support/…)"],
   ["SHELL", "Shell for run_shell_command, an absolute path (default: the login shell's $SHELL, else /bin/sh)"],
   ["LOG_FILE", "Log to this file instead of stderr, rotated by size (the service sets it; --log-file FILE too)"],
   ["LOG_MAX_BYTES", `Size at which LOG_FILE is rotated, in bytes (default ${LOG_MAX_BYTES}, at least ${MIN_LOG_BYTES})`],
@@ -93,6 +93,14 @@ export function defaultStateDir(env: Record<string, string | undefined>, home: s
   return path.join(base, "code-remote", machine);
 }
 
+/** Paths of the relay's MCP endpoints: an address ending in one is what clients use, never what an agent dials. */
+const CLIENT_PATHS = /\/(mcp|sse|messages)\/?$/;
+const AGENT_PATH = "/ws/agent";
+
+/** Checks RELAY_URL and returns the WebSocket URL to dial. ws:// and wss:// are taken as they are (the origin alone
+ *  gets /ws/agent); an http(s):// URL only as the relay's origin or its /ws/agent address, turned into ws(s)://.
+ *  A client's address (…/mcp, …/sse) is refused with the right one, not dialled: the relay would answer it with a
+ *  401 that reads like a wrong token. */
 export function parseRelayUrl(raw: string | undefined): string {
   if (!raw) throw new ConfigError("RELAY_URL is not set: e.g. RELAY_URL=ws://127.0.0.1:8080/ws/agent");
   let url: URL;
@@ -101,15 +109,30 @@ export function parseRelayUrl(raw: string | undefined): string {
   } catch {
     throw new ConfigError("RELAY_URL is not a URL: e.g. RELAY_URL=wss://relay.example.com/ws/agent");
   }
-  if (url.protocol === "https:") url.protocol = "wss:";
-  if (url.protocol === "http:") url.protocol = "ws:";
-  if (url.protocol !== "ws:" && url.protocol !== "wss:") throw new ConfigError("RELAY_URL must start with ws:// or wss://.");
+  const web = url.protocol === "https:" || url.protocol === "http:";
+  if (!web && url.protocol !== "ws:" && url.protocol !== "wss:") throw new ConfigError("RELAY_URL must start with wss:// (or ws:// on a private network).");
   // A credential in the URL ends up in proxy and server logs; the token travels only in the Authorization header.
   if (url.search || url.username || url.password) {
     throw new ConfigError("RELAY_URL must not carry a query or credentials; the token goes in AGENT_TOKEN.");
   }
-  if (url.pathname === "/" || url.pathname === "") url.pathname = "/ws/agent";
+  const origin = url.pathname === "/" || url.pathname === "";
+  if (CLIENT_PATHS.test(url.pathname) || (web && !origin && !url.pathname.endsWith(AGENT_PATH))) {
+    throw new ConfigError(
+      `RELAY_URL ${raw} is not the relay's agent address${CLIENT_PATHS.test(url.pathname) ? " (MCP clients use that one)" : ""}: ` +
+        `agents connect to /ws/agent over a WebSocket. Use RELAY_URL=${agentAddress(url)}`,
+    );
+  }
+  if (web) url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  if (origin) url.pathname = AGENT_PATH;
   return url.toString();
+}
+
+/** The agent address of the relay that `url` (a client's address, or any page of the relay) belongs to. */
+function agentAddress(url: URL): string {
+  const wsUrl = new URL(url);
+  wsUrl.protocol = url.protocol === "https:" || url.protocol === "wss:" ? "wss:" : "ws:";
+  wsUrl.pathname = CLIENT_PATHS.test(url.pathname) ? url.pathname.replace(CLIENT_PATHS, AGENT_PATH) : AGENT_PATH;
+  return wsUrl.toString();
 }
 
 export function defaultMachineName(): string {

@@ -3,7 +3,8 @@
 // old_text instead of guessing. The pure parts (applyEdits, unifiedDiff) are exported for tests.
 
 import { FIELD_BUDGET_CHARS, fail, fitToBudget, type OpArgs, type OpResult } from "../protocol.ts";
-import { readWholeText, replaceFile, type FileScope } from "./files.ts";
+import { readWholeText, replaceFile } from "./files.ts";
+import type { FileScope } from "./paths.ts";
 
 /** Files larger than this are not edited in memory (use run_shell_command with sed, or write_file). */
 const EDIT_MAX_BYTES = 8 * 1024 * 1024;

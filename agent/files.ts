@@ -1,18 +1,13 @@
-// The agent's file tools: read_file, write_file and list_directory, inside the allowed roots (paths.ts decides
-// what is inside). Reads stream and stay within the result budget; writes are atomic (temp file + rename in the
-// same directory) and never follow a symlink planted meanwhile.
+// The agent's file tools: read_file, write_file, list_directory and file_info, on what paths.ts says they may reach.
+// Reads stream, stay within the result budget and yield to the event loop while they scan; writes are atomic (temp
+// file + rename in the same directory), appends go in place (O_APPEND), and neither follows a symlink planted
+// meanwhile.
 
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { FIELD_BUDGET_CHARS, fail, Failure, jsonCost, MAX_READ_BASE64_BYTES, MAX_WRITE_BYTES, takeWithinCost, type OpArgs, type OpResult } from "../protocol.ts";
-import { errnoOf, expandPath, fdPath, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
-
-/** Where the file tools may act: the real allowed roots, and the home directory for ~. */
-export interface FileScope {
-  roots: readonly string[];
-  home: string;
-}
+import { errnoOf, expandPath, fdPath, type FileScope, isOwnFile, O_APPEND, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
 
 // --- constants ---
 
@@ -22,6 +17,9 @@ const READ_BASE64_MAX_BYTES = 32 * 1024;
 /** read_file reads in chunks of this size, and stops counting lines past this many bytes (total_lines: null). */
 const READ_CHUNK_BYTES = 1024 * 1024;
 const COUNT_LINES_MAX_BYTES = 256 * 1024 * 1024;
+/** read_file spends at most this long scanning for the lines asked for and counting the rest: an answer comes well
+ *  within the relay's deadline for the call, however big the file. */
+const READ_SCAN_MS = 10_000;
 /** A tail read looks at most this far back from the end of the file. */
 const TAIL_MAX_BYTES = 4 * 1024 * 1024;
 /** Lines are counted for file_info up to this size. */
@@ -45,9 +43,9 @@ function readAt(fd: number, length: number, position: number): Buffer {
 }
 
 function openRegularFile(input: string, config: FileScope): { fd: number; real: string; size: number } {
-  const real = resolveExisting(input, config.roots, config.home);
+  const real = resolveExisting(input, config);
   // O_NONBLOCK: opening a FIFO must not hang waiting for a writer; fstat then refuses it.
-  const fd = openChecked(real, O_RDONLY | O_NONBLOCK, config.roots, input);
+  const fd = openChecked(real, O_RDONLY | O_NONBLOCK, config, input);
   const stat = fs.fstatSync(fd);
   if (!stat.isFile()) {
     fs.closeSync(fd);
@@ -75,7 +73,8 @@ export async function readFile(args: OpArgs<"read_file">, scope: FileScope): Pro
     const asText = encoding === "utf8" || (encoding === "auto" && looksLikeText(readAt(fd, SNIFF_BYTES, 0)));
     if (args.tail !== undefined && args.offset !== undefined) fail("invalid_arguments", "Give offset or tail, not both.");
     if (!asText) return readBase64(fd, real, size, args);
-    return args.tail !== undefined ? readTail(fd, real, size, args.tail, args.path) : readTextLines(fd, real, size, args);
+    // Awaited here, so the descriptor stays open until the read is done.
+    return args.tail !== undefined ? readTail(fd, real, size, args.tail, args.path) : await readTextLines(fd, real, size, args);
   } finally {
     fs.closeSync(fd);
   }
@@ -100,7 +99,9 @@ function readBase64(fd: number, real: string, size: number, args: OpArgs<"read_f
 }
 
 /** The last `count` lines, found by reading backwards from the end (a huge log costs no more than its tail).
- *  If they do not fit the budget, the earliest of them are left out; `offset` says where the result starts. */
+ *  If they do not fit the budget, the earliest of them are left out; `offset` says where the result starts. A last
+ *  line too long for the budget on its own comes back as its end, the newest part of it (`truncated`, with no
+ *  next_offset: nothing follows). */
 function readTail(fd: number, real: string, size: number, count: number, input: string): OpResult<"read_file"> {
   const start = tailStart(fd, size, count);
   let text: string;
@@ -114,6 +115,8 @@ function readTail(fd: number, real: string, size: number, count: number, input: 
   let first = lines.length;
   while (first > 0 && cost + jsonCost(lines[first - 1]!) <= READ_BUDGET_CHARS) cost += jsonCost(lines[--first]!);
   const kept = lines.slice(first);
+  const cutLine = kept.length === 0 && lines.length > 0;
+  if (cutLine) kept.push(endWithinCost(lines[lines.length - 1]!, READ_BUDGET_CHARS));
   const total = size <= COUNT_LINES_MAX_BYTES ? countLines(fd, size) : null;
   return {
     path: real,
@@ -123,9 +126,17 @@ function readTail(fd: number, real: string, size: number, count: number, input: 
     offset: total === null ? 0 : total - kept.length + 1,
     returned: kept.length,
     total_lines: total,
-    truncated: false,
+    truncated: cutLine,
     next_offset: null,
   };
+}
+
+/** The end of `line` whose JSON form fits `budget` characters, in whole code points. */
+function endWithinCost(line: string, budget: number): string {
+  // Each character costs at least one: the last budget + 1 UTF-16 units hold the answer, and the first of them may
+  // be half of a surrogate pair, so it goes.
+  const chars = Array.from(line.slice(-(budget + 1))).slice(1);
+  return takeWithinCost(chars.reverse(), budget).reverse().join("");
 }
 
 /** The byte where the last `count` lines begin (a final newline does not start another line), reading at most
@@ -143,10 +154,14 @@ function tailStart(fd: number, size: number, count: number): number {
     end = from;
   }
   if (limit === 0) return 0;
-  // Past TAIL_MAX_BYTES: start at the first whole line inside the window.
+  // Past TAIL_MAX_BYTES: start at the first whole line inside the window, or, when the last line is longer than the
+  // window, at the first whole character (a UTF-8 continuation byte is 0b10xxxxxx).
   const window = readAt(fd, Math.min(READ_CHUNK_BYTES, size - limit), limit);
   const firstBreak = window.indexOf(0x0a);
-  return firstBreak === -1 ? limit : limit + firstBreak + 1;
+  if (firstBreak !== -1) return limit + firstBreak + 1;
+  let skip = 0;
+  while (skip < 3 && ((window[skip] ?? 0) & 0xc0) === 0x80) skip++;
+  return limit + skip;
 }
 
 /** Lines in a file: its newlines, plus one for a last line without a newline. */
@@ -234,15 +249,20 @@ class LineSelection {
 }
 
 /** Reads lines [offset, offset + limit) of a UTF-8 file within the budget, streaming, and counts all lines
- *  (up to COUNT_LINES_MAX_BYTES). Invalid UTF-8 is an error that points to base64, never silently mangled. */
-function readTextLines(fd: number, real: string, size: number, args: OpArgs<"read_file">): OpResult<"read_file"> {
+ *  (up to COUNT_LINES_MAX_BYTES, for at most READ_SCAN_MS). Between chunks it lets the event loop run, so a scan
+ *  through gigabytes never holds up heartbeats and other calls. Invalid UTF-8 is an error that points to base64,
+ *  never silently mangled. */
+async function readTextLines(fd: number, real: string, size: number, args: OpArgs<"read_file">): Promise<OpResult<"read_file">> {
   const first = Math.max(1, args.offset ?? 1);
   const selection = new LineSelection(first, args.limit ? first + args.limit - 1 : Infinity, READ_BUDGET_CHARS);
   const splitter = new LineSplitter(2 * READ_BUDGET_CHARS);
   const decoder = new TextDecoder("utf-8", { fatal: true });
   let position = 0;
   let atEnd = false;
-  while (!atEnd && !(selection.done && position > COUNT_LINES_MAX_BYTES)) {
+  const deadline = Date.now() + READ_SCAN_MS;
+  while (!atEnd && !(selection.done && (position > COUNT_LINES_MAX_BYTES || Date.now() > deadline))) {
+    if (Date.now() > deadline) lineOutOfReach(args.path, first, selection.seen, position, size);
+    await new Promise((resolve) => setImmediate(resolve));
     // Ask for one byte more than the file should have left: a short read is the end, with no extra read to see it.
     const want = Math.min(READ_CHUNK_BYTES, Math.max(0, size - position) + 1);
     const chunk = readAt(fd, want, position);
@@ -272,6 +292,16 @@ function readTextLines(fd: number, real: string, size: number, args: OpArgs<"rea
   };
 }
 
+/** The line asked for was not reached within READ_SCAN_MS (it lies far into a huge file, or past its end). */
+function lineOutOfReach(input: string, line: number, seen: number, position: number, size: number): never {
+  return fail(
+    "too_large",
+    `'${input}' is too big to reach line ${line} by counting: ${seen} lines were read (${position} of ${size} bytes) in ` +
+      `${READ_SCAN_MS / 1000} s. Read its end with tail, bytes from an offset with encoding "base64", or use ` +
+      `run_shell_command (sed -n '${line},+99p').`,
+  );
+}
+
 /** Turns an errno from a write into a sentence for the model. */
 function ioFailure(e: unknown, input: string): never {
   if (e instanceof Failure) throw e;
@@ -283,6 +313,7 @@ function ioFailure(e: unknown, input: string): never {
     EACCES: "permission denied",
     EPERM: "permission denied",
     ENAMETOOLONG: "a name in the path is too long",
+    ELOOP: "it was replaced by a symlink meanwhile",
     EISDIR: "it is a directory",
   };
   return fail("io_error", `Cannot write '${input}': ${(code && reason[code]) ?? code ?? String(e)}. Nothing was changed.`);
@@ -307,14 +338,14 @@ interface OpenedDir {
 
 /** Opens the real directory `dir`, creating the missing components one at a time below a checked descriptor,
  *  so a symlink swapped in meanwhile cannot send the new directories or the file elsewhere. */
-function openDirCreating(dir: string, roots: readonly string[], input: string): OpenedDir {
+function openDirCreating(dir: string, scope: FileScope, input: string): OpenedDir {
   const missing: string[] = [];
   let existing = dir;
   while (!fs.existsSync(existing)) {
     missing.unshift(path.basename(existing));
     existing = path.dirname(existing);
   }
-  const opened: OpenedDir = { fd: openChecked(existing, O_RDONLY | O_DIRECTORY, roots, input), real: existing, created: [] };
+  const opened: OpenedDir = { fd: openChecked(existing, O_RDONLY | O_DIRECTORY, scope, input), real: existing, created: [] };
   try {
     for (const name of missing) {
       const child = `${fdPath(opened.fd, opened.real)}/${name}`;
@@ -325,7 +356,7 @@ function openDirCreating(dir: string, roots: readonly string[], input: string): 
       } catch (e) {
         if (errnoOf(e) !== "EEXIST") ioFailure(e, input);
       }
-      const next = openChecked(child, O_RDONLY | O_DIRECTORY, roots, input);
+      const next = openChecked(child, O_RDONLY | O_DIRECTORY, scope, input);
       if (made) opened.created.push({ parentFd: opened.fd, parentReal: opened.real, name });
       else fs.closeSync(opened.fd);
       opened.fd = next;
@@ -369,13 +400,17 @@ export async function writeFile(args: OpArgs<"write_file">, config: FileScope): 
   if (data.length > MAX_WRITE_BYTES) {
     fail("too_large", `content is ${data.length} bytes; write at most ${MAX_WRITE_BYTES} per call and append the rest.`);
   }
-  const target = resolveForWrite(args.path, config.roots, config.home);
-  const dir = openDirCreating(path.dirname(target), config.roots, args.path);
+  const target = resolveForWrite(args.path, config);
+  const dir = openDirCreating(path.dirname(target), config, args.path);
   let written = false;
   try {
-    const result = replaceAtomically(fdPath(dir.fd, dir.real), path.basename(target), data, { append: args.append === true, input: args.path, target });
+    const dirPath = fdPath(dir.fd, dir.real);
+    const name = path.basename(target);
+    const existing = lstatIn(dirPath, name);
+    if (existing && !existing.isFile()) fail("wrong_type", `'${args.path}' exists and is not a regular file; refusing to replace it.`);
+    const size = args.append === true && existing ? appendInPlace(`${dirPath}/${name}`, data, args.path) : replaceAtomically(dirPath, name, data, existing);
     written = true;
-    return result;
+    return { path: target, bytes_written: data.length, size, created: !existing };
   } catch (e) {
     return ioFailure(e, args.path);
   } finally {
@@ -383,19 +418,13 @@ export async function writeFile(args: OpArgs<"write_file">, config: FileScope): 
   }
 }
 
-/** Writes a temp file in the same directory and renames it over `name`: readers see the old file or the new
- *  one, never half of it. Appending copies the old content into the temp file first. */
-function replaceAtomically(dirPath: string, name: string, data: Buffer, how: { append: boolean; input: string; target: string }) {
-  const existing = lstatIn(dirPath, name);
-  if (existing && !existing.isFile()) {
-    fail("wrong_type", `'${how.input}' exists and is not a regular file; refusing to replace it.`);
-  }
+/** Writes a temp file in the same directory and renames it over `name` (a regular file, or none yet: `existing`):
+ *  readers see the old file or the new one, never half of it. Returns the new size. */
+function replaceAtomically(dirPath: string, name: string, data: Buffer, existing: fs.Stats | null): number {
   const tempPath = `${dirPath}/.code-remote-${randomBytes(8).toString("hex")}.tmp`;
   // Security: O_EXCL|O_NOFOLLOW, so a symlink planted under the temp name is never followed.
   const fd = fs.openSync(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
-  let size = data.length;
   try {
-    if (how.append && existing) size += copyInto(fd, `${dirPath}/${name}`);
     writeAll(fd, data);
     fs.fchmodSync(fd, existing ? existing.mode & 0o7777 : 0o666 & ~process.umask());
     fs.fsyncSync(fd);
@@ -410,7 +439,32 @@ function replaceAtomically(dirPath: string, name: string, data: Buffer, how: { a
     fs.rmSync(tempPath, { force: true });
     throw e;
   }
-  return { path: how.target, bytes_written: data.length, size, created: !existing };
+  return data.length;
+}
+
+/** Appends to the existing file at `file` (a name in a checked directory) in place, through O_APPEND on a
+ *  descriptor that does not follow a symlink: what other programs append before or after is kept, and hard links
+ *  stay one file. A copy and rename would lose their later appends. "Nothing was changed" holds as far as it can
+ *  for a file others may be writing too: an append cut short (the disk full) is cut off again when nothing else
+ *  was appended after it. Returns the size after the append. */
+function appendInPlace(file: string, data: Buffer, input: string): number {
+  const fd = fs.openSync(file, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK);
+  try {
+    const before = fs.fstatSync(fd);
+    if (!before.isFile()) fail("wrong_type", `'${input}' is not a regular file; refusing to append to it.`);
+    let written = 0;
+    try {
+      while (written < data.length) written += fs.writeSync(fd, data, written);
+      fs.fsyncSync(fd);
+    } catch (e) {
+      // Ours are the last bytes only if the file grew by exactly what we wrote; then they can be taken back.
+      if (written > 0 && fs.fstatSync(fd).size === before.size + written) fs.ftruncateSync(fd, before.size);
+      throw e;
+    }
+    return fs.fstatSync(fd).size;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** A text file read whole, with what is needed to replace it later only if nobody changed it meanwhile. */
@@ -442,7 +496,7 @@ export function readWholeText(input: string, scope: FileScope, maxBytes: number)
 /** Replaces a file read by readWholeText with `data`, atomically, unless it changed since (then nothing is
  *  written: the model reads it again rather than overwriting someone else's change). */
 export function replaceFile(input: string, file: WholeText, data: Buffer, scope: FileScope): void {
-  const dir = openDirCreating(path.dirname(file.real), scope.roots, input);
+  const dir = openDirCreating(path.dirname(file.real), scope, input);
   let replaced = false;
   try {
     const name = path.basename(file.real);
@@ -450,7 +504,7 @@ export function replaceFile(input: string, file: WholeText, data: Buffer, scope:
     if (!now || now.mtimeMs !== file.mtimeMs || now.size !== file.size) {
       fail("io_error", `'${input}' changed while it was being edited; nothing was written. Read it again and retry.`);
     }
-    replaceAtomically(fdPath(dir.fd, dir.real), name, data, { append: false, input, target: file.real });
+    replaceAtomically(fdPath(dir.fd, dir.real), name, data, now);
     replaced = true;
   } catch (e) {
     ioFailure(e, input);
@@ -465,21 +519,6 @@ function writeAll(fd: number, data: Uint8Array): void {
   for (let offset = 0; offset < data.length; ) offset += fs.writeSync(fd, data, offset);
 }
 
-/** Copies a regular file (not followed if it is a symlink) into `fd`; returns the bytes copied. */
-function copyInto(fd: number, source: string): number {
-  const src = fs.openSync(source, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
-  try {
-    let copied = 0;
-    for (let chunk = readAt(src, READ_CHUNK_BYTES, 0); chunk.length > 0; chunk = readAt(src, READ_CHUNK_BYTES, copied)) {
-      writeAll(fd, chunk);
-      copied += chunk.length;
-    }
-    return copied;
-  } finally {
-    fs.closeSync(src);
-  }
-}
-
 function entryType(stat: fs.Stats): "file" | "dir" | "symlink" | "other" {
   if (stat.isSymbolicLink()) return "symlink";
   if (stat.isDirectory()) return "dir";
@@ -487,11 +526,11 @@ function entryType(stat: fs.Stats): "file" | "dir" | "symlink" | "other" {
 }
 
 export function listDirectory(args: OpArgs<"list_directory">, scope: FileScope): OpResult<"list_directory"> {
-  const real = resolveExisting(args.path, scope.roots, scope.home);
+  const real = resolveExisting(args.path, scope);
   if (!fs.statSync(real).isDirectory()) fail("wrong_type", `'${args.path}' is not a directory: use read_file.`);
-  const fd = openChecked(real, O_RDONLY | O_DIRECTORY, scope.roots, args.path);
+  const fd = openChecked(real, O_RDONLY | O_DIRECTORY, scope, args.path);
   try {
-    const listing = new Listing(args.include_hidden === true);
+    const listing = new Listing(args.include_hidden === true, real, scope);
     listing.walk(fdPath(fd, real), "", args.depth ?? 1);
     return { path: real, entries: listing.entries, total: listing.seen, hidden_skipped: listing.hiddenSkipped, truncated: listing.truncated };
   } finally {
@@ -499,15 +538,19 @@ export function listDirectory(args: OpArgs<"list_directory">, scope: FileScope):
   }
 }
 
-/** A depth-first listing, sorted at each level ("a", "a/x", "b"), within the entry and size budgets. Symlinked
- *  directories are listed but not entered. */
+/** A depth-first listing of the directory at `base`, sorted at each level ("a", "a/x", "b"), within the entry and
+ *  size budgets. Symlinked directories are listed but not entered; the agent's own files are left out. */
 class Listing {
   readonly entries: OpResult<"list_directory">["entries"] = [];
   seen = 0;
   hiddenSkipped = 0;
   truncated = false;
   #cost = 0;
-  constructor(readonly includeHidden: boolean) {}
+  constructor(
+    readonly includeHidden: boolean,
+    readonly base: string,
+    readonly scope: FileScope,
+  ) {}
 
   walk(dirPath: string, prefix: string, levels: number): void {
     let names: string[];
@@ -522,6 +565,7 @@ class Listing {
         this.hiddenSkipped++;
         continue;
       }
+      if (isOwnFile(path.join(this.base, prefix + name), this.scope)) continue;
       const stat = lstatIn(dirPath, name);
       if (!stat) continue; // removed while we listed
       this.seen++;
@@ -568,9 +612,9 @@ const TYPE_OF: [(s: fs.Stats) => boolean, OpResult<"file_info">["type"]][] = [
 /** file_info: the entry's own type (a symlink says so, and where it points), with size, mode, owner and times
  *  of what it leads to, and a line count for text files. Only paths leading inside the roots are described. */
 export function fileInfo(args: OpArgs<"file_info">, scope: FileScope): OpResult<"file_info"> {
-  const real = resolveExisting(args.path, scope.roots, scope.home);
+  const real = resolveExisting(args.path, scope);
   const entry = fs.lstatSync(expandPath(args.path, scope.home));
-  const stat = statInside(real, scope.roots, args.path);
+  const stat = statInside(real, scope, args.path);
   const isLink = entry.isSymbolicLink();
   return {
     path: expandPath(args.path, scope.home),
@@ -599,9 +643,9 @@ const O_PATH = 0o10000000;
 /** What `real` (checked to be inside the roots) is, through a descriptor whose place is checked again once open: a
  *  directory on the way swapped for a symlink since the check cannot make file_info describe something outside
  *  (stat by name did, in the symlink-swap race). Without /proc (macOS), by name: the documented window remains. */
-function statInside(real: string, roots: readonly string[], input: string): fs.Stats {
+function statInside(real: string, scope: FileScope, input: string): fs.Stats {
   if (process.platform !== "linux") return fs.statSync(real);
-  const fd = openChecked(real, O_PATH, roots, input);
+  const fd = openChecked(real, O_PATH, scope, input);
   try {
     const stat = fs.fstatSync(fd);
     if (stat.isSymbolicLink()) fail("path_denied", `'${input}' changed into a symlink while being described.`);
@@ -616,7 +660,7 @@ function textFacts(real: string, stat: fs.Stats, scope: FileScope, input: string
   if (!stat.isFile()) return { line_count: null, binary: null };
   // A file this user may not read is still described, as `ls -l` would: its contents are simply unknown.
   if (!readable(real)) return { line_count: null, binary: null };
-  const fd = openChecked(real, O_RDONLY | O_NONBLOCK, scope.roots, input);
+  const fd = openChecked(real, O_RDONLY | O_NONBLOCK, scope, input);
   try {
     const binary = !looksLikeText(readAt(fd, SNIFF_BYTES, 0));
     return { binary, line_count: binary || stat.size > INFO_COUNT_MAX_BYTES ? null : countLines(fd, stat.size) };

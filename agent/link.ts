@@ -1,7 +1,8 @@
-// The agent's link to the relay: dial out over a WebSocket with the token in the Authorization header, say hello,
-// answer heartbeats and watch for the relay's, serve requests (each through operations.ts), and reconnect with
-// backoff when the link ends. Every frame from the relay is untrusted input, parsed with protocol.ts's schemas.
-// setup's connection check dials exactly as the daemon does.
+// The agent's link to the relay: dial out over a WebSocket with the token in the Authorization header, say hello
+// with this machine's public key and sign the relay's challenge (identity.ts), answer heartbeats and watch for the
+// relay's, serve requests (each through operations.ts), and reconnect with backoff when the link ends, saying once
+// per cause why it cannot register. Every frame from the relay is untrusted input, parsed with protocol.ts's
+// schemas. setup's connection check dials exactly as the daemon does.
 
 import * as os from "node:os";
 import {
@@ -17,6 +18,7 @@ import {
 } from "../protocol.ts";
 import type { CommandRunner } from "./commands.ts";
 import type { AgentConfig } from "./config.ts";
+import { IDENTITY_FILE, loadIdentity, type Identity } from "./identity.ts";
 import { errorResult, execute, type OpContext } from "./operations.ts";
 import { recordStatus } from "./state.ts";
 import { logger } from "../log.ts";
@@ -39,6 +41,7 @@ export function nextDelayMs(attempt: number, random: () => number = Math.random)
 
 export interface Runtime {
   config: AgentConfig;
+  identity: Identity;
   commands: CommandRunner;
   /** Aborted once, on SIGINT/SIGTERM: wakes the backoff sleep and ends the loop. */
   stopping: AbortController;
@@ -50,9 +53,11 @@ interface ConnectionEnd {
   registered: boolean;
   code: number;
   reason: string;
+  /** The WebSocket's error message, if any: how Bun reports a refused upgrade (its HTTP status) or a failed dial. */
+  failure: string;
 }
 
-function helloFrame(config: AgentConfig): AgentFrame {
+function helloFrame(config: AgentConfig, identity: Identity): AgentFrame {
   return {
     type: "hello",
     protocol_version: PROTOCOL_VERSION,
@@ -63,26 +68,42 @@ function helloFrame(config: AgentConfig): AgentFrame {
     shell: config.shell,
     hostname: os.hostname(),
     allowed_roots: config.roots,
+    public_key: identity.publicKey,
   };
 }
 
 /** Opens the WebSocket with the token in the Authorization header (never in the URL) and says hello once it is
  *  open. Every connection starts here: the daemon's, and setup's check, so the check proves what the daemon does. */
-function dial(config: AgentConfig): WebSocket {
+function dial(config: AgentConfig, identity: Identity): WebSocket {
   const ws = new WebSocket(config.relayUrl, { headers: { Authorization: `Bearer ${config.token}` } });
-  ws.addEventListener("open", () => ws.send(JSON.stringify(helloFrame(config))));
+  ws.addEventListener("open", () => ws.send(JSON.stringify(helloFrame(config, identity))));
   return ws;
+}
+
+/** Answers the relay's challenge: this machine's signature over its nonce, which proves the name is this machine's. */
+async function answerChallenge(ws: WebSocket, config: AgentConfig, identity: Identity, nonce: string): Promise<void> {
+  const proof: AgentFrame = { type: "proof", signature: await identity.prove(config.machine, nonce) };
+  if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(proof));
+}
+
+/** Logs a relay's notice (its welcome says this agent's token is the shared one) once per run, not per reconnect. */
+let noticeLogged: string | undefined;
+function logNotice(notice: string | undefined): void {
+  if (notice === undefined || notice === noticeLogged) return;
+  noticeLogged = notice;
+  log("warn", `the relay says: ${notice}`);
 }
 
 /** One connection: dial, say hello, serve requests until the socket closes or falls silent. Never throws. */
 function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
   const { config } = rt;
   return new Promise((resolve) => {
-    const ws = dial(config);
+    const ws = dial(config, rt.identity);
     const inflight = new Map<string, AbortController>();
     let registered = false;
     let lastHeard = Date.now();
     let ended = false;
+    let failure = "";
     const send = (frame: AgentFrame) => {
       if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
     };
@@ -93,7 +114,7 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       // Calls in flight are left to finish: the relay has failed them for their clients, but a command keeps
       // running (to its timeout) and stays reachable by its command_id once the link is back.
       rt.closeConnection = undefined;
-      resolve({ registered, code, reason });
+      resolve({ registered, code, reason, failure });
     };
     const heartbeat = setInterval(() => {
       if (Date.now() - lastHeard > HEARTBEAT_TIMEOUT_MS) {
@@ -123,8 +144,13 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
         case "welcome":
           registered = true;
           log("info", "connected", { relay: config.relayUrl, machine: frame.machine });
+          logNotice(frame.notice);
           recordStatus(config, "connected");
           return;
+        case "challenge":
+          // A challenge comes only before welcome; after it, it is out of order, like a second hello to the relay.
+          if (registered) return void ws.close(CloseCode.protocolError, "challenge after welcome");
+          return void answerChallenge(ws, config, rt.identity, frame.nonce);
         case "request":
           return startRequest(frame);
         case "cancel":
@@ -158,23 +184,34 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       lastHeard = Date.now();
       onFrame(event.data);
     });
+    ws.addEventListener("error", (event) => (failure = (event as ErrorEvent).message ?? ""));
     ws.addEventListener("close", (event) => end(event.code, event.reason));
     rt.closeConnection = (code, reason) => ws.close(code, reason);
   });
 }
 
-/** What setup's check found. `problem` says which advice fits: the relay refused the token (HTTP 401/403 before
- *  the upgrade, or a 4003 close), could not be reached, replaced this connection with another agent of the same
- *  name, turned it away for another reason, or never answered. */
-export type CheckResult =
-  | { ok: true; machine: string; serverVersion: string }
-  | { ok: false; problem: "refused" | "unreachable" | "replaced" | "rejected" | "timeout"; detail: string };
+/** Why a connection ended before the relay registered this agent, for setup's advice and the daemon's log:
+ *  - refused: the relay refused the token at the upgrade (HTTP 401 or 403, or 429 after many such refusals);
+ *  - turned_away: the relay accepted the token but not this agent (4003: revoked, made for another name, or the
+ *    owner disconnected the machine for a while);
+ *  - identity: the name belongs to another agent's key, or this agent could not prove it holds the pinned key (4004);
+ *  - not_relay: something answered that is not a relay's agent endpoint (an HTTP status other than an upgrade);
+ *  - unreachable: no connection at all (refused, DNS, TLS), or a 5xx from the relay or a proxy in front of it;
+ *  - replaced: this machine connected again elsewhere (same key) and took the name over;
+ *  - rejected: closed for another reason (another protocol version, a protocol error);
+ *  - timeout: connected, but nothing came back. */
+export type Problem = "refused" | "turned_away" | "identity" | "not_relay" | "unreachable" | "replaced" | "rejected" | "timeout";
 
-/** Connects once, exactly as the daemon does (dial, hello), and hangs up as soon as the relay welcomes this
- *  machine: setup's proof that the URL, token and name work. Serves no request. Never throws. */
-export function checkConnection(config: AgentConfig, timeoutMs = CHECK_TIMEOUT_MS): Promise<CheckResult> {
+/** What setup's check found. */
+export type CheckResult = { ok: true; machine: string; serverVersion: string } | { ok: false; problem: Problem; detail: string };
+
+/** Connects once, exactly as the daemon does (dial, hello, proof), and hangs up as soon as the relay welcomes this
+ *  machine: setup's proof that the URL, token and name work. Serves no request. Throws only a ConfigError, when
+ *  this machine's identity key cannot be read or made. */
+export async function checkConnection(config: AgentConfig, timeoutMs = CHECK_TIMEOUT_MS): Promise<CheckResult> {
+  const identity = await loadIdentity(config.stateDir);
   return new Promise((resolve) => {
-    const ws = dial(config);
+    const ws = dial(config, identity);
     let failure = ""; // Bun reports an HTTP refusal of the upgrade only in the error event's message
     let done = false;
     const finish = (result: CheckResult) => {
@@ -189,52 +226,102 @@ export function checkConnection(config: AgentConfig, timeoutMs = CHECK_TIMEOUT_M
     }, timeoutMs);
     ws.addEventListener("message", (event) => {
       const parsed = parseFrame(ServerFrame, event.data as string);
-      if (!parsed.ok || parsed.frame.type !== "welcome") return; // a ping before the welcome needs no answer
+      if (!parsed.ok) return;
+      if (parsed.frame.type === "challenge") return void answerChallenge(ws, config, identity, parsed.frame.nonce);
+      if (parsed.frame.type !== "welcome") return; // a ping before the welcome needs no answer
       ws.close(CloseCode.normal, "setup check done");
       finish({ ok: true, machine: parsed.frame.machine, serverVersion: parsed.frame.server_version });
     });
     ws.addEventListener("error", (event) => (failure = (event as ErrorEvent).message ?? ""));
-    ws.addEventListener("close", (event) => finish(explainClose(event.code, event.reason, failure)));
+    ws.addEventListener("close", (event) => finish({ ok: false, ...classifyEnd(event.code, event.reason, failure) }));
   });
 }
 
-function explainClose(code: number, reason: string, failure: string): CheckResult {
+/** Sorts a connection that ended unregistered into a Problem, with the detail (HTTP status, relay's reason) to show. */
+export function classifyEnd(code: number, reason: string, failure: string): { problem: Problem; detail: string } {
   const status = Number(/Expected 101 status code: (\d+)/.exec(failure)?.[1] ?? 0);
-  if (status === 401 || status === 403 || code === CloseCode.forbidden) {
-    return { ok: false, problem: "refused", detail: status ? `HTTP ${status}` : reason || "forbidden" };
+  if (status === 401 || status === 403 || status === 429) return { problem: "refused", detail: `HTTP ${status}` };
+  if (status >= 500) return { problem: "unreachable", detail: `HTTP ${status} from the relay or a proxy in front of it` };
+  if (status) return { problem: "not_relay", detail: `HTTP ${status} instead of a WebSocket upgrade` };
+  if (code === CloseCode.forbidden) return { problem: "turned_away", detail: reason || "forbidden" };
+  if (code === CloseCode.identityRefused) return { problem: "identity", detail: reason || "identity refused" };
+  if (code === CloseCode.replaced) return { problem: "replaced", detail: reason };
+  if (code === CloseCode.heartbeatTimeout) return { problem: "timeout", detail: reason };
+  if (code === 1006) return { problem: "unreachable", detail: failure.replace(/^WebSocket connection to '[^']*' failed: /, "") || "connection failed" };
+  return { problem: "rejected", detail: `closed with code ${code}${reason ? `: ${reason}` : ""}` };
+}
+
+/** The daemon's log line for a connection that ended before registering: what happened and what to do. */
+function unregisteredMessage(problem: Problem, detail: string, config: AgentConfig): string {
+  const name = config.machine;
+  switch (problem) {
+    case "refused":
+      return `the relay refused the agent token (${detail}): set AGENT_TOKEN to the token the relay's owner gave you; a token made for one machine works only with its MACHINE_NAME`;
+    case "turned_away":
+      return `the relay turned this agent away (${detail})`;
+    case "identity":
+      return (
+        `the relay refused this machine's identity (${detail}). If this is the machine '${name}' and it lost its key ` +
+        `(${IDENTITY_FILE} in ${config.stateDir} is new), the relay's owner runs: bun run server.ts machine-key unpin ${name}; ` +
+        "otherwise give this agent another MACHINE_NAME"
+      );
+    case "not_relay":
+      return `RELAY_URL does not point at a Code Remote relay (${detail}): use the relay's address with /ws/agent, e.g. wss://relay.example.com/ws/agent`;
+    case "unreachable":
+      return `cannot reach the relay at ${config.relayUrl} (${detail}); is it running?`;
+    case "timeout":
+      return `the server at ${config.relayUrl} accepted the connection but never answered (${detail}); is it a Code Remote relay?`;
+    case "replaced":
+    case "rejected":
+      return `the relay closed the connection (${detail})`;
   }
-  if (status) return { ok: false, problem: "rejected", detail: `HTTP ${status} instead of a WebSocket upgrade` };
-  if (code === CloseCode.replaced) return { ok: false, problem: "replaced", detail: reason };
-  if (code === 1006) return { ok: false, problem: "unreachable", detail: failure.replace(/^WebSocket connection to '[^']*' failed: /, "") || "connection failed" };
-  return { ok: false, problem: "rejected", detail: `closed with code ${code}${reason ? `: ${reason}` : ""}` };
 }
 
 /** Connects forever: backoff with jitter between attempts, reset after a connection that registered. */
 export async function runForever(rt: Runtime): Promise<void> {
   let failures = 0;
+  const causes = new CauseLog();
   while (!rt.stopping.signal.aborted) {
     const result = await connectOnce(rt);
     if (rt.stopping.signal.aborted) return;
     failures = result.registered ? 0 : failures + 1;
-    recordStatus(rt.config, "disconnected", result.reason || `code ${result.code}`);
     let delay = nextDelayMs(Math.max(0, failures - 1));
     if (result.code === CloseCode.replaced) {
-      log("warn", "another agent connected with this machine name; waiting before trying again", {
+      recordStatus(rt.config, "disconnected", result.reason);
+      log("warn", "this machine connected to the relay again from another process (same key); waiting before trying again", {
         machine: rt.config.machine,
         seconds: REPLACED_BACKOFF_MS / 1000,
       });
       delay = REPLACED_BACKOFF_MS;
     } else if (result.registered) {
+      recordStatus(rt.config, "disconnected", result.reason || `code ${result.code}`);
+      causes.reset();
       log("warn", "disconnected", { code: result.code, reason: result.reason, retry_ms: delay });
     } else {
-      log("warn", "could not register with the relay (is it running, and is the token right?)", {
-        relay: rt.config.relayUrl,
-        code: result.code,
-        reason: result.reason,
-        retry_ms: delay,
-      });
+      const { problem, detail } = classifyEnd(result.code, result.reason, result.failure);
+      const why = unregisteredMessage(problem, detail, rt.config);
+      recordStatus(rt.config, "disconnected", why); // `status` says why, not "code 1006"
+      causes.failed(problem, detail, why);
     }
     await sleepUnlessStopped(delay, rt.stopping.signal);
+  }
+}
+
+/** Logs why connections fail to register, once per cause: a relay that is down for an hour is one line. A new
+ *  cause, or the same one again after a connection that worked, is logged again. */
+class CauseLog {
+  #last = "";
+
+  reset(): void {
+    this.#last = "";
+  }
+
+  failed(problem: Problem, detail: string, why: string): void {
+    const cause = `${problem}\n${detail}`;
+    if (cause === this.#last) return;
+    this.#last = cause;
+    const needsSomeone = problem === "refused" || problem === "identity" || problem === "not_relay"; // no retry fixes these
+    log(needsSomeone ? "error" : "warn", `could not register with the relay: ${why}; retrying (logged again only when the cause changes)`);
   }
 }
 

@@ -20,6 +20,7 @@ import type { CommandRunner } from "./commands.ts";
 import type { AgentConfig } from "./config.ts";
 import { editFile } from "./edit.ts";
 import { fileInfo, listDirectory, readFile, writeFile } from "./files.ts";
+import { fileScope } from "./own-files.ts";
 import { searchFiles } from "./search.ts";
 import { logger } from "../log.ts";
 
@@ -43,6 +44,7 @@ function agentStatus(ctx: OpContext): AgentStatus {
     shell: ctx.config.shell,
     hostname: os.hostname(),
     allowed_roots: ctx.config.roots,
+    excluded_paths: [...fileScope(ctx.config).ownFiles],
     pid: process.pid,
     uptime_s: Math.round(process.uptime()),
     running_commands: ctx.commands.running,
@@ -53,17 +55,17 @@ function agentStatus(ctx: OpContext): AgentStatus {
 type Handler<O extends AgentOp> = (args: OpArgs<O>, ctx: OpContext) => Promise<OpResult<O>> | OpResult<O>;
 
 const HANDLERS: { [O in AgentOp]: Handler<O> } = {
-  run_shell_command: (args, ctx) => ctx.commands.run(args, { ...ctx, ...ctx.config }),
+  run_shell_command: (args, ctx) => ctx.commands.run(args, { ...ctx, ...fileScope(ctx.config), shell: ctx.config.shell }),
   get_command_output: (args, ctx) => ctx.commands.output(args, ctx.signal),
   send_command_input: (args, ctx) => ctx.commands.input(args),
   kill_command: (args, ctx) => ctx.commands.kill(args),
   list_commands: (args, ctx) => ctx.commands.list(args),
-  read_file: (args, ctx) => readFile(args, ctx.config),
-  write_file: (args, ctx) => writeFile(args, ctx.config),
-  edit_file: (args, ctx) => editFile(args, ctx.config),
-  list_directory: (args, ctx) => listDirectory(args, ctx.config),
-  search_files: (args, ctx) => searchFiles(args, ctx.config),
-  file_info: (args, ctx) => fileInfo(args, ctx.config),
+  read_file: (args, ctx) => readFile(args, fileScope(ctx.config)),
+  write_file: (args, ctx) => writeFile(args, fileScope(ctx.config)),
+  edit_file: (args, ctx) => editFile(args, fileScope(ctx.config)),
+  list_directory: (args, ctx) => listDirectory(args, fileScope(ctx.config)),
+  search_files: (args, ctx) => searchFiles(args, fileScope(ctx.config)),
+  file_info: (args, ctx) => fileInfo(args, fileScope(ctx.config)),
   status: (_args, ctx) => agentStatus(ctx),
 };
 

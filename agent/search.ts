@@ -5,9 +5,9 @@
 // terminated when the time is up, and the agent's own loop (heartbeats, other calls) never stalls.
 
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { FIELD_BUDGET_CHARS, fail, type OpArgs, type OpResult } from "../protocol.ts";
-import { fdPath, O_DIRECTORY, O_NONBLOCK, O_RDONLY, openChecked, resolveExisting } from "./paths.ts";
-import type { FileScope } from "./files.ts";
+import { fdPath, type FileScope, isOwnFile, O_DIRECTORY, O_NONBLOCK, O_RDONLY, openChecked, resolveExisting } from "./paths.ts";
 
 /** Directories never entered (unless the search starts inside one): VCS data and dependencies. */
 const SKIPPED_DIRS = new Set([".git", "node_modules"]);
@@ -122,18 +122,18 @@ export async function searchFiles(args: OpArgs<"search_files">, scope: FileScope
     fail("invalid_arguments", "Give pattern (a glob on file names), content (a regular expression), or both.");
   }
   const regex = compile(args); // first: a bad pattern is refused before anything is opened
-  const root = resolveExisting(args.path, scope.roots, scope.home);
-  const dirFd = openChecked(root, O_RDONLY | O_DIRECTORY, scope.roots, args.path);
+  const root = resolveExisting(args.path, scope);
+  const dirFd = openChecked(root, O_RDONLY | O_DIRECTORY, scope, args.path);
   const started = Date.now();
   const search = new Search(args.max_results ?? DEFAULT_MAX_RESULTS, args.include_hidden === true);
   let matcher: Matcher | null = null;
   try {
     matcher = regex ? new Matcher(regex.pattern, regex.flags) : null;
     const glob = args.pattern ? new Bun.Glob(args.pattern) : null;
-    await walk(search, fdPath(dirFd, root), "", scope.roots, async (file, relative) => {
+    await walk(search, fdPath(dirFd, root), "", { root, scope }, async (file, relative) => {
       if (glob && !glob.match(relative)) return;
       if (!matcher) return search.add({ file: relative, line: null, text: null });
-      await searchContent(search, matcher, file, relative, scope.roots);
+      await searchContent(search, matcher, file, relative, scope);
     });
   } finally {
     matcher?.close();
@@ -150,13 +150,20 @@ export async function searchFiles(args: OpArgs<"search_files">, scope: FileScope
   };
 }
 
+/** Where a walk started (its real path) and what it may reach. */
+interface WalkScope {
+  root: string;
+  scope: FileScope;
+}
+
 /** Depth-first over `dirPath`, names sorted, calling `visit` for each regular file. Symlinks are never followed,
- *  and each directory is entered through a checked descriptor, so one swapped for a symlink mid-walk is skipped. */
+ *  and each directory is entered through a checked descriptor, so one swapped for a symlink mid-walk is skipped.
+ *  The agent's own files are skipped. */
 async function walk(
   search: Search,
   dirPath: string,
   prefix: string,
-  roots: readonly string[],
+  where: WalkScope,
   visit: (file: string, relative: string) => Promise<void>,
 ): Promise<void> {
   let entries: fs.Dirent[];
@@ -169,8 +176,9 @@ async function walk(
     if (search.stopped) return;
     if (Date.now() > search.deadline) return search.stop("time");
     if (search.skips(entry.name, entry.isDirectory())) continue;
+    if (isOwnFile(path.join(where.root, prefix + entry.name), where.scope)) continue;
     const full = `${dirPath}/${entry.name}`;
-    if (entry.isDirectory()) await walkInto(search, full, `${prefix}${entry.name}/`, roots, visit);
+    if (entry.isDirectory()) await walkInto(search, full, `${prefix}${entry.name}/`, where, visit);
     else if (entry.isFile()) {
       if (++search.filesVisited > MAX_FILES_VISITED) return search.stop("max_files");
       await visit(full, prefix + entry.name);
@@ -178,22 +186,22 @@ async function walk(
   }
 }
 
-async function walkInto(search: Search, dir: string, prefix: string, roots: readonly string[], visit: (file: string, relative: string) => Promise<void>) {
+async function walkInto(search: Search, dir: string, prefix: string, where: WalkScope, visit: (file: string, relative: string) => Promise<void>) {
   let fd: number;
   try {
-    fd = openChecked(dir, O_RDONLY | O_DIRECTORY, roots, dir);
+    fd = openChecked(dir, O_RDONLY | O_DIRECTORY, where.scope, dir);
   } catch {
     return; // replaced by a symlink, or unreadable: skipped
   }
   try {
-    await walk(search, fdPath(fd, dir), prefix, roots, visit);
+    await walk(search, fdPath(fd, dir), prefix, where, visit);
   } finally {
     fs.closeSync(fd);
   }
 }
 
-async function searchContent(search: Search, matcher: Matcher, file: string, relative: string, roots: readonly string[]): Promise<void> {
-  const text = readSearchable(file, roots);
+async function searchContent(search: Search, matcher: Matcher, file: string, relative: string, scope: FileScope): Promise<void> {
+  const text = readSearchable(file, scope);
   if (text === "binary") return void search.skippedBinary++;
   if (text === null) return;
   const found = await matcher.match(text, search.deadline);
@@ -202,11 +210,11 @@ async function searchContent(search: Search, matcher: Matcher, file: string, rel
 }
 
 /** A file's text, "binary" when it has a NUL or is not UTF-8, or null when it is too big, unreadable, or was
- *  swapped for something outside the roots. */
-function readSearchable(file: string, roots: readonly string[]): string | "binary" | null {
+ *  swapped for something out of reach. */
+function readSearchable(file: string, scope: FileScope): string | "binary" | null {
   let fd: number;
   try {
-    fd = openChecked(file, O_RDONLY | O_NONBLOCK, roots, file);
+    fd = openChecked(file, O_RDONLY | O_NONBLOCK, scope, file);
   } catch {
     return null;
   }

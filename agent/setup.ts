@@ -20,7 +20,7 @@ checking them by connecting once to the relay as this machine. In a terminal it 
 out, showing the defaults (the token is read without echo); otherwise the flags must say it all.
 
   --relay-url URL        the relay's WebSocket URL, wss://relay.example.com/ws/agent (https:// works too)
-  --token-file FILE      read the agent token (the relay's AGENT_TOKEN) from FILE
+  --token-file FILE      read the agent token (made by agent-token create on the relay) from FILE
   --token-stdin          read the agent token from standard input
   --machine NAME         the name the assistant uses for this machine (default: the host name)
   --allowed-roots DIRS   directories the file tools may touch, ':'-separated (default: home, /tmp, /var/tmp)
@@ -54,7 +54,7 @@ export async function setup(args: string[]): Promise<number> {
   token ??= existing?.AGENT_TOKEN ?? existing?.AUTH_TOKEN;
   machine ??= existing?.MACHINE_NAME ?? defaultMachineName();
   if (!relay) throw new UsageError("No relay URL: pass --relay-url wss://relay.example.com/ws/agent.");
-  if (!token) throw new UsageError("No token: pass --token-file FILE or --token-stdin (the relay's AGENT_TOKEN).");
+  if (!token) throw new UsageError("No token: pass --token-file FILE or --token-stdin (this machine's agent token from the relay's owner).");
 
   const settings: Settings = { ...existing, RELAY_URL: parseRelayUrl(relay), AGENT_TOKEN: token, MACHINE_NAME: machine };
   delete settings.AUTH_TOKEN; // written as AGENT_TOKEN
@@ -115,7 +115,7 @@ async function tokenFromFlags(flags: Map<string, string | true>): Promise<string
 
 function checkToken(text: string, from: string): string {
   const token = text.trim();
-  if (!token) throw new UsageError(`${from} is empty; it should hold the agent token (the relay's AGENT_TOKEN).`);
+  if (!token) throw new UsageError(`${from} is empty; it should hold this machine's agent token (from the relay's owner).`);
   if (/\s/.test(token)) throw new UsageError(`${from} holds more than one word; it should hold only the agent token.`);
   return token;
 }
@@ -127,7 +127,7 @@ function checkMachineName(name: string): string {
 
 async function askToken(terminal: Terminal, current: string | undefined): Promise<string> {
   for (;;) {
-    const answer = await terminal.ask(`Agent token (the relay's AGENT_TOKEN; typing is hidden)${current ? " [keep the current one]" : ""}: `, true);
+    const answer = await terminal.ask(`Agent token (this machine's, from agent-token create on the relay; typing is hidden)${current ? " [keep the current one]" : ""}: `, true);
     if (!answer && current) return current;
     try {
       return checkToken(answer, "The token");
@@ -161,16 +161,25 @@ function explainCheck(result: Exclude<CheckResult, { ok: true }>, config: Pick<A
     case "refused":
       return (
         `The relay refused the token (${result.detail}). Use the agent token the relay's owner gave you, exactly as given: ` +
-        "the relay's AGENT_TOKEN, or a token made for this one machine, which works only with the machine name it was made for."
+        "a token made for this one machine (it works only with the machine name it was made for), or the relay's shared AGENT_TOKEN."
       );
     case "unreachable":
       return `Could not reach the relay at ${url} (${result.detail}). Check the address, and that the relay is up: curl ${health}`;
+    case "turned_away":
+      return `The relay accepted the token but turned this agent away (${result.detail}). A token made for one machine works only with the machine name it was made for.`;
+    case "identity":
+      return (
+        `The name '${config.machine}' belongs to another agent: the relay pinned that agent's key to it (${result.detail}). ` +
+        `Pass another name with --machine; or, if this machine was reinstalled and lost its key, ask the relay's owner to run: bun run server.ts machine-key unpin ${config.machine}`
+      );
     case "replaced":
-      return `Another agent connected as '${config.machine}' during the check (${result.detail}). Every machine needs its own name: pass another with --machine.`;
+      return `This machine connected again from another process during the check (${result.detail}). Try again in a minute.`;
     case "timeout":
       return `The relay at ${url} accepted the connection but never welcomed this agent (${result.detail}). Is it a Code Remote relay?`;
+    case "not_relay":
+      return `${url} is not a Code Remote relay's agent address (${result.detail}). Use the relay's address with /ws/agent, and check that any proxy in front of it passes WebSocket upgrades.`;
     case "rejected":
-      return `The relay turned the connection away (${result.detail}). Is ${url} a Code Remote relay's /ws/agent address, and does any proxy in front of it pass WebSocket upgrades?`;
+      return `The relay turned the connection away (${result.detail}).`;
   }
 }
 

@@ -2,7 +2,7 @@
 // request id in memory. A call is sent once and never again (at most once): it ends with the agent's answer, the
 // agent's disconnect, its deadline, or the caller's cancel, and the agent is told to stop in the last two cases.
 
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import type { ServerWebSocket } from "bun";
 import {
   AgentFrame,
@@ -19,16 +19,23 @@ import {
   type OpArgs,
   type OpResult,
   type ProgressFrame,
+  type ProofFrame,
   type ServerFrame,
 } from "../protocol.ts";
 import type { AuditLog, CallOutcome } from "./audit.ts";
 import type { AgentCredential } from "./auth.ts";
+import { judgeIdentity, proofVerifies, type MachineKeys } from "./identity.ts";
+import { OncePer } from "./limits.ts";
 import { logger } from "../log.ts";
 
 const log = logger("server");
 
-/** An agent must say hello this soon after its upgrade. */
+/** An agent must say hello (and prove its key) this soon after its upgrade. */
 const HELLO_TIMEOUT_MS = 10_000;
+/** An identity refusal is logged and audited once per machine, address and cause in this time. */
+const IDENTITY_REFUSAL_RECORD_MS = 10 * 60 * 1000;
+/** The relay's warning about an agent on the shared token is repeated this often per machine. */
+const SHARED_TOKEN_WARNING_MS = 24 * 60 * 60 * 1000;
 
 
 /** Per-socket state, set at upgrade (Bun passes it back as ws.data). */
@@ -38,7 +45,9 @@ export interface SocketData {
   credential: AgentCredential;
   openedAt: number;
   lastHeard: number;
-  /** Set once the agent's hello is accepted. */
+  /** Set when a hello with a public key was answered with a challenge: the proof must come next. */
+  challenge?: { hello: HelloFrame; nonce: string };
+  /** Set once the agent's hello (and proof, if it has a key) is accepted. */
   agent?: AgentConn;
 }
 
@@ -55,6 +64,8 @@ export interface AgentConn {
   ws: AgentSocket;
   machine: string;
   hello: HelloFrame;
+  /** The key this agent proved it holds; unset for an agent older than keys. */
+  publicKey?: string;
   connectedAt: Date;
   /** Calls sent on this socket and not answered yet. A result is matched only against its own socket's calls. */
   pending: Map<string, PendingCall>;
@@ -89,10 +100,18 @@ export class Relay {
   readonly sockets = new Set<AgentSocket>();
   /** Machines the owner disconnected, and until when (ms) they are turned away. */
   readonly #heldOff = new Map<string, number>();
+  /** Machines warned about for using the shared agent token: once a day each, not at every reconnect. */
+  readonly #sharedTokenWarned = new OncePer(SHARED_TOKEN_WARNING_MS);
+  readonly #identityRefusalRecorded = new OncePer(IDENTITY_REFUSAL_RECORD_MS);
+  /** What a call hears when no machine is connected: how to start an agent, or under `bun run dev`, where its own
+   *  agent went. */
+  noMachineMessage = NO_MACHINE_MESSAGE;
   constructor(
     readonly audit: AuditLog,
     /** Whether a machine name has an agent token of its own (then only that token may register it). */
     readonly hasOwnToken: (machine: string) => boolean,
+    /** The public key pinned to each machine name: only its holder may register the name. */
+    readonly keys: MachineKeys,
   ) {}
 
   opened(ws: AgentSocket): void {
@@ -106,9 +125,13 @@ export class Relay {
     if (!parsed.ok) return this.#refuse(ws, CloseCode.protocolError, parsed.reason);
     const frame = parsed.frame;
     const conn = ws.data.agent;
-    if (frame.type === "hello") return conn ? this.#refuse(ws, CloseCode.protocolError, "hello sent twice") : this.#register(ws, frame);
+    const { challenge } = ws.data;
+    if (frame.type === "hello") return conn || challenge ? this.#refuse(ws, CloseCode.protocolError, "hello sent twice") : this.#hello(ws, frame);
+    if (frame.type === "proof") return challenge ? this.#proven(ws, challenge, frame) : this.#refuse(ws, CloseCode.protocolError, "proof without a challenge");
+    // A heartbeat may cross the challenge (the agent pings on a timer from the moment it dials); nothing else may.
+    if (frame.type === "ping" && (conn || challenge)) return void send(ws, { type: "pong", t: frame.t });
+    if (challenge) return this.#refuse(ws, CloseCode.protocolError, "the proof must follow hello");
     if (!conn) return this.#refuse(ws, CloseCode.protocolError, "the first frame must be hello");
-    if (frame.type === "ping") return void send(ws, { type: "pong", t: frame.t });
     if (frame.type === "progress") return conn.pending.get(frame.id)?.onProgress?.(frame);
     if (frame.type === "result") this.#settle(conn, frame.id, frame.ok ? { value: frame.value } : { error: frame.error });
   }
@@ -133,7 +156,7 @@ export class Relay {
     }
     const [only, ...others] = this.agents.values();
     if (only && others.length === 0) return only;
-    if (!only) throw new ToolError(NO_MACHINE_MESSAGE);
+    if (!only) throw new ToolError(this.noMachineMessage);
     throw new ToolError(`Several machines are connected; say which one with "machine". ${this.#connectedList()}`);
   }
 
@@ -180,7 +203,7 @@ export class Relay {
         ws.close(CloseCode.heartbeatTimeout, "heartbeat timeout");
         ws.terminate();
       } else if (!ws.data.agent && now - ws.data.openedAt > HELLO_TIMEOUT_MS) {
-        this.#refuse(ws, CloseCode.protocolError, "no hello");
+        this.#refuse(ws, CloseCode.protocolError, ws.data.challenge ? "no identity proof" : "no hello");
       }
     }
   }
@@ -215,10 +238,31 @@ export class Relay {
     for (const ws of this.sockets) ws.close(CloseCode.goingAway, "server restarting");
   }
 
-  #register(ws: AgentSocket, hello: HelloFrame): void {
+  /** A hello: refused at once in another protocol version; with a public key, answered with a challenge (the agent
+   *  is registered only once it proves it holds the key); without one (an agent older than keys), judged as it is. */
+  #hello(ws: AgentSocket, hello: HelloFrame): void {
     if (hello.protocol_version !== PROTOCOL_VERSION) {
       return this.#refuse(ws, CloseCode.unsupportedVersion, `protocol ${hello.protocol_version} unsupported; this relay speaks ${PROTOCOL_VERSION}`);
     }
+    if (hello.public_key === undefined) return this.#admit(ws, hello, undefined);
+    const nonce = randomBytes(32).toString("base64url");
+    ws.data.challenge = { hello, nonce };
+    send(ws, { type: "challenge", nonce });
+  }
+
+  /** The answer to the challenge: only a signature by the hello's key over this connection's nonce proves it. */
+  #proven(ws: AgentSocket, { hello, nonce }: { hello: HelloFrame; nonce: string }, proof: ProofFrame): void {
+    const publicKey = hello.public_key!; // a challenge is sent only for a hello with a key
+    if (!proofVerifies(hello.machine, publicKey, nonce, proof.signature)) {
+      return this.#refuseIdentity(ws, hello.machine, "the identity proof does not verify", "a signature that does not verify");
+    }
+    ws.data.challenge = undefined;
+    this.#admit(ws, hello, publicKey);
+  }
+
+  /** Registers the agent under its machine name, unless the owner turned the name away, its token is for another
+   *  name, or the name belongs to another agent's key. `publicKey` is the key it proved, if any. */
+  #admit(ws: AgentSocket, hello: HelloFrame, publicKey: string | undefined): void {
     const heldUntil = this.#heldOff.get(hello.machine) ?? 0;
     if (heldUntil > Date.now()) {
       return this.#refuse(ws, CloseCode.forbidden, `disconnected by the owner; turned away until ${new Date(heldUntil).toISOString()}`);
@@ -235,22 +279,47 @@ export class Relay {
       this.audit.event("auth_refused", { machine: hello.machine, address: ws.data.address, detail: `shared agent token used as '${hello.machine}', which has its own token` });
       return this.#refuse(ws, CloseCode.forbidden, `machine '${hello.machine}' has its own agent token; connect with that one`);
     }
-    const conn: AgentConn = { ws, machine: hello.machine, hello, connectedAt: new Date(), pending: new Map() };
     const previous = this.agents.get(hello.machine);
+    const verdict = judgeIdentity(this.keys.pinnedKey(hello.machine), publicKey, previous);
+    if (!verdict.admit) return this.#refuseIdentity(ws, hello.machine, verdict.reason, verdict.detail);
+    const conn: AgentConn = { ws, machine: hello.machine, hello, publicKey, connectedAt: new Date(), pending: new Map() };
     // Registered before the old socket is closed: Bun may run its close handler inside close(), and that handler
     // must find it already replaced (else it would unregister the name and audit a disconnect that did not happen).
     ws.data.agent = conn;
     this.agents.set(hello.machine, conn);
     if (previous) {
       this.#failPending(previous, `Machine '${hello.machine}' was replaced by a new connection before answering.`);
-      previous.ws.close(CloseCode.replaced, "replaced: another agent connected with this machine name");
-      log("warn", "agent replaced by a new connection", { machine: hello.machine, old: previous.ws.data.address, new: ws.data.address });
+      previous.ws.close(CloseCode.replaced, "replaced: this machine connected again (same key)");
+      log("warn", "agent replaced by a new connection of the same machine", { machine: hello.machine, old: previous.ws.data.address, new: ws.data.address });
       this.audit.event("agent_replaced", { machine: hello.machine, address: ws.data.address });
     }
-    send(ws, { type: "welcome", machine: hello.machine, server_version: VERSION });
+    if (publicKey && this.keys.connected(hello.machine, publicKey)) {
+      log("info", "machine key pinned: from now on only this agent may use the name", { machine: hello.machine, public_key: publicKey });
+      this.audit.event("machine_key_pinned", { machine: hello.machine, address: ws.data.address, detail: publicKey });
+    }
+    send(ws, { type: "welcome", machine: hello.machine, server_version: VERSION, notice: this.#sharedTokenNotice(credential, hello.machine) });
     const how = credential.kind === "machine" ? "machine token" : "shared token (compatibility)";
-    log("info", "agent connected", { machine: hello.machine, version: hello.agent_version, os: hello.os, address: ws.data.address, credential: how });
+    log("info", "agent connected", { machine: hello.machine, version: hello.agent_version, os: hello.os, address: ws.data.address, credential: how, key: publicKey ? "proved" : "none (older agent)" });
     this.audit.event("agent_connected", { machine: hello.machine, address: ws.data.address, detail: `${hello.agent_version} ${hello.os} ${hello.arch}` });
+  }
+
+  /** Refuses an agent that cannot prove it is the machine whose name it asks for. Logged and audited once per
+   *  machine, address and cause in ten minutes: a refused agent retries every 30 s, and so may an impostor. */
+  #refuseIdentity(ws: AgentSocket, machine: string, reason: string, detail: string): void {
+    if (this.#identityRefusalRecorded.due(`${machine}\n${ws.data.address}\n${detail}`)) {
+      log("warn", "agent refused: it cannot prove it is this machine", { machine, address: ws.data.address, reason: detail });
+      this.audit.event("auth_refused", { machine, address: ws.data.address, detail: `identity: ${detail}` });
+    }
+    ws.close(CloseCode.identityRefused, reason);
+  }
+
+  /** The shared agent token stays only for compatibility: say so in the relay's log (once a day per machine) and
+   *  in the agent's (its welcome's notice, which the agent logs once per run: its log may be all its owner reads). */
+  #sharedTokenNotice(credential: AgentCredential, machine: string): string | undefined {
+    if (credential.kind !== "shared") return undefined;
+    const advice = `give it its own token: bun run server.ts agent-token create ${machine}`;
+    if (this.#sharedTokenWarned.due(machine)) log("warn", `agent uses the shared AGENT_TOKEN, kept only for compatibility: ${advice}`, { machine });
+    return `this agent uses the relay's shared agent token, kept only for compatibility; ask the relay's owner to ${advice}, and use that token here`;
   }
 
   #settle(conn: AgentConn, id: string, outcome: { value: unknown } | { error: AgentError }): void {
@@ -276,11 +345,11 @@ export class Relay {
 
   #connectedList(): string {
     const names = [...this.agents.keys()].sort();
-    return names.length ? `Connected: ${names.join(", ")}.` : NO_MACHINE_MESSAGE;
+    return names.length ? `Connected: ${names.join(", ")}.` : this.noMachineMessage;
   }
 }
 
-export const NO_MACHINE_MESSAGE =
+const NO_MACHINE_MESSAGE =
   "No machine is connected. Start an agent on the machine: RELAY_URL=wss://<this server>/ws/agent AGENT_TOKEN=<token> code-remote-agent";
 
 /** Sends one frame; false when Bun dropped it (the socket is closing). */

@@ -1,7 +1,8 @@
 // The relay's audit log: an append-only chain of events in SQLite. Each event has a sequence number, the hash of
 // the event before it and its own hash (SHA-256 over a canonical encoding of all its fields), so changing,
 // deleting or reordering an event breaks the chain at that event, which `audit verify` finds. A tool call is two
-// events, written when it starts and when it ends, so a crash leaves a call visibly unfinished rather than missing.
+// events, written when it starts and when it ends, so a crash leaves a call visibly unfinished rather than missing
+// (the next relay to start closes it as interrupted).
 // Secrets are never stored: tools.ts redacts file contents and typed input to size and hash, and environment
 // values to their names. Old events are pruned after AUDIT_RETENTION_DAYS; the chain stays verifiable from an
 // anchor (the last pruned event's hash) that the chain itself confirms.
@@ -22,7 +23,12 @@ const LOG_HEAD_EVERY = 1_000;
 /** Rows a query returns at most. */
 export const MAX_QUERY_ROWS = 500;
 
-export type CallOutcome = "unfinished" | "ok" | "error" | "timed_out" | "cancelled";
+/** "unfinished": no end recorded yet; "interrupted": the relay stopped (a crash, kill -9) before the call ended, so
+ *  its result is unknown, and the next relay to start recorded that. */
+export type CallOutcome = "unfinished" | "ok" | "error" | "timed_out" | "cancelled" | "interrupted";
+
+/** The error an interrupted call is closed with: what is known, and what is not. */
+const INTERRUPTED_ERROR = "the relay stopped (crashed or was killed) before this call ended; whether it completed is unknown";
 
 interface CallStart {
   tool: string;
@@ -202,19 +208,40 @@ export class AuditLog {
       call_id,
       data: { tool: call.tool, session: call.session, arguments: call.arguments },
     });
-    return (end) =>
-      this.#append("call_finished", {
-        machine: end.machine ?? call.machine,
-        client: call.client,
-        call_id,
-        data: {
-          outcome: end.outcome,
-          exit_code: end.exitCode ?? null,
-          duration_ms: Math.round(performance.now() - started),
-          output_bytes: end.outputBytes ?? null,
-          error: end.error?.slice(0, 2000) ?? null,
-        },
-      });
+    return (end) => this.#finish({ call_id, machine: end.machine ?? call.machine, client: call.client }, end, Math.round(performance.now() - started));
+  }
+
+  /** Appends a call's end; `durationMs` is null when nobody timed it (an interrupted call). */
+  #finish(call: { call_id: string; machine: string | null; client: string | null }, end: CallEnd, durationMs: number | null): void {
+    this.#append("call_finished", {
+      ...call,
+      data: {
+        outcome: end.outcome,
+        exit_code: end.exitCode ?? null,
+        duration_ms: durationMs,
+        output_bytes: end.outputBytes ?? null,
+        error: end.error?.slice(0, 2000) ?? null,
+      },
+    });
+  }
+
+  /** Calls started and never finished, oldest first. */
+  #openCalls(): { seq: number; call_id: string; machine: string | null; client: string | null }[] {
+    return this.#db
+      .query(`SELECT s.seq, s.call_id, s.machine, s.client FROM audit_events s
+              LEFT JOIN audit_events f ON f.call_id = s.call_id AND f.kind = 'call_finished'
+              WHERE s.kind = 'call_started' AND f.seq IS NULL ORDER BY s.seq`)
+      .all() as never;
+  }
+
+  /** Closes every call an earlier relay left open as `interrupted`, by appending its end (the chain stays intact).
+   *  Only a relay that has just started and bound its port may call this: nothing is in flight in it yet, so an open
+   *  call can only be one a predecessor never finished (it crashed or was killed). Left open, the oldest such call
+   *  would hold pruning back for ever. */
+  closeInterrupted(): void {
+    const open = this.#openCalls();
+    for (const { call_id, machine, client } of open) this.#finish({ call_id, machine, client }, { outcome: "interrupted", error: INTERRUPTED_ERROR }, null);
+    if (open.length > 0) log("warn", "calls left open by a relay that stopped without finishing them are recorded as interrupted", { calls: open.length });
   }
 
   /** Records an event: agent connections, refused authentications, path denials, tokens made or revoked. */
@@ -298,13 +325,10 @@ export class AuditLog {
    *  unfinished call's start go. Returns how many were deleted. */
   prune(days: number, now = Date.now()): number {
     const cutoff = new Date(now - days * 86_400_000).toISOString();
-    const oldestOpen = this.#db
-      .query(`SELECT min(s.seq) AS seq FROM audit_events s LEFT JOIN audit_events f ON f.call_id = s.call_id AND f.kind = 'call_finished'
-              WHERE s.kind = 'call_started' AND f.seq IS NULL`)
-      .get() as { seq: number | null };
+    const oldestOpen = this.#openCalls()[0]?.seq ?? Number.MAX_SAFE_INTEGER;
     const through = this.#db
       .query("SELECT seq, hash FROM audit_events WHERE at < ? AND seq < ? ORDER BY seq DESC LIMIT 1")
-      .get(cutoff, oldestOpen.seq ?? Number.MAX_SAFE_INTEGER) as { seq: number; hash: string } | null;
+      .get(cutoff, oldestOpen) as { seq: number; hash: string } | null;
     if (!through) return 0;
     const deleted = this.#db
       .transaction(() => {

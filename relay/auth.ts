@@ -3,13 +3,15 @@
 // per-machine agent token or the shared AGENT_TOKEN (kept for compatibility with the original). The two kinds
 // never stand in for each other. Tokens are only ever read from the Authorization header; one in a URL is refused.
 // Browsers are kept out by Host and Origin checks (DNS rebinding), and an address that keeps failing is made to
-// wait (limits.ts). Guards take a plain Request and return a Response when they refuse.
+// wait (limits.ts): a right token is looked at first and never waits, only failures do. Guards take a plain
+// Request and return a Response when they refuse.
 
 import type { Server } from "bun";
 import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
 import type { AuditLog } from "./audit.ts";
 import { secretMatches, type AgentTokens } from "./credentials.ts";
 import { OncePer, tooManyAttempts, type Penalties } from "./limits.ts";
+import { addressBytes, inNetworks, normalizeAddress, type Cidr } from "./networks.ts";
 import type { AuthorizationServer, ResourcePath } from "./oauth.ts";
 import { logger } from "../log.ts";
 
@@ -42,83 +44,42 @@ function hasTokenInQuery(req: Request): boolean {
   return [...params.keys()].some((k) => TOKEN_QUERY_PARAMS.includes(k.toLowerCase()));
 }
 
-/** "::ffff:1.2.3.4" is the IPv4 address 1.2.3.4 seen through an IPv6 socket. */
-export const normalizeAddress = (address: string) => address.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, "$1");
+/** Forwarding headers from a peer that is not a trusted proxy are logged once per peer in this long. */
+const IGNORED_FORWARDING_NOTE_MS = 10 * 60 * 1000;
 
-/** The client's address, as far as `trust` allows us to believe the proxies in front of us. */
-export function clientAddress(server: Server<unknown>, req: Request, trust: TrustProxy): string {
-  const socket = normalizeAddress(server.requestIP(req)?.address ?? "unknown");
-  if (trust === "fly") return normalizeAddress(req.headers.get("fly-client-ip")?.trim() || socket);
-  if (trust === "none") return socket;
-  const chain = (req.headers.get("x-forwarded-for") ?? "").split(",").map((a) => a.trim()).filter(Boolean);
-  // Only the last `trust` entries were written by proxies we trust; anything left of them is the client's word.
-  return chain.length >= trust ? normalizeAddress(chain[chain.length - trust]!) : socket;
-}
+/** Which address a request came from: the socket's, unless TRUST_PROXY names a header and the socket's peer is one of
+ *  TRUSTED_PROXIES (the proxy's own addresses). Anyone can write X-Forwarded-For or Fly-Client-IP: believed from
+ *  anyone, they would let a direct connection pass the private-network gate, dodge the penalties and put a false
+ *  address in the audit log. */
+export class ClientAddresses {
+  readonly #ignoredNoted = new OncePer(IGNORED_FORWARDING_NOTE_MS);
 
-// --- private-network gate ---
+  constructor(
+    readonly trust: TrustProxy,
+    readonly proxies: readonly Cidr[],
+  ) {}
 
-/** A network in CIDR form: its address bytes (4 or 16) and how many leading bits must match. */
-export interface Cidr {
-  bytes: Uint8Array;
-  prefix: number;
-}
-
-/** Tailscale's address ranges: the gate's default (a second layer, not an identity: see docs/ARCHITECTURE.md). */
-export const TAILSCALE_NETWORKS = "100.64.0.0/10,fd7a:115c:a1e0::/48";
-
-/** The bytes of an IPv4 or IPv6 address ("::ffff:1.2.3.4" counts as the IPv4 address), or null. */
-export function addressBytes(text: string): Uint8Array | null {
-  const address = normalizeAddress(text.replace(/^\[|\]$/g, "").replace(/%.*$/, ""));
-  const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(address);
-  if (v4) {
-    const parts = v4.slice(1).map(Number);
-    return parts.every((p) => p <= 255) ? Uint8Array.from(parts) : null;
-  }
-  return address.includes(":") ? ipv6Bytes(address) : null;
-}
-
-function ipv6Bytes(address: string): Uint8Array | null {
-  const halves = address.split("::");
-  if (halves.length > 2) return null;
-  const groups = (part: string) => (part === "" ? [] : part.split(":"));
-  let head = groups(halves[0]!);
-  let tail = halves.length === 2 ? groups(halves[1]!) : [];
-  const last = (halves.length === 2 ? tail : head).at(-1);
-  const embedded = last?.includes(".") ? addressBytes(last) : null; // e.g. 64:ff9b::1.2.3.4
-  if (last?.includes(".") && !embedded) return null;
-  if (embedded) {
-    const words = [((embedded[0]! << 8) | embedded[1]!).toString(16), ((embedded[2]! << 8) | embedded[3]!).toString(16)];
-    if (halves.length === 2) tail = [...tail.slice(0, -1), ...words];
-    else head = [...head.slice(0, -1), ...words];
-  }
-  const missing = 8 - head.length - tail.length;
-  if ((halves.length === 2 && missing < 1) || (halves.length === 1 && missing !== 0)) return null;
-  const words = [...head, ...Array(halves.length === 2 ? missing : 0).fill("0"), ...tail];
-  if (!words.every((w) => /^[0-9a-f]{1,4}$/i.test(w))) return null;
-  return Uint8Array.from(words.flatMap((w) => [parseInt(w, 16) >> 8, parseInt(w, 16) & 0xff]));
-}
-
-/** Parses "100.64.0.0/10" or "fd7a:115c:a1e0::/48" (a bare address is a /32 or /128); throws on nonsense. */
-export function parseCidr(text: string): Cidr {
-  const [address, prefixText] = text.trim().split("/");
-  const bytes = addressBytes(address ?? "");
-  const prefix = prefixText === undefined ? (bytes?.length ?? 0) * 8 : Number(prefixText);
-  if (!bytes || !Number.isInteger(prefix) || prefix < 0 || prefix > bytes.length * 8) throw new Error(`'${text.trim()}' is not a network (e.g. 100.64.0.0/10)`);
-  return { bytes, prefix };
-}
-
-/** Whether `address` lies in one of `networks` (an IPv4 address never matches an IPv6 network, or the reverse). */
-export function inNetworks(address: string, networks: readonly Cidr[]): boolean {
-  const bytes = addressBytes(address);
-  if (!bytes) return false;
-  return networks.some(({ bytes: net, prefix }) => {
-    if (net.length !== bytes.length) return false;
-    for (let bit = 0; bit < prefix; bit++) {
-      const mask = 0x80 >> (bit % 8);
-      if ((net[bit >> 3]! & mask) !== (bytes[bit >> 3]! & mask)) return false;
+  of(server: Server<unknown>, req: Request): string {
+    const socket = normalizeAddress(server.requestIP(req)?.address ?? "unknown");
+    const header = this.trust === "none" ? undefined : this.trust === "fly" ? "fly-client-ip" : "x-forwarded-for";
+    const value = header && req.headers.get(header);
+    if (!header || !value) return socket;
+    if (!inNetworks(socket, this.proxies)) {
+      if (this.#ignoredNoted.due(socket)) {
+        log("warn", `${header} ignored: the peer is not a trusted proxy; if it is your proxy, add it to TRUSTED_PROXIES`, { peer: socket, note: "logged once per peer in 10 min" });
+      }
+      return socket;
     }
-    return true;
-  });
+    return this.#forwarded(value) ?? socket;
+  }
+
+  /** The address the proxies wrote: Fly's header, or the Nth from the right of X-Forwarded-For (anything left of
+   *  the last N entries is the client's own word). Undefined when there are fewer entries, or no address. */
+  #forwarded(value: string): string | undefined {
+    const chain = value.split(",").map((a) => a.trim()).filter(Boolean);
+    const claimed = this.trust === "fly" ? value.trim() : chain[chain.length - (this.trust as number)];
+    return claimed !== undefined && addressBytes(claimed) ? normalizeAddress(claimed.replace(/^\[|\]$/g, "")) : undefined;
+  }
 }
 
 export interface GuardOptions {
@@ -164,13 +125,14 @@ export class Guards {
 
   /** An MCP client on `path`: the owner's static token, or an OAuth access token issued for this resource. */
   checkClient(req: Request, address: string, path: ResourcePath): AuthInfo | Response {
-    const refused = this.#precheck(req, address, path);
+    const refused = this.#refuseBeforeToken(req, address, path);
     if (refused) return refused;
     const token = bearerToken(req)!;
-    if (secretMatches(token, this.options.authToken)) return this.#passed(address, { token, clientId: "owner", scopes: [] });
+    if (secretMatches(token, this.options.authToken)) return { token, clientId: "owner", scopes: [] };
     const grant = this.options.oauth.verifyAccessToken(token, req, path);
-    if (grant) return this.#passed(address, grant);
-    return this.#refuse(req, address, "wrong or expired token", "Invalid or expired token.", path);
+    if (grant) return grant;
+    const misplaced = this.options.oauth.misplacedToken(token, req, path); // a live OAuth token for the other endpoint
+    return this.#refuse(req, address, misplaced ? "OAuth token for another endpoint" : "wrong or expired token", misplaced ?? "Invalid or expired token.", path);
   }
 
   /** The private-network gate: with REQUIRE_PRIVATE_NETWORK, an agent connecting from anywhere else is refused
@@ -190,19 +152,18 @@ export class Guards {
 
   /** An agent: a token made for one machine, or the shared AGENT_TOKEN. OAuth tokens are never agent tokens. */
   checkAgent(req: Request, address: string): AgentCredential | Response {
-    const refused = this.#precheck(req, address);
+    const refused = this.#refuseBeforeToken(req, address);
     if (refused) return refused;
     const token = bearerToken(req)!;
     const machine = this.options.agentTokens.verify(token);
-    if (machine) return this.#passed(address, { kind: "machine", ...machine });
-    if (secretMatches(token, this.options.agentToken)) return this.#passed(address, { kind: "shared" });
-    return this.#refuse(req, address, "wrong agent token", "Invalid agent token.");
+    if (machine) return { kind: "machine", ...machine };
+    if (secretMatches(token, this.options.agentToken)) return { kind: "shared" };
+    const misplaced = this.options.oauth.misplacedToken(token, req, "/ws/agent"); // a client's OAuth token
+    return this.#refuse(req, address, misplaced ? "OAuth token used as an agent token" : "wrong agent token", misplaced ?? "Invalid agent token.");
   }
 
-  /** Refusals that come before looking at the token: an address that must wait, a token in the URL, no token. */
-  #precheck(req: Request, address: string, path?: ResourcePath): Response | undefined {
-    const wait = this.options.penalties.retryAfter(address);
-    if (wait > 0) return tooManyAttempts(wait, (message) => jsonRpcError(429, -32000, message));
+  /** Refusals that come before looking at the token: a token in the URL, no token. */
+  #refuseBeforeToken(req: Request, address: string, path?: ResourcePath): Response | undefined {
     if (hasTokenInQuery(req)) {
       return this.#refuse(req, address, "token in URL", "Tokens in URLs are refused (URLs end up in logs). Send the header Authorization: Bearer <token>.", path);
     }
@@ -211,19 +172,14 @@ export class Guards {
     return undefined;
   }
 
-  #passed<T>(address: string, result: T): T {
-    this.options.penalties.succeeded(address);
-    return result;
-  }
-
-  /** A 401. A failure (`counts`) is penalised, logged and audited; a request with no token at all, which is how
-   *  every OAuth client starts and costs an attacker nothing to repeat, is only answered. */
+  /** A 401. A failure (`counts`) is penalised, logged and audited (limits.ts), and from an address that must wait
+   *  it is a 429 instead: every wrong token from it gets that same answer, so the wait says nothing about a token,
+   *  while a right one was served before we got here. A request with no token at all, which is how every OAuth
+   *  client starts and costs an attacker nothing to repeat, is only answered. */
   #refuse(req: Request, address: string, reason: string, message: string, path?: ResourcePath, counts = true): Response {
-    const where = new URL(req.url).pathname;
     if (counts) {
-      this.options.penalties.failed(address);
-      log("warn", "authentication refused", { path: where, address, reason });
-      this.options.audit.event("auth_refused", { address, detail: `${where}: ${reason}` });
+      const wait = this.options.penalties.failed(address, { path: new URL(req.url).pathname, reason });
+      if (wait > 0) return tooManyAttempts(wait, (text) => jsonRpcError(429, -32000, text));
     }
     const challenge = path ? this.options.oauth.challenge(req, path, reason !== "no token") : 'Bearer realm="code-remote"';
     return jsonRpcError(401, -32001, message, { "WWW-Authenticate": challenge });

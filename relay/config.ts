@@ -2,8 +2,10 @@
 // ServerConfig; a setting that is missing, weak or malformed is a ConfigError whose message says what to set.
 // ENV_HELP is the table `bun run server.ts --help` prints.
 
-import { parseCidr, TAILSCALE_NETWORKS, type Cidr, type TrustProxy } from "./auth.ts";
+import type { TrustProxy } from "./auth.ts";
+import { MachineName } from "../protocol.ts";
 import type { CallLimitOptions } from "./limits.ts";
+import { FLY_PROXY_NETWORKS, LOCAL_PROXY_NETWORKS, parseCidr, TAILSCALE_NETWORKS, type Cidr } from "./networks.ts";
 
 /** Shortest AUTH_TOKEN accepted: 32 characters of `openssl rand -hex 32` carry 128 bits. */
 const MIN_TOKEN_LENGTH = 32;
@@ -25,13 +27,17 @@ export interface ServerConfig {
   /** Public origin (https://relay.example.com) when deployed behind a proxy: the OAuth issuer, and allowed as
    *  Host and Origin. */
   publicUrl?: URL;
-  /** Which proxies to believe about the client's address (for penalties and logs). */
+  /** Which header of a proxy to believe about the client's address (for penalties, the gate and logs). */
   trustProxy: TrustProxy;
+  /** The proxies' own addresses: that header is believed only from a peer in these (empty with TRUST_PROXY=none). */
+  trustedProxies: Cidr[];
   callLimits: CallLimitOptions;
   /** Audit events older than this many days are pruned (0: kept forever). */
   auditRetentionDays: number;
   /** Networks agents must come from, when REQUIRE_PRIVATE_NETWORK is on (undefined: the gate is off). */
   privateNetworks?: Cidr[];
+  /** An agent beside the relay (the compose sandbox) whose token the relay makes and keeps in `file` (handoff.ts). */
+  provisionAgentToken?: { machine: string; file: string };
 }
 
 /** Environment variables the server reads; `--help` prints this table. */
@@ -44,11 +50,13 @@ export const ENV_HELP: [string, string][] = [
   ["DATABASE_PATH", "SQLite database: audit log and issued credentials (default ./data/code-remote.db)"],
   ["PUBLIC_URL", "Public https:// origin when behind a proxy or tunnel (e.g. https://abc.ngrok.app); the OAuth issuer"],
   ["TRUST_PROXY", "Client address from: none (the socket, default), fly (Fly-Client-IP), or N (Nth from the right of X-Forwarded-For)"],
+  ["TRUSTED_PROXIES", `Where that header is believed from: the proxy's own addresses, comma-separated CIDRs (default for fly ${FLY_PROXY_NETWORKS}; for N ${LOCAL_PROXY_NETWORKS})`],
   ["CLIENT_MAX_CALLS_IN_FLIGHT", "Tool calls one client may have running at once (default 32)"],
   ["CLIENT_CALLS_PER_MINUTE", "Tool calls one client may start per minute; 0 for no limit (default 1200)"],
   ["REQUIRE_PRIVATE_NETWORK", "true: agents must connect from PRIVATE_NETWORKS (default: true when TAILSCALE_AUTHKEY is set, else false)"],
   ["PRIVATE_NETWORKS", `Networks agents may come from, comma-separated CIDRs (default ${TAILSCALE_NETWORKS}: Tailscale)`],
   ["AUDIT_RETENTION_DAYS", "Audit events older than this are pruned, keeping the chain verifiable; 0 keeps all (default 90)"],
+  ["PROVISION_AGENT_TOKEN", "NAME:FILE: make a token for the agent NAME and keep it in FILE, readable by the relay's group (docker-compose.yml sets it for its sandbox)"],
 ];
 
 export class ConfigError extends Error {}
@@ -73,6 +81,7 @@ export function loadConfig(env: Record<string, string | undefined>): ServerConfi
   checkTokenStrength("AUTH_TOKEN", authToken);
   if (env.AGENT_TOKEN) checkTokenStrength("AGENT_TOKEN", env.AGENT_TOKEN);
   if (env.OWNER_PASSWORD) checkPasswordStrength("OWNER_PASSWORD", env.OWNER_PASSWORD);
+  const trustProxy = parseTrustProxy(env.TRUST_PROXY);
   return {
     host: env.HOST || "127.0.0.1",
     port: wholeNumber(env, "PORT", 8080, 0, 65535),
@@ -81,13 +90,15 @@ export function loadConfig(env: Record<string, string | undefined>): ServerConfi
     ownerSecret: env.OWNER_PASSWORD || authToken,
     databasePath: databasePath(env),
     publicUrl: env.PUBLIC_URL ? parsePublicUrl(env.PUBLIC_URL) : undefined,
-    trustProxy: parseTrustProxy(env.TRUST_PROXY),
+    trustProxy,
+    trustedProxies: trustedProxies(env.TRUSTED_PROXIES, trustProxy),
     callLimits: {
       maxInFlight: wholeNumber(env, "CLIENT_MAX_CALLS_IN_FLIGHT", 32, 1, 10_000),
       perMinute: wholeNumber(env, "CLIENT_CALLS_PER_MINUTE", 1200, 0, 10_000_000),
     },
     auditRetentionDays: wholeNumber(env, "AUDIT_RETENTION_DAYS", 90, 0, 100_000),
-    privateNetworks: requirePrivateNetwork(env) ? parseNetworks(env.PRIVATE_NETWORKS || TAILSCALE_NETWORKS) : undefined,
+    privateNetworks: requirePrivateNetwork(env) ? parseNetworks("PRIVATE_NETWORKS", env.PRIVATE_NETWORKS || TAILSCALE_NETWORKS) : undefined,
+    provisionAgentToken: env.PROVISION_AGENT_TOKEN ? parseProvision(env.PROVISION_AGENT_TOKEN) : undefined,
   };
 }
 
@@ -124,17 +135,35 @@ function requirePrivateNetwork(env: Record<string, string | undefined>): boolean
   throw new ConfigError("REQUIRE_PRIVATE_NETWORK must be true or false.");
 }
 
-function parseNetworks(raw: string): Cidr[] {
+function parseNetworks(name: string, raw: string): Cidr[] {
   const networks: Cidr[] = [];
   for (const entry of raw.split(",").filter((e) => e.trim())) {
     try {
       networks.push(parseCidr(entry));
     } catch (e) {
-      throw new ConfigError(`PRIVATE_NETWORKS: ${(e as Error).message}.`);
+      throw new ConfigError(`${name}: ${(e as Error).message}.`);
     }
   }
-  if (networks.length === 0) throw new ConfigError("PRIVATE_NETWORKS names no network.");
+  if (networks.length === 0) throw new ConfigError(`${name} names no network.`);
   return networks;
+}
+
+/** The proxies whose header TRUST_PROXY names are believed: TRUSTED_PROXIES, or where such a proxy usually is. A
+ *  list without TRUST_PROXY would do nothing, which is surely not what was meant, so it is refused. */
+function trustedProxies(raw: string | undefined, trust: TrustProxy): Cidr[] {
+  if (trust === "none") {
+    if (raw?.trim()) throw new ConfigError("TRUSTED_PROXIES is set but TRUST_PROXY is none: set TRUST_PROXY=fly or the number of proxies in front of the relay, or unset TRUSTED_PROXIES.");
+    return [];
+  }
+  return parseNetworks("TRUSTED_PROXIES", raw?.trim() || (trust === "fly" ? FLY_PROXY_NETWORKS : LOCAL_PROXY_NETWORKS));
+}
+
+function parseProvision(raw: string): { machine: string; file: string } {
+  const [, machine, file] = /^([^:]*):(.*)$/.exec(raw) ?? [];
+  if (!machine || !MachineName.safeParse(machine).success || !file?.startsWith("/")) {
+    throw new ConfigError("PROVISION_AGENT_TOKEN must be NAME:FILE, a machine name and an absolute path; e.g. sandbox:/agent-token/sandbox");
+  }
+  return { machine, file };
 }
 
 function parseTrustProxy(raw: string | undefined): TrustProxy {

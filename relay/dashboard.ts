@@ -1,5 +1,6 @@
-// The owner's dashboard at `/`: connected machines, running commands and recent tool calls, and two actions
-// (disconnect a machine, revoke its agent token), each behind a confirmation page and audited. A visitor without
+// The owner's dashboard at `/`: connected machines, approved OAuth applications, running commands and recent tool
+// calls, and three actions (disconnect a machine, revoke its agent token, revoke an application's access), each
+// behind a confirmation page and audited. A visitor without
 // a session sees only the login form. The session is a signed cookie (HMAC with a key derived from the owner
 // secret, so changing the secret signs everyone out), HttpOnly, SameSite=Strict, Secure over https; every form
 // also carries a token derived from the session. Plain HTML, no script, no external asset (pages.ts).
@@ -9,12 +10,10 @@ import type { AuditLog } from "./audit.ts";
 import type { AgentTokens } from "./credentials.ts";
 import { secretMatches } from "./credentials.ts";
 import { Penalties, tooManyAttempts } from "./limits.ts";
+import type { AuthorizationServer } from "./oauth.ts";
 import { confirmPage, dashboardPage, errorPage, loginPage, type DashboardView } from "./pages.ts";
 import type { Relay } from "./agents.ts";
 import { listCommands } from "./tools.ts";
-import { logger } from "../log.ts";
-
-const log = logger("server");
 
 /** A dashboard session lasts this long; then the owner types the secret again. */
 const SESSION_TTL_MS = 12 * 60 * 60 * 1000;
@@ -30,6 +29,8 @@ export interface DashboardOptions {
   relay: Relay;
   audit: AuditLog;
   agentTokens: AgentTokens;
+  /** The approved OAuth clients, to list and revoke. */
+  oauth: Pick<AuthorizationServer, "approvedClients" | "revokeClient">;
   /** Wrong owner secrets at /login (shared with the OAuth consent page). */
   ownerSecretPenalties: Penalties;
 }
@@ -127,6 +128,7 @@ export class Dashboard {
       running: running.commands,
       calls: audit.calls({ machine, limit: RECENT_CALLS }),
       events: audit.events({ machine, limit: RECENT_EVENTS }),
+      clients: this.options.oauth.approvedClients(),
     };
   }
 
@@ -136,6 +138,10 @@ export class Dashboard {
     const params = new URL(req.url).searchParams;
     const action = params.get("action");
     const machine = params.get("machine") ?? "";
+    if (action === "revoke-client") {
+      const client = this.options.oauth.approvedClients().find((c) => c.client_id === params.get("client_id"));
+      return client ? confirmPage({ action, client, csrf: this.#csrf(nonce) }) : noSuchClient();
+    }
     if ((action !== "disconnect" && action !== "revoke") || !machine) return errorPage(400, "Nothing to confirm", "Go back to the dashboard and choose an action.");
     return confirmPage({ action, machine, csrf: this.#csrf(nonce), holdMinutes: DISCONNECT_HOLD_MS / 60_000 });
   }
@@ -147,9 +153,7 @@ export class Dashboard {
     if (wait > 0) return tooManyAttempts(wait, (message) => errorPage(429, "Too many attempts", message));
     const form = new URLSearchParams(await req.text());
     if (!secretMatches(form.get("owner_secret") ?? "", this.options.ownerSecret)) {
-      this.options.ownerSecretPenalties.failed(address);
-      log("warn", "authentication refused", { path: "/login", address, reason: "wrong owner secret" });
-      this.options.audit.event("auth_refused", { address, detail: "/login: wrong owner secret" });
+      this.options.ownerSecretPenalties.failed(address, { path: "/login", reason: "wrong owner secret" });
       return loginPage("Wrong owner secret.", 401);
     }
     this.options.ownerSecretPenalties.succeeded(address);
@@ -175,7 +179,8 @@ export class Dashboard {
     return given.length === expected.length && timingSafeEqual(given, expected);
   }
 
-  /** A confirmed action: disconnect a machine, or revoke its agent token. Audited with the owner's address. */
+  /** A confirmed action: disconnect a machine, revoke its agent token, or revoke an application's access. Audited
+   *  with the owner's address. */
   async #act(req: Request, address: string): Promise<Response> {
     const nonce = this.#session(req);
     if (!nonce) return loginPage(undefined, 401);
@@ -189,9 +194,13 @@ export class Dashboard {
     } else if (action === "revoke") {
       const revoked = this.options.agentTokens.revoke(machine);
       if (revoked) this.options.audit.event("agent_token_revoked", { machine, address, detail: "from the dashboard" });
+    } else if (action === "revoke-client") {
+      if (!this.options.oauth.revokeClient(form.get("client_id") ?? "", { address, via: "from the dashboard" })) return noSuchClient();
     } else {
       return errorPage(400, "Unknown action", "Go back to the dashboard and choose an action.");
     }
     return new Response(null, { status: 303, headers: { Location: "/", "Cache-Control": "no-store" } });
   }
 }
+
+const noSuchClient = () => errorPage(404, "No such application", "It is not approved (any more): it may have been revoked already. Go back to the dashboard.");

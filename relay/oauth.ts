@@ -5,6 +5,12 @@
 // to the resource they were asked for (RFC 8707): one for /mcp is refused on /sse. The SDK's authorization-server
 // pieces are Express-only, so the endpoints are written here on web Request/Response, reusing its schemas and
 // error classes. Issued secrets are stored as hashes (credentials.ts).
+//
+// The owner stays in control of what was approved: each approval is a grant the owner can list and revoke (the
+// dashboard, `oauth-clients`), revoking ends the client's sessions too, and a new owner secret revokes every grant
+// made under the old one. Anyone may register and open consent pages, so both are bounded in a way a flood pays for
+// itself: registrations the owner never approves expire within minutes, and when a table is full the busiest
+// source gives way, never a quiet one (the owner's).
 
 import { createHash, randomBytes } from "node:crypto";
 import {
@@ -13,17 +19,15 @@ import {
   InvalidClientMetadataError,
   InvalidGrantError,
   InvalidRequestError,
-  InvalidScopeError,
   InvalidTargetError,
   OAuthError,
   UnsupportedGrantTypeError,
-  UnsupportedResponseTypeError,
 } from "@modelcontextprotocol/sdk/server/auth/errors.js";
 import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
 import { OAuthClientMetadataSchema } from "@modelcontextprotocol/sdk/shared/auth.js";
 import type { AuditLog } from "./audit.ts";
-import { hashSecret, newSecret, secretMatches, type OAuthClient, type OAuthStore } from "./credentials.ts";
-import { Penalties, tooManyAttempts } from "./limits.ts";
+import { hashSecret, newSecret, printableName, secretMatches, type OAuthClient, type OAuthStore } from "./credentials.ts";
+import { addressKey, Penalties, rememberLatest, tooManyAttempts } from "./limits.ts";
 import { consentPage, errorPage } from "./pages.ts";
 import { logger } from "../log.ts";
 
@@ -34,15 +38,21 @@ const CODE_TTL_MS = 60_000;
 /** A consent page may be answered this long after it was shown, with this many wrong owner secrets. */
 const CONSENT_TTL_MS = 10 * 60 * 1000;
 const MAX_CONSENT_ATTEMPTS = 5;
-/** Pending consents and unredeemed codes kept at most (each expires within minutes anyway); when the table is full
- *  the oldest goes, and one address keeps at most a few, so nobody can fill it to lock the owner out. */
+/** Pending consents kept at most (each expires within minutes anyway), and per source (an address, or an IPv6 /64).
+ *  When the table is full, the oldest consent of the source holding the most goes: filling it takes a thousand
+ *  sources, and the owner's open page (one of a quiet source) outlasts a flood from fewer. */
 const MAX_PENDING = 1_000;
 const MAX_PENDING_PER_ADDRESS = 10;
-/** Registered clients at most, and registrations one address may make per hour. When the table is full, a client
- *  that registered over an hour ago and never got a token makes room for a new one. */
+/** Registered clients at most. A client the owner has not approved is deleted this long after it registered (unless
+ *  its approval is under way): clients that register on every 401 and never finish leave nothing behind for long.
+ *  When the table is full, the busiest source's oldest unapproved client makes room. */
 const MAX_CLIENTS = 1_000;
-const UNUSED_CLIENT_GRACE_S = 60 * 60;
-const REGISTRATIONS_PER_HOUR = 20;
+const UNAPPROVED_CLIENT_TTL_S = 10 * 60;
+/** Registrations one source may make at once, and how fast its allowance comes back (one a minute): enough for a
+ *  client that registers again on every failed health check, while a flood pays with time for each row it adds to
+ *  the client table and the audit log. */
+const REGISTRATION_BURST = 30;
+const REGISTRATION_REFILL_MS = 60_000;
 /** Form and JSON bodies of the OAuth endpoints are small; anything bigger is refused unread. */
 const MAX_OAUTH_BODY_BYTES = 64 * 1024;
 /** The one scope: full use of the relay's tools. */
@@ -51,8 +61,8 @@ const SCOPE = "mcp";
 export type ResourcePath = "/mcp" | "/sse";
 
 interface Consent {
-  /** Where the consent page was asked from (pending consents are bounded per address). */
-  address: string;
+  /** Where the consent page was asked from, as addressKey (pending consents are bounded per source). */
+  source: string;
   client: OAuthClient;
   redirectUri: string;
   challenge: string;
@@ -83,8 +93,8 @@ export interface OAuthOptions {
   /** Wrong owner secrets on the consent page (shared with the dashboard's login). */
   ownerSecretPenalties: Penalties;
   audit: AuditLog;
-  /** Names of the connected machines, for the consent page. */
-  machines: () => string[];
+  /** Ends the open MCP sessions of a client whose access was just revoked. */
+  endSessionsOf: (clientId: string) => void;
 }
 
 type Handler = (req: Request, address: string) => Response | Promise<Response>;
@@ -92,9 +102,21 @@ type Handler = (req: Request, address: string) => Response | Promise<Response>;
 export class AuthorizationServer {
   readonly #consents = new Map<string, Consent>();
   readonly #codes = new Map<string, Code>();
-  readonly #registrations = new Map<string, { count: number; since: number }>();
+  /** Each source's registration allowance (a token bucket); insertion order = least recently registering first. */
+  readonly #registrations = new Map<string, { left: number; at: number }>();
 
   constructor(readonly options: OAuthOptions) {}
+
+  /** Takes the database's grants over under this relay's owner secret, revoking every grant made under another one.
+   *  Run once the port is ours (so no other relay serves this database: one started by mistake with another secret
+   *  must not revoke a running relay's grants) and before the first request is answered. */
+  adoptOwnerSecret(): void {
+    const revoked = this.options.store.adoptOwnerSecret(this.options.ownerSecret);
+    if (revoked.grants === 0) return;
+    const detail = `the owner secret changed: revoked ${revoked.grants} OAuth grants of ${revoked.clients} clients`;
+    log("warn", detail);
+    this.options.audit.event("oauth_grants_revoked", { detail: `${detail}; approve their applications again` });
+  }
 
   /** This server's origin as clients know it: PUBLIC_URL, or the loopback origin it was reached at (the Host
    *  guard has already refused any other). */
@@ -111,10 +133,55 @@ export class AuthorizationServer {
   /** The grant of a live OAuth access token, if it was issued for this resource. */
   verifyAccessToken(token: string, req: Request, path: ResourcePath): AuthInfo | undefined {
     const grant = this.options.store.accessGrant(token);
-    if (!grant) return undefined;
-    const base = this.base(req);
-    if (grant.resource !== `${base}${path}` && grant.resource !== `${base}/`) return undefined;
+    if (!grant || !this.#grantedFor(req, grant.resource, path)) return undefined;
+    this.options.store.noteUse(grant.family);
     return { token, clientId: grant.client_id, scopes: grant.scopes, expiresAt: Math.floor(grant.expires_at / 1000), resource: new URL(grant.resource) };
+  }
+
+  #grantedFor(req: Request, resource: string, path: ResourcePath): boolean {
+    const base = this.base(req);
+    return resource === `${base}${path}` || resource === `${base}/`;
+  }
+
+  /** Why a live OAuth token is refused where it was presented (an access token on the other MCP endpoint or by an
+   *  agent, a refresh token anywhere but /token), so its holder learns what to do instead of "invalid or expired";
+   *  undefined for anything else. Only a token's holder can get this answer, and it tells them nothing they could
+   *  not find out by using it. */
+  misplacedToken(token: string, req: Request, where: ResourcePath | "/ws/agent"): string | undefined {
+    if (this.options.store.isLiveRefreshToken(token)) {
+      return "This is an OAuth refresh token: exchange it at /token (grant_type=refresh_token) for an access token, and send that.";
+    }
+    const grant = this.options.store.accessGrant(token);
+    if (!grant) return undefined;
+    const issuedFor = new URL(grant.resource).pathname;
+    if (where === "/ws/agent") {
+      return `This is an OAuth access token for ${issuedFor}, an MCP client's credential. An agent connects with an agent token: AGENT_TOKEN, or one made with agent-token create.`;
+    }
+    if (this.#grantedFor(req, grant.resource, where)) return undefined;
+    return `This is an OAuth access token for ${issuedFor}, not ${where}: connect to ${issuedFor} with it, or authorize again for ${where}.`;
+  }
+
+  // --- the owner's control over grants ---
+
+  /** The clients the owner approved, for the dashboard. */
+  approvedClients() {
+    return this.options.store.approvedClients();
+  }
+
+  /** Whether `clientId` is an OAuth client whose approval still stands (its sessions may go on). */
+  isGranted(clientId: string): boolean {
+    return this.options.store.hasGrant(clientId);
+  }
+
+  /** Revokes a client at the owner's word: its registration, grants and tokens go at once, and its open sessions
+   *  end. The client as it was, or undefined when there is none. */
+  revokeClient(clientId: string, by: { address: string; via: string }): OAuthClient | undefined {
+    const client = this.options.store.forgetClient(clientId);
+    if (!client) return undefined;
+    log("info", "oauth client revoked by the owner", { client_id: clientId, via: by.via, address: by.address });
+    auditClientRevoked(this.options.audit, client, by);
+    this.options.endSessionsOf(clientId);
+    return client;
   }
 
   /** The HTTP routes of the authorization server. */
@@ -168,9 +235,24 @@ export class AuthorizationServer {
 
   // --- registration (RFC 7591) ---
 
+  /** POST /register, within the source's allowance: spent before the body is read, so that requests arriving
+   *  together cannot all pass, and given back when nothing was stored. */
   async #register(req: Request, address: string): Promise<Response> {
-    if (!this.#mayRegister(address)) return oauthError(new InvalidRequestError("Too many registrations from this address; try again later."), 429);
-    if (!this.#roomForClient()) return oauthError(new InvalidRequestError("This relay has too many registered clients."), 400);
+    const source = addressKey(address);
+    const allowance = this.#allowanceOf(source);
+    if (allowance.left < 1) {
+      const wait = Math.ceil(((1 - allowance.left) * REGISTRATION_REFILL_MS) / 1000);
+      const refused = oauthError(new InvalidRequestError(`Too many registrations from this address; try again in ${wait} s.`), 429);
+      refused.headers.set("Retry-After", String(wait));
+      return refused;
+    }
+    allowance.left -= 1;
+    const response = await this.#registerClient(req, address, source);
+    if (response.status !== 201) allowance.left += 1;
+    return response;
+  }
+
+  async #registerClient(req: Request, address: string, source: string): Promise<Response> {
     const body = await readBody(req, "json");
     if (body instanceof Response) return body;
     const parsed = OAuthClientMetadataSchema.safeParse(body);
@@ -178,8 +260,11 @@ export class AuthorizationServer {
     const metadata = { ...parsed.data, token_endpoint_auth_method: parsed.data.token_endpoint_auth_method ?? "client_secret_basic" };
     const problem = checkClientMetadata(metadata);
     if (problem) return oauthError(new InvalidClientMetadataError(problem), 400);
+    if (!this.#roomForClient()) {
+      return oauthError(new InvalidRequestError("This relay holds as many approved clients as it can; its owner must revoke some first (oauth-clients revoke)."), 400);
+    }
     const confidential = metadata.token_endpoint_auth_method !== "none";
-    const { client_id, client_secret, created_at } = this.options.store.register(metadata, confidential);
+    const { client_id, client_secret, created_at } = this.options.store.register(metadata, confidential, source);
     log("info", "oauth client registered", { client_id, name: metadata.client_name ?? null, address });
     this.options.audit.event("oauth_client_registered", { address, detail: `${client_id} ${metadata.client_name ?? ""}`.trim() });
     return Response.json(
@@ -188,65 +273,79 @@ export class AuthorizationServer {
     );
   }
 
+  /** Room for one more client: expired registrations go first; when the table is still full, the oldest unapproved
+   *  client of the busiest source. False only when every client in it is approved. */
   #roomForClient(): boolean {
-    const { store } = this.options;
-    return store.clientCount() < MAX_CLIENTS || store.dropOldestUnused(Math.floor(Date.now() / 1000) - UNUSED_CLIENT_GRACE_S);
+    this.sweep();
+    return this.options.store.clientCount() < MAX_CLIENTS || this.options.store.dropUnapprovedOfBusiestSource();
   }
 
-  #mayRegister(address: string): boolean {
-    const now = Date.now();
-    const record = this.#registrations.get(address);
-    if (!record || now - record.since > 3_600_000) {
-      this.#registrations.set(address, { count: 1, since: now });
-      if (this.#registrations.size > MAX_PENDING) this.#registrations.delete(this.#registrations.keys().next().value!);
-      return true;
-    }
-    return ++record.count <= REGISTRATIONS_PER_HOUR;
+  /** The registrations `source` has left, refilled for the time since it last registered. */
+  #allowanceOf(source: string, now = Date.now()): { left: number; at: number } {
+    const allowance = this.#registrations.get(source) ?? { left: REGISTRATION_BURST, at: now };
+    allowance.left = Math.min(REGISTRATION_BURST, allowance.left + (now - allowance.at) / REGISTRATION_REFILL_MS);
+    allowance.at = now;
+    rememberLatest(this.#registrations, source, allowance);
+    return allowance;
   }
 
   // --- authorization ---
 
-  /** GET /authorize: checks the request and shows the consent page. Until the client and its redirect URI are
-   *  known good, errors are shown to the person and never redirected (an open redirector otherwise). */
+  /** GET /authorize: checks the request and shows the consent page. Every client registered itself, so nobody
+   *  vouches for its redirect URIs, an exact match included: anyone can register https://evil.example and send a
+   *  browser here. So until the owner has answered, a bad request is explained on the relay's own page and never
+   *  redirected: the relay would otherwise forward any browser, under its own name, wherever a stranger registered
+   *  (an open redirector, RFC 9700 §4.11.2). Only the owner's answer goes back to the client. */
   #authorizeRequest(req: Request, address: string): Response {
     const params = new URL(req.url).searchParams;
     const client = this.options.store.client(params.get("client_id") ?? "");
-    if (!client) return errorPage(400, "Unknown application", "This application is not registered with this relay (it may have been registered with another one). Connect again from your MCP client so it registers afresh.");
+    if (!client) return errorPage(400, "Unknown application", "This application is not registered with this relay (it may have been registered with another one, or was never approved and expired). Connect again from your MCP client so it registers afresh.");
     const redirectUri = chooseRedirectUri(client, params.get("redirect_uri"));
     if (!redirectUri) return errorPage(400, "Wrong redirect address", "The redirect_uri is not one this application registered, so the answer will not be sent there.");
-    const state = params.get("state");
-    const fail = (error: OAuthError) => redirectWithError(redirectUri, error, state, this.base(req));
-    if (params.get("response_type") !== "code") return fail(new UnsupportedResponseTypeError("response_type must be code."));
+    const refuse = (problem: string) =>
+      errorPage(400, "This request cannot be approved", `${problem} Nothing was sent back to the application. Tell its developer, or connect again from your MCP client.`);
+    const responseType = params.get("response_type");
+    if (responseType !== "code") return refuse(`This relay answers only response_type=code (the authorization code flow with PKCE), not ${quoted(responseType)}.`);
     const challenge = params.get("code_challenge");
     if (!challenge || params.get("code_challenge_method") !== "S256" || !/^[A-Za-z0-9_-]{43}$/.test(challenge)) {
-      return fail(new InvalidRequestError("PKCE is required: send code_challenge with code_challenge_method=S256."));
+      return refuse("PKCE is required: the application must send a code_challenge with code_challenge_method=S256.");
     }
     const scope = params.get("scope");
-    if (scope && scope.split(" ").some((s) => s !== SCOPE)) return fail(new InvalidScopeError(`The only scope is "${SCOPE}".`));
+    if (scope && scope.split(" ").some((s) => s !== SCOPE)) return refuse(`The only scope is "${SCOPE}", not ${quoted(scope)}.`);
     const resource = this.#canonicalResource(req, params.get("resource"));
-    if (!resource) return fail(new InvalidTargetError("The resource is not this server."));
-    return this.#showConsent(req, { address, client, redirectUri, challenge, state, resource });
+    if (!resource) return refuse(`The resource ${quoted(params.get("resource"))} is not this relay (${this.base(req)}/mcp or /sse).`);
+    return this.#showConsent(req, { source: addressKey(address), client, redirectUri, challenge, state: params.get("state"), resource });
   }
 
   #showConsent(req: Request, request: Omit<Consent, "csrfHash" | "expires" | "attempts">): Response {
     this.#prune();
-    this.#makeRoomForConsent(request.address);
+    this.#makeRoomForConsent(request.source);
     const requestId = randomBytes(24).toString("base64url");
     const csrf = randomBytes(32).toString("base64url");
     this.#consents.set(requestId, { ...request, csrfHash: hashSecret(csrf), expires: Date.now() + CONSENT_TTL_MS, attempts: 0 });
     return consentPage(this.#consentDetails(requestId, request.client, request.redirectUri), { "Set-Cookie": this.#csrfCookie(req, csrf) });
   }
 
+  /** What the consent page shows. Nothing about the machines: whoever sees it has not proved anything yet. */
   #consentDetails(requestId: string, client: OAuthClient, redirectUri: string, error?: string) {
-    const name = typeof client.metadata.client_name === "string" && client.metadata.client_name ? client.metadata.client_name : "An unnamed application";
-    return { clientName: name, clientId: client.client_id, redirectUri, machines: this.options.machines(), requestId, error };
+    const name = printableName(client.metadata.client_name) ?? "An unnamed application";
+    return { clientName: name, clientId: client.client_id, redirectUri, requestId, error };
   }
 
-  /** Drops the address's oldest pending consent when it has its share, and the oldest of all when the table is full. */
-  #makeRoomForConsent(address: string): void {
-    const ofAddress = [...this.#consents].filter(([, consent]) => consent.address === address); // oldest first
-    if (ofAddress.length >= MAX_PENDING_PER_ADDRESS) this.#consents.delete(ofAddress[0]![0]);
-    if (this.#consents.size >= MAX_PENDING) this.#consents.delete(this.#consents.keys().next().value!);
+  /** Drops the source's oldest pending consent when it has its share; when the table is full, the oldest consent of
+   *  the source holding the most (the first of them to have come, on a tie), never a quiet source's. */
+  #makeRoomForConsent(source: string): void {
+    const bySource = new Map<string, string[]>(); // request ids, oldest first; sources in order of their oldest
+    for (const [id, consent] of this.#consents) {
+      const ids = bySource.get(consent.source);
+      if (ids) ids.push(id);
+      else bySource.set(consent.source, [id]);
+    }
+    const own = bySource.get(source) ?? [];
+    if (own.length >= MAX_PENDING_PER_ADDRESS) this.#consents.delete(own.shift()!);
+    if (this.#consents.size < MAX_PENDING) return;
+    const busiest = [...bySource.values()].reduce((most, ids) => (ids.length > most.length ? ids : most));
+    this.#consents.delete(busiest[0]!);
   }
 
   /** The consent form's guard against cross-site requests: a cookie only our own pages set, SameSite=Strict, whose
@@ -288,9 +387,7 @@ export class AuthorizationServer {
   }
 
   #wrongSecret(req: Request, address: string, requestId: string, consent: Consent): Response {
-    this.options.ownerSecretPenalties.failed(address);
-    log("warn", "authentication refused", { path: "/authorize", address, reason: "wrong owner secret" });
-    this.options.audit.event("auth_refused", { address, detail: "/authorize: wrong owner secret" });
+    this.options.ownerSecretPenalties.failed(address, { path: "/authorize", reason: "wrong owner secret" });
     if (++consent.attempts >= MAX_CONSENT_ATTEMPTS) {
       this.#consents.delete(requestId);
       return errorPage(401, "Too many wrong attempts", "This approval is cancelled. Start again from your MCP client.");
@@ -317,45 +414,48 @@ export class AuthorizationServer {
   // --- tokens ---
 
   async #token(req: Request, address: string): Promise<Response> {
-    const wait = this.options.penalties.retryAfter(address);
-    if (wait > 0) return tooManyAttempts(wait, (message) => oauthError(new InvalidRequestError(message), 429));
     const form = await readBody(req, "form");
     if (form instanceof Response) return form;
+    const client = this.#authenticateClient(req, form, address);
+    if (client instanceof Response) return client;
     try {
-      const client = this.#authenticateClient(req, form, address);
       const grantType = form.get("grant_type");
       const tokens =
-        grantType === "authorization_code" ? this.#redeemCode(req, client, form) : grantType === "refresh_token" ? this.#refresh(req, client, form) : undefined;
+        grantType === "authorization_code"
+          ? this.#redeemCode(req, client, form, address)
+          : grantType === "refresh_token"
+            ? this.#refresh(req, client, form, address)
+            : undefined;
       if (!tokens) throw new UnsupportedGrantTypeError("grant_type must be authorization_code or refresh_token.");
       return Response.json({ ...tokens, token_type: "Bearer" }, { headers: { "Cache-Control": "no-store", Pragma: "no-cache" } });
     } catch (e) {
-      if (e instanceof OAuthError) return oauthError(e, e instanceof InvalidClientError ? 401 : 400);
+      if (e instanceof OAuthError) return oauthError(e, 400);
       throw e;
     }
   }
 
-  /** The client behind a token or revoke request (HTTP Basic, or client_id/client_secret in the body). An unknown
-   *  client gets invalid_client, status 401, which tells Claude to register again. */
-  #authenticateClient(req: Request, form: URLSearchParams, address: string): OAuthClient {
+  /** The client behind a token or revoke request (HTTP Basic, or client_id/client_secret in the body), or the refusal.
+   *  As for bearer tokens (auth.ts), a client that authenticates is served whatever else failed from its address;
+   *  only failures wait. An unknown client gets invalid_client, status 401, which tells Claude to register again. */
+  #authenticateClient(req: Request, form: URLSearchParams, address: string): OAuthClient | Response {
     const basic = parseBasic(req.headers.get("authorization"));
     const clientId = basic?.id ?? form.get("client_id") ?? "";
     const secret = basic?.secret ?? form.get("client_secret");
     const client = this.options.store.client(clientId);
     const secretOk = client && (!client.secret_hash || (secret !== null && secretMatches(hashSecret(secret), client.secret_hash)));
-    if (!client || !secretOk) {
-      this.options.penalties.failed(address);
-      this.options.audit.event("auth_refused", { address, detail: `${new URL(req.url).pathname}: ${client ? "wrong client secret" : "unknown client"}` });
-      throw new InvalidClientError(client ? "Client authentication failed." : "Unknown client: register again.");
-    }
-    return client;
+    if (client && secretOk) return client;
+    const wait = this.options.penalties.failed(address, { path: new URL(req.url).pathname, reason: client ? "wrong client secret" : "unknown client" });
+    if (wait > 0) return tooManyAttempts(wait, (message) => oauthError(new InvalidRequestError(message), 429));
+    return oauthError(new InvalidClientError(client ? "Client authentication failed." : "Unknown client: register again."), 401);
   }
 
-  #redeemCode(req: Request, client: OAuthClient, form: URLSearchParams) {
+  #redeemCode(req: Request, client: OAuthClient, form: URLSearchParams, address: string) {
     const hash = hashSecret(form.get("code") ?? "");
     const code = this.#codes.get(hash);
     if (!code || code.expires < Date.now()) throw new InvalidGrantError("The authorization code is unknown or expired.");
     if (code.family) {
       this.options.store.revokeFamily(code.family); // a code redeemed twice may have been stolen: revoke what it gave
+      this.#replayed("authorization code", client, address);
       throw new InvalidGrantError("The authorization code was already used.");
     }
     if (code.clientId !== client.client_id) throw new InvalidGrantError("The authorization code was issued to another client.");
@@ -365,17 +465,28 @@ export class AuthorizationServer {
       throw new InvalidGrantError("The PKCE code_verifier does not match the code_challenge.");
     }
     this.#checkResourceUnchanged(req, form, code.resource);
-    const family = randomBytes(16).toString("hex");
+    const { tokens, family } = this.options.store.approve({ client_id: client.client_id, scopes: [SCOPE], resource: code.resource });
     code.family = family;
-    return this.options.store.issue({ client_id: client.client_id, scopes: [SCOPE], resource: code.resource }, family);
+    return tokens;
   }
 
-  #refresh(req: Request, client: OAuthClient, form: URLSearchParams) {
+  #refresh(req: Request, client: OAuthClient, form: URLSearchParams, address: string) {
     const spent = this.options.store.spendRefresh(form.get("refresh_token") ?? "", client.client_id);
-    if (spent === "reused") throw new InvalidGrantError("This refresh token was already used; its tokens are revoked. Authorize again.");
+    if (spent === "reused") {
+      this.#replayed("refresh token", client, address);
+      throw new InvalidGrantError("This refresh token was already used; its tokens are revoked. Authorize again.");
+    }
     if (!spent) throw new InvalidGrantError("The refresh token is unknown, expired or revoked.");
     this.#checkResourceUnchanged(req, form, spent.resource);
     return this.options.store.issue({ client_id: client.client_id, scopes: spent.scopes, resource: spent.resource }, spent.family);
+  }
+
+  /** A code or refresh token presented a second time: one of the two presenters may have stolen it, so its grant
+   *  was revoked (the client's sessions end with it if it has no other); the owner reads why in the log and audit. */
+  #replayed(what: "authorization code" | "refresh token", client: OAuthClient, address: string): void {
+    const name = printableName(client.metadata.client_name) ?? "unnamed";
+    log("warn", `oauth ${what} used twice; its grant is revoked`, { client_id: client.client_id, name, address });
+    this.options.audit.event("oauth_token_replayed", { address, detail: `${client.client_id} (${name}): ${what} used twice; its grant is revoked` });
   }
 
   /** RFC 8707: a resource named at the token endpoint must be the one that was authorized. */
@@ -391,14 +502,10 @@ export class AuthorizationServer {
   async #revoke(req: Request, address: string): Promise<Response> {
     const form = await readBody(req, "form");
     if (form instanceof Response) return form;
-    try {
-      const client = this.#authenticateClient(req, form, address);
-      this.options.store.revoke(form.get("token") ?? "", client.client_id);
-      return new Response(null, { status: 200, headers: { "Cache-Control": "no-store" } }); // the same whether it existed or not
-    } catch (e) {
-      if (e instanceof OAuthError) return oauthError(e, 401);
-      throw e;
-    }
+    const client = this.#authenticateClient(req, form, address);
+    if (client instanceof Response) return client;
+    this.options.store.revoke(form.get("token") ?? "", client.client_id);
+    return new Response(null, { status: 200, headers: { "Cache-Control": "no-store" } }); // the same whether it existed or not
   }
 
   /** Drops expired consents and codes (both maps stay small: entries live minutes). */
@@ -406,7 +513,27 @@ export class AuthorizationServer {
     for (const [id, consent] of this.#consents) if (consent.expires < now) this.#consents.delete(id);
     for (const [hash, code] of this.#codes) if (code.expires < now) this.#codes.delete(hash);
   }
+
+  /** Drops what has expired: consents, codes, tokens, lapsed grants, and the registrations the owner never
+   *  approved, except those whose approval is under way (a consent page open, a code not yet redeemed). Runs before
+   *  each registration and every minute (server.ts). */
+  sweep(now = Date.now()): void {
+    this.#prune(now);
+    this.options.store.dropExpired(now);
+    const underWay = new Set([...[...this.#consents.values()].map((c) => c.client.client_id), ...[...this.#codes.values()].map((c) => c.clientId)]);
+    const dropped = this.options.store.dropUnapproved(Math.floor(now / 1000) - UNAPPROVED_CLIENT_TTL_S, underWay);
+    if (dropped > 0) log("info", "oauth registrations never approved have expired", { clients: dropped });
+  }
 }
+
+/** Records the owner's revocation of `client` (from the dashboard or the command line) in the audit log. */
+export function auditClientRevoked(audit: AuditLog, client: OAuthClient, by: { address?: string; via: string }): void {
+  const name = printableName(client.metadata.client_name) ?? "unnamed";
+  audit.event("oauth_client_revoked", { address: by.address, detail: `${client.client_id} (${name}) ${by.via}` });
+}
+
+/** A value a request carried, quoted for a page (or "none"), cut short: it is a stranger's text. */
+const quoted = (value: string | null) => (value === null ? "none" : JSON.stringify(value.slice(0, 100)));
 
 // --- helpers ---
 

@@ -1,5 +1,6 @@
 // The operator's subcommands of `bun run server.ts`, run where the relay keeps its database: `audit` (recent
-// calls or events, and `audit verify` for the hash chain) and `agent-token` (per-machine agent credentials).
+// calls or events, and `audit verify` for the hash chain), `agent-token` (per-machine agent credentials),
+// `machine-key` (the agent keys pinned to machine names) and `oauth-clients` (the OAuth applications approved).
 // They read and change the database at DATABASE_PATH directly; a running relay sees a new or revoked token within
 // a second. A ConfigError is a mistake of the operator's, printed without a stack trace.
 
@@ -7,7 +8,9 @@ import * as fs from "node:fs";
 import { MachineName } from "../protocol.ts";
 import { AuditLog, auditFilter, type CallRecord, type EventRecord, type VerifyResult } from "./audit.ts";
 import { ConfigError, databasePath } from "./config.ts";
-import { AgentTokens } from "./credentials.ts";
+import { AgentTokens, OAuthStore, printableName, type ApprovedClient } from "./credentials.ts";
+import { MachineKeys } from "./identity.ts";
+import { auditClientRevoked } from "./oauth.ts";
 import { openDatabase } from "./storage.ts";
 
 /** The database of a relay that has run, for the commands that read or change it. Creating one here would be a
@@ -92,7 +95,7 @@ export function agentTokenCommand([action, machine, ...extra]: string[], env: Re
   const usage = "usage: bun run server.ts agent-token create NAME | list | revoke NAME";
   const needsName = action === "create" || action === "revoke";
   if (!["create", "list", "revoke"].includes(action ?? "") || extra.length > 0 || needsName !== (machine !== undefined)) throw new ConfigError(usage);
-  if (machine !== undefined && !MachineName.safeParse(machine).success) throw new ConfigError(`'${machine}' is not a machine name: 1-64 letters, digits, '.', '_' or '-'.`);
+  if (machine !== undefined) checkMachineName(machine);
   const db = openRelayDatabase(env);
   try {
     const tokens = new AgentTokens(db);
@@ -116,4 +119,66 @@ export function agentTokenCommand([action, machine, ...extra]: string[], env: Re
   } finally {
     db.close();
   }
+}
+
+function checkMachineName(machine: string): void {
+  if (!MachineName.safeParse(machine).success) throw new ConfigError(`'${machine}' is not a machine name: 1-64 letters, digits, '.', '_' or '-'.`);
+}
+
+/** `machine-key list|unpin`: the agent keys pinned to machine names. Unpinning is how the owner gives a name back
+ *  to a machine that lost its key (a reinstall): nothing else lets a new key take a pinned name. */
+export function machineKeyCommand([action, machine, ...extra]: string[], env: Record<string, string | undefined>): number {
+  const usage = "usage: bun run server.ts machine-key list | unpin NAME";
+  const wellFormed = (action === "list" && machine === undefined) || (action === "unpin" && machine !== undefined);
+  if (!wellFormed || extra.length > 0) throw new ConfigError(usage);
+  if (machine !== undefined) checkMachineName(machine);
+  const db = openRelayDatabase(env);
+  try {
+    const keys = new MachineKeys(db);
+    if (action === "list") {
+      const rows = keys.list();
+      console.log(rows.length ? rows.map((r) => `${r.machine.padEnd(24)} key ${r.public_key}, pinned ${r.pinned_at}, last connected ${r.last_seen_at ?? "never"}`).join("\n") : "No machine keys pinned yet.");
+      return 0;
+    }
+    if (!keys.unpin(machine!)) throw new ConfigError(`No key is pinned to '${machine}'. See: machine-key list`);
+    new AuditLog(db).event("machine_key_unpinned", { machine });
+    console.log(
+      `Unpinned '${machine}'. The next agent that connects as '${machine}' pins its own key; an agent connected as '${machine}' ` +
+        "now keeps its link, and its key is pinned again when it reconnects.",
+    );
+    return 0;
+  } finally {
+    db.close();
+  }
+}
+
+/** `oauth-clients [list] | revoke CLIENT_ID`: the OAuth applications the owner approved, and taking one's access
+ *  away. Revoking deletes its registration, grants and tokens, so every request it makes is refused at once; a
+ *  running relay ends its open sessions within a second (it looks for revoked clients every second). */
+export function oauthClientsCommand([action = "list", clientId, ...extra]: string[], env: Record<string, string | undefined>): number {
+  const wellFormed = (action === "list" && clientId === undefined) || (action === "revoke" && clientId !== undefined);
+  if (!wellFormed || extra.length > 0) throw new ConfigError("usage: bun run server.ts oauth-clients [list] | revoke CLIENT_ID");
+  const db = openRelayDatabase(env);
+  try {
+    const store = new OAuthStore(db);
+    if (action === "list") {
+      console.log(renderClientTable(store.approvedClients()));
+      return 0;
+    }
+    const client = store.forgetClient(clientId!);
+    if (!client) throw new ConfigError(`No OAuth client '${printableName(clientId, 64)}'. See: oauth-clients list`);
+    auditClientRevoked(new AuditLog(db), client, { via: "from the command line" });
+    const name = printableName(client.metadata.client_name) ?? "an unnamed application";
+    console.log(`Revoked ${name} (${client.client_id}): its tokens no longer work, and a running relay ends its open sessions within a second. To come back it must be approved again.`);
+    return 0;
+  } finally {
+    db.close();
+  }
+}
+
+function renderClientTable(clients: ApprovedClient[]): string {
+  if (clients.length === 0) return "No approved OAuth clients.";
+  const time = (ms: number) => shortTime(new Date(ms).toISOString());
+  const rows = clients.map((c) => [c.client_id, c.name ?? "(unnamed)", c.redirect_hosts.join(", "), time(c.approved_at), time(c.last_used_at)]);
+  return table(["CLIENT ID", "NAME", "REDIRECT HOSTS", "APPROVED (UTC)", "LAST USED (UTC)"], rows);
 }

@@ -24,7 +24,7 @@ import {
 } from "../protocol.ts";
 import type { AuditLog } from "./audit.ts";
 import type { CallLimits } from "./limits.ts";
-import { NO_MACHINE_MESSAGE, ToolError, type Relay } from "./agents.ts";
+import { ToolError, type Relay } from "./agents.ts";
 import { logger } from "../log.ts";
 
 const log = logger("server");
@@ -118,7 +118,11 @@ function renderRead(r: Shaped<"read_file">): string {
         : r.offset === 0
           ? `its last ${r.returned} lines`
           : `lines ${r.offset}-${r.offset + r.returned - 1} of ${r.total_lines ?? "?"}`;
-  const more = r.truncated ? `\n[more follows: read again with offset ${r.next_offset}]` : "";
+  const more = !r.truncated
+    ? ""
+    : r.next_offset === null
+      ? "\n[the line is too long for one answer: only its end is shown; read every byte with encoding base64 and an offset]"
+      : `\n[more follows: read again with offset ${r.next_offset}]`;
   return `[${r.machine}] ${r.path} (${range})\n${r.content}${more}`;
 }
 
@@ -180,8 +184,8 @@ function renderKill(r: Shaped<"kill_command">): string {
   return `[${r.machine}] ${r.command_id}: ${what}; now ${r.state}.`;
 }
 
-function renderCommands(r: Shaped<"list_commands">): string {
-  if (r.machines.length === 0) return NO_MACHINE_MESSAGE;
+function renderCommands(r: Shaped<"list_commands">, noMachine: string): string {
+  if (r.machines.length === 0) return noMachine;
   const rows = r.commands.map(
     (c) => `${c.machine}  ${c.command_id}  ${commandEnding(c).padEnd(14)}  ${c.started_at.slice(0, 19)}  ${seconds(c.duration_ms).padStart(7)}  ${c.background ? "bg " : ""}${c.command}`,
   );
@@ -189,19 +193,23 @@ function renderCommands(r: Shaped<"list_commands">): string {
   return [`${r.commands.length} command(s) on ${r.machines.join(", ")}`, ...rows, ...errors].join("\n");
 }
 
-function renderStatus(r: Shaped<"check_agent_status">): string {
-  if (r.connected === 0) return NO_MACHINE_MESSAGE;
+/** The agent's own files, which its file tools never reach (an older agent does not say). */
+const excludedText = (paths: string[] | undefined) => (paths?.length ? ` (except the agent's own files: ${paths.join(", ")})` : "");
+
+function renderStatus(r: Shaped<"check_agent_status">, noMachine: string): string {
+  if (r.connected === 0) return noMachine;
   const rows = r.machines.map((m) =>
     m.error
       ? `- ${m.machine}: connected since ${m.connected_since} but not answering: ${m.error}`
       : `- ${m.machine}: agent ${m.agent_version} on ${m.os} ${m.arch}, shell ${m.shell}, ` +
         `round trip ${m.round_trip_ms} ms, ${m.running_commands} running / ${m.queued_commands} queued commands, ` +
-        `allowed roots ${m.allowed_roots?.join(", ")}, connected since ${m.connected_since}, last heartbeat ${m.last_heartbeat}`,
+        `allowed roots ${m.allowed_roots?.join(", ")}${excludedText(m.excluded_paths)}, connected since ${m.connected_since}, last heartbeat ${m.last_heartbeat}`,
   );
   return [`${r.connected} machine(s) connected:`, ...rows].join("\n");
 }
 
-const RENDERERS: { [N in ToolName]: (r: Shaped<N>) => string } = {
+/** Each tool's text; `noMachine` is what the relay says when no machine is connected (Relay.noMachineMessage). */
+const RENDERERS: { [N in ToolName]: (r: Shaped<N>, noMachine: string) => string } = {
   run_shell_command: renderShell,
   read_file: renderRead,
   write_file: renderWrite,
@@ -291,14 +299,14 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
     const serverTool = SERVER_TOOLS[name];
     if (serverTool) {
       const result = await serverTool(ctx.relay, machine, args as never);
-      return respond(name, result, (outputBytes) => finish({ outcome: "ok", outputBytes }));
+      return respond(name, result, ctx.relay, (outputBytes) => finish({ outcome: "ok", outputBytes }));
     }
     const conn = ctx.relay.pick(routeTo(machine, args));
     target = conn.machine;
     const value = await ctx.relay.call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: extra.signal, onProgress: extra.progress });
     const shell = name === "run_shell_command" ? (value as ToolResult<"run_shell_command">) : undefined;
     const outcome = shell?.timed_out ? "timed_out" : "ok";
-    return respond(name, { ...(value as object), machine: conn.machine }, (outputBytes) => finish({ outcome, machine: target, exitCode: shell?.exit_code, outputBytes }));
+    return respond(name, { ...(value as object), machine: conn.machine }, ctx.relay, (outputBytes) => finish({ outcome, machine: target, exitCode: shell?.exit_code, outputBytes }));
   } catch (e) {
     const error = e instanceof ToolError ? e : new ToolError("The relay hit an unexpected error; its log has the details.");
     if (!(e instanceof ToolError)) log("error", "tool call failed unexpectedly", { tool: name, error: String(e) });
@@ -313,9 +321,9 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
 
 /** The result with both renderings; the audit's end event is written before it goes out, so every call a client
  *  got an answer to is recorded as finished, even if the relay dies right after. */
-function respond(name: ToolName, result: object, finish: (outputBytes: number) => void): CallToolResult {
-  const render = RENDERERS[name] as (r: object) => string;
-  const text = render(result);
+function respond(name: ToolName, result: object, relay: Relay, finish: (outputBytes: number) => void): CallToolResult {
+  const render = RENDERERS[name] as (r: object, noMachine: string) => string;
+  const text = render(result, relay.noMachineMessage);
   finish(text.length);
   return { structuredContent: result as Record<string, unknown>, content: [{ type: "text", text }] };
 }

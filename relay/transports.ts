@@ -29,19 +29,52 @@ export const MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024;
 /** A Streamable HTTP session unused this long (and with no call in flight) is closed; its client re-initializes. */
 const SESSION_IDLE_MS = 60 * 60 * 1000;
 export const SESSION_SWEEP_MS = 60 * 1000;
-/** Streamable HTTP sessions one client (token holder) may keep; each holds an McpServer (~120 KB). A new one beyond
- *  this closes the client's least recently used session that has nothing in flight. */
+/** Sessions one client (token holder) may keep on each transport; each holds an McpServer (~120 KB). A new one
+ *  beyond this closes the client's least recently used session that has nothing in flight. */
 const MAX_SESSIONS_PER_CLIENT = 256;
 
-interface McpSession {
+/** What the per-client cap needs to know of a session, on either transport. */
+interface CappedSession {
+  /** The principal that created the session: a session id is never a credential on its own. */
+  clientId: string;
+  /** When its client last sent it a message (or opened it). */
+  lastSeen: number;
+  /** Tool calls running in it. */
+  inflight: { count: number };
+  /** Ends it and forgets it at once. */
+  close(): Promise<void>;
+}
+
+interface McpSession extends CappedSession {
   transport: WebStandardStreamableHTTPServerTransport;
   /** Ids of requests sent and not answered yet (see screenMessage). */
   pending: Set<string>;
-  /** The principal that created the session: a session id is never a credential on its own. */
-  clientId: string;
-  lastSeen: number;
-  inflight: { count: number };
 }
+
+/** Makes room for one more session of `clientId` by closing its least recently used idle one when it is at the cap
+ *  (whose client then gets 404, or its stream ends, and it starts again, as after the idle sweep). False when all
+ *  are busy. */
+function roomForSession(sessions: Iterable<CappedSession>, clientId: string): boolean {
+  const own = [...sessions].filter((s) => s.clientId === clientId);
+  if (own.length < MAX_SESSIONS_PER_CLIENT) return true;
+  const idle = own.filter((s) => s.inflight.count === 0).sort((a, b) => a.lastSeen - b.lastSeen)[0];
+  if (!idle) return false;
+  void idle.close();
+  return true;
+}
+
+/** Ends every session whose principal has lost its access by `revoked`'s word (asked once per principal): an OAuth
+ *  client the owner revoked keeps no stream open and no call running. */
+function closeRevoked(sessions: Iterable<CappedSession>, revoked: (clientId: string) => boolean): void {
+  const verdicts = new Map<string, boolean>();
+  for (const session of [...sessions]) {
+    if (!verdicts.has(session.clientId)) verdicts.set(session.clientId, revoked(session.clientId));
+    if (verdicts.get(session.clientId)) void session.close();
+  }
+}
+
+const tooManySessions = (howToClose: string) =>
+  jsonRpcError(429, -32000, `Too many sessions: this client has ${MAX_SESSIONS_PER_CLIENT} with calls in flight. ${howToClose}`);
 
 /** What a tool handler learns about its caller: made once per session, for the session's McpServer. */
 export type ContextMaker = (client: string, session: () => string | null, inflight: { count: number }) => CallerContext;
@@ -83,9 +116,7 @@ export class StreamableSessions {
   }
 
   async #open(req: Request, body: unknown, auth: AuthInfo): Promise<Response> {
-    if (!this.#roomForSession(auth.clientId)) {
-      return jsonRpcError(429, -32000, `Too many sessions: this client has ${MAX_SESSIONS_PER_CLIENT} with calls in flight. Close some (DELETE /mcp) first.`);
-    }
+    if (!roomForSession(this.#sessions.values(), auth.clientId)) return tooManySessions("Close some (DELETE /mcp) first.");
     const inflight = { count: 0 };
     const pending = new Set<string>();
     const transport: WebStandardStreamableHTTPServerTransport = new WebStandardStreamableHTTPServerTransport({
@@ -93,7 +124,8 @@ export class StreamableSessions {
       maxRequestBodySize: MAX_REQUEST_BODY_BYTES,
       keepAliveMs: SSE_KEEPALIVE_MS,
       onsessioninitialized: (id) => {
-        this.#sessions.set(id, { transport, pending, clientId: auth.clientId, lastSeen: Date.now(), inflight });
+        const close = () => (this.#sessions.delete(id), transport.close());
+        this.#sessions.set(id, { transport, pending, clientId: auth.clientId, lastSeen: Date.now(), inflight, close });
       },
     });
     transport.onclose = () => {
@@ -109,18 +141,6 @@ export class StreamableSessions {
     return transport.handleRequest(req, { parsedBody: body, authInfo: auth });
   }
 
-  /** Makes room for one more session of `clientId` by closing its least recently used idle one when it is at the
-   *  cap (whose client then gets 404 and initializes again, as after the idle sweep). False when all are busy. */
-  #roomForSession(clientId: string): boolean {
-    const own = [...this.#sessions.values()].filter((s) => s.clientId === clientId);
-    if (own.length < MAX_SESSIONS_PER_CLIENT) return true;
-    const idle = own.filter((s) => s.inflight.count === 0).sort((a, b) => a.lastSeen - b.lastSeen)[0];
-    if (!idle) return false;
-    this.#sessions.delete(idle.transport.sessionId!);
-    void idle.transport.close();
-    return true;
-  }
-
   /** Closes sessions idle past SESSION_IDLE_MS with nothing in flight (clients that vanished without DELETE). */
   sweep(now = Date.now()): void {
     for (const session of this.#sessions.values()) {
@@ -130,6 +150,11 @@ export class StreamableSessions {
 
   async closeAll(): Promise<void> {
     await Promise.all([...this.#sessions.values()].map((s) => s.transport.close()));
+  }
+
+  /** Ends the sessions of the principals `revoked` names, with their calls in flight. */
+  closeRevoked(revoked: (clientId: string) => boolean): void {
+    closeRevoked(this.#sessions.values(), revoked);
   }
 }
 
@@ -183,9 +208,11 @@ function screenMessage(body: unknown, pending: Set<string>): { refuse: Response 
 
 /** The legacy HTTP+SSE transport (protocol 2024-11-05) on web streams: the SDK's SSEServerTransport needs Node's
  *  ServerResponse. GET /sse opens the event stream and names the POST endpoint; messages arrive by POST. */
-class SseTransport implements Transport {
+class SseTransport implements Transport, CappedSession {
   readonly sessionId = randomUUID();
   readonly response: Response;
+  lastSeen = Date.now();
+  readonly inflight = { count: 0 };
   onclose?: () => void;
   onerror?: (error: Error) => void;
   onmessage?: Transport["onmessage"];
@@ -281,10 +308,11 @@ export class SseSessions {
 
   /** GET /sse: the event stream, whose first event names the POST endpoint with this session's id. */
   async open(auth: AuthInfo): Promise<Response> {
+    if (!roomForSession(this.#sessions.values(), auth.clientId)) return tooManySessions("Close some of its /sse streams first.");
     const transport = new SseTransport("/messages", auth.clientId);
     this.#sessions.set(transport.sessionId, transport);
     transport.onclose = () => this.#sessions.delete(transport.sessionId);
-    await buildMcpServer(this.newContext(auth.clientId, () => transport.sessionId, { count: 0 })).connect(transport);
+    await buildMcpServer(this.newContext(auth.clientId, () => transport.sessionId, transport.inflight)).connect(transport);
     return transport.response;
   }
 
@@ -292,10 +320,16 @@ export class SseSessions {
   post(req: Request, auth: AuthInfo): Promise<Response> | Response {
     const transport = this.#sessions.get(new URL(req.url).searchParams.get("sessionId") ?? "");
     if (!transport || transport.clientId !== auth.clientId) return jsonRpcError(404, -32001, "Session not found; open a new /sse stream.");
+    transport.lastSeen = Date.now();
     return transport.handlePost(req, auth);
   }
 
   async closeAll(): Promise<void> {
     await Promise.all([...this.#sessions.values()].map((t) => t.close()));
+  }
+
+  /** Ends the streams of the principals `revoked` names, with their calls in flight. */
+  closeRevoked(revoked: (clientId: string) => boolean): void {
+    closeRevoked(this.#sessions.values(), revoked);
   }
 }

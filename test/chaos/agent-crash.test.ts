@@ -3,6 +3,8 @@
 // started with the same state directory must reap exactly that process group and report the command as killed.
 
 import { expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { callsWith } from "../helpers/audit-db.ts";
 import { groupOf, processGroup } from "../helpers/chaos.ts";
 import { connectClient, eventually, pidsMatching, startAgent, startRelay, tempDir } from "../helpers/processes.ts";
@@ -75,4 +77,32 @@ test("SIGKILL while several calls wait on the agent fails every one of them, and
   expect(second.stderr.lines.filter((l) => l.includes("agent info call "))).toEqual([]);
   const again = await call(client, "run_shell_command", { command: "echo still-serving" });
   expect(again.data.stdout).toBe("still-serving\n");
+});
+
+test("after a crash the restarted agent still knows a command's output: its size, its end, and every segment to delete when it is pruned", async () => {
+  await using relay = await startRelay();
+  using state = tempDir("cr-state-");
+  const first = await startAgent(relay, { machine: "logs", stateDir: state.path });
+  await using client = await connectClient(relay, "streamable-http");
+  // More than the ~48 MiB a command keeps, so its oldest segments were rotated away before the crash.
+  const TOTAL = 60_000_000;
+  const started = await call(client, "run_shell_command", { command: `head -c ${TOTAL} /dev/zero | tr '\\0' x; sleep 600`, background: true });
+  const id: string = started.data.command_id;
+  const outputSoFar = async () => (await call(client, "get_command_output", { command_id: id, offset: 0, wait_seconds: 0 })).data.total_bytes;
+  await eventually(async () => (await outputSoFar()) === TOTAL, 20_000, "all output on disk");
+  const segments = () => fs.readdirSync(state.path).filter((name) => name.startsWith(`${id}.`) && name.endsWith(".log"));
+  expect(segments().length).toBeGreaterThan(1);
+
+  await first.kill();
+  await using second = await startAgent(relay, { machine: "logs", stateDir: state.path });
+  await second.stderr.waitFor(/commands left running by a previous agent were killed commands=1/);
+  const end = await call(client, "get_command_output", { command_id: id, offset: TOTAL - 5, wait_seconds: 0 });
+  expect(end.data).toMatchObject({ state: "killed", output: "xxxxx", total_bytes: TOTAL, more: false });
+
+  // A hundred newer commands push it out of the kept ones: all of its segments go with it.
+  for (let batch = 0; batch < 10; batch++) {
+    await Promise.all(Array.from({ length: 10 }, () => call(client, "run_shell_command", { command: "true", machine: "logs" })));
+  }
+  await eventually(() => !fs.existsSync(path.join(state.path, `${id}.json`)), 5_000, "the command pruned");
+  expect(segments()).toEqual([]);
 });

@@ -1,14 +1,16 @@
 // Chaos: the relay restarts while clients keep calling (security.md §4.4, third row), once gracefully (SIGTERM, as
 // a deploy does) and once by crashing (SIGKILL). Agents must come back by themselves within their backoff, old
 // session ids must get 404, and the audit database must stay sound: PRAGMA integrity_check passes, and every call
-// that returned a result to its client is recorded as finished with the matching outcome.
+// that returned a result to its client is recorded as finished with the matching outcome. A call the crash cut off
+// is closed as interrupted when the relay starts again, so it never holds audit pruning back.
 
 import { expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { auditCli } from "../helpers/audit.ts";
-import { auditedCalls, integrityCheck } from "../helpers/audit-db.ts";
+import { auditCli, callsOf } from "../helpers/audit.ts";
+import { ageEvents, auditedCalls, callsWith, integrityCheck } from "../helpers/audit-db.ts";
 import { connectClient, eventually, freePort, pidsMatching, startAgent, startRelay, TRANSPORTS, type Agent, type Relay, type TransportKind } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
 
@@ -135,8 +137,9 @@ async function restartUnderLoad(how: "SIGTERM" | "SIGKILL", alsoCheck: (database
       else expect(row!.outcome).not.toBe("ok");
     }
     const unfinished = [...rows.values()].filter((r) => !r.finished).length;
+    const interrupted = [...rows.values()].filter((r) => r.outcome === "interrupted").length;
     alsoCheck(first.databasePath);
-    console.log(`relay ${how} under load: calls by phase/result ${JSON.stringify(summary)}; agents back ${backMs} ms after the relay; ${rows.size} audit rows, ${unfinished} unfinished; timeline ${JSON.stringify(marks)}`);
+    console.log(`relay ${how} under load: calls by phase/result ${JSON.stringify(summary)}; agents back ${backMs} ms after the relay; ${rows.size} audit rows, ${unfinished} unfinished, ${interrupted} interrupted; timeline ${JSON.stringify(marks)}`);
     return { rows: [...rows.values()], answers, backMs };
   } finally {
     state.stop = true;
@@ -155,8 +158,9 @@ test("a graceful restart under load: agents are back within the backoff, stale s
 
 test("a crash (SIGKILL) under load: agents are back within the backoff, stale sessions get 404, the database passes integrity_check, and every answered call is audited as finished", async () => {
   const { rows, answers } = await restartUnderLoad("SIGKILL");
-  // Calls cut short by the crash may stay unfinished (the honest record), but never more than were in flight.
-  expect(rows.filter((r) => !r.finished).length).toBeLessThanOrEqual(answers.filter((a) => a.kind === "threw").length);
+  // Calls cut short by the crash are closed as interrupted by the restarted relay, never more than were in flight.
+  expect(rows.filter((r) => !r.finished)).toEqual([]);
+  expect(rows.filter((r) => r.outcome === "interrupted").length).toBeLessThanOrEqual(answers.filter((a) => a.kind === "threw").length);
 });
 
 // Each audit row joins the hash chain in one INSERT, so a crash can only cut the chain short, never break a link.
@@ -167,6 +171,61 @@ test("audit verify passes after the crash", async () => {
     expect(verify.code).toBe(0);
   });
 });
+
+// A crash leaves the calls in flight without an end. Pruning never cuts a call in half, so one such call used to hold
+// it back for ever; the next relay to start closes them as interrupted, and the audit shows that outcome.
+test("calls cut off by a crash are closed as interrupted at the next start, shown so, and pruning goes past them", async () => {
+  const first = await startRelay();
+  const { databasePath, token } = first;
+  try {
+    {
+      await using agent = await startAgent(first, { machine: "crashed-mid-call" });
+      await using client = await connectClient(first, "streamable-http");
+      const tag = String(6_000_000 + Math.floor(Math.random() * 3_000_000));
+      const args = { command: `sleep ${tag}`, timeout: 600, machine: agent.machine };
+      const pending = call(client, "run_shell_command", args, { timeout: 30_000 }).catch(() => "no answer");
+      await eventually(() => pidsMatching(`sleep ${tag}`).length > 0, 5_000, "command started");
+      await first.kill();
+      expect(await pending).toBe("no answer");
+      expect(callsWith(databasePath, tag).map((c) => c.outcome)).toEqual(["unfinished"]);
+    }
+
+    {
+      await using second = await startRelay({ databasePath, token });
+      await second.stderr.waitFor(/calls left open by a relay that stopped without finishing them are recorded as interrupted calls=1/);
+      const [interrupted] = callsOf(databasePath, "--tool", "run_shell_command");
+      expect(interrupted).toMatchObject({ machine: "crashed-mid-call", outcome: "interrupted", duration_ms: null });
+      expect(interrupted.error).toContain("whether it completed is unknown");
+      expect(auditCli(databasePath, "--tool", "run_shell_command").stdout).toMatch(/crashed-mid-call\s+run_shell_command\s+interrupted/);
+      expect(await dashboardHtml(second)).toContain('<span class="tag interrupted">interrupted');
+    }
+    expect(auditCli(databasePath, "verify").code).toBe(0);
+
+    // Long after the crash, retention prunes every old event, the interrupted call's included.
+    const aged = ageEvents(databasePath, 10);
+    await using third = await startRelay({ databasePath, token, env: { AUDIT_RETENTION_DAYS: "5" } });
+    await third.stderr.waitFor(new RegExp(`audit events pruned deleted=${aged} `));
+    const verified = auditCli(databasePath, "verify");
+    expect(verified.code).toBe(0);
+    expect(verified.stdout).toContain(`continuing from pruned event ${aged}`);
+  } finally {
+    await first[Symbol.asyncDispose]();
+    fs.rmSync(path.dirname(databasePath), { recursive: true, force: true });
+  }
+});
+
+/** The owner's dashboard page, signed in with the owner secret (AUTH_TOKEN here). */
+async function dashboardHtml(relay: Relay): Promise<string> {
+  const login = await fetch(new URL("/login", relay.url), {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ owner_secret: relay.token }),
+    redirect: "manual",
+  });
+  expect(login.status).toBe(303);
+  const cookie = login.headers.get("set-cookie")!.split(";")[0]!;
+  return (await fetch(new URL("/", relay.url), { headers: { Cookie: cookie } })).text();
+}
 
 // A deploy (SIGTERM) must not leave a client waiting on its own timeout: the relay answers what is in flight first.
 for (const transport of TRANSPORTS) {

@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { auditCli, callsOf, eventsOf } from "../helpers/audit.ts";
+import { ageEvents } from "../helpers/audit-db.ts";
 import { connectClient, eventually, startAgent, startRelay, tempDir } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
@@ -81,7 +82,7 @@ describe("reading the audit", () => {
     await using extra = await startAgent(stack.relay, { machine: "visitor" });
     await extra.stop();
     await eventually(() => eventsOf(stack.relay.databasePath, "--machine", "visitor").some((e) => e.kind === "agent_disconnected"), 3_000, "disconnect recorded");
-    expect(eventsOf(stack.relay.databasePath, "--machine", "visitor").map((e) => e.kind).reverse()).toEqual(["agent_connected", "agent_disconnected"]);
+    expect(eventsOf(stack.relay.databasePath, "--machine", "visitor").map((e) => e.kind).reverse()).toEqual(["machine_key_pinned", "agent_connected", "agent_disconnected"]);
   });
 
   test("GET /audit answers the owner with the same records, and refuses others", async () => {
@@ -182,24 +183,14 @@ describe("retention", () => {
     }
     await first.stop();
     // Make every event ten days old, then start a relay that keeps five days.
-    const db = new Database(first.databasePath);
-    const rows = db.query("SELECT * FROM audit_events ORDER BY seq").all() as any[];
-    const old = new Date(Date.now() - 10 * 86_400_000).toISOString();
-    let prev = "0".repeat(64);
-    for (const row of rows) {
-      const fields = [row.seq, old, row.kind, row.machine, row.client, row.call_id, row.data, prev];
-      const hash = createHash("sha256").update(JSON.stringify(fields)).digest("hex");
-      db.query("UPDATE audit_events SET at = ?, prev_hash = ?, hash = ? WHERE seq = ?").run(old, prev, hash, row.seq);
-      prev = hash;
-    }
-    db.close();
+    const aged = ageEvents(first.databasePath, 10);
     expect(auditCli(first.databasePath, "verify").code).toBe(0);
     await using second = await startRelay({ databasePath: first.databasePath, env: { AUDIT_RETENTION_DAYS: "5" } });
     await second.stderr.waitFor(/audit events pruned deleted=\d+/);
     await second.stop();
     const verified = auditCli(first.databasePath, "verify");
     expect(verified.code).toBe(0);
-    expect(verified.stdout).toContain(`continuing from pruned event ${rows.at(-1).seq}`);
+    expect(verified.stdout).toContain(`continuing from pruned event ${aged}`);
     expect(eventsOf(first.databasePath).some((e) => e.kind === "audit_pruned")).toBe(true);
   });
 });

@@ -118,7 +118,7 @@ describe("agents need the agent token, in the header", () => {
 
   test("an agent with a wrong token keeps retrying and says what to check", async () => {
     await using wrong = await startAgent(stack.relay, { machine: "intruder", token: newToken(), waitConnected: false });
-    await wrong.stderr.waitFor(/could not register with the relay \(is it running, and is the token right\?\)/);
+    await wrong.stderr.waitFor(/could not register with the relay: the relay refused the agent token \(HTTP 401\): set AGENT_TOKEN/);
   });
 });
 

@@ -185,6 +185,44 @@ describe("commands handed back", () => {
   });
 });
 
+// Found by review: send_command_input to a command that never read its stdin waited for ever (until the relay's
+// deadline), holding the input in memory, and the next input piled up behind it.
+describe("input to a command that does not read it", () => {
+  /** More than a command's stdin holds unread (Bun gives it a socket pair of a few hundred KiB), so the command must
+   *  read before all of it is taken. */
+  const BYTES = 1_000_000;
+
+  test("send_command_input answers within seconds and says so; more input is refused; kill_command still stops it", async () => {
+    await using client = await connectClient(stack.relay, "streamable-http");
+    const tag = marker();
+    const started = await call(client, "run_shell_command", { command: `sleep ${tag}`, background: true });
+    const sentAt = Date.now();
+    const sent = await call(client, "send_command_input", { command_id: started.data.command_id, input: "x".repeat(BYTES) }, { timeout: 15_000 });
+    const waitedMs = Date.now() - sentAt;
+    console.log(`send_command_input to a command that does not read: answered after ${waitedMs} ms`);
+    expect(waitedMs).toBeLessThan(8_000);
+    expect([sent.isError, sent.text]).toEqual([
+      true,
+      `Command ${started.data.command_id} has not taken all of its input within 5 s (its input pipe is full): the rest waits there and reaches it as it reads; more input is refused until then. See what it is doing with get_command_output, or stop it with kill_command.`,
+    ]);
+    const more = await call(client, "send_command_input", { command_id: started.data.command_id, input: "more\n" });
+    expect(more.text).toContain("has not read the input sent before yet, so nothing was sent");
+    const killed = await call(client, "kill_command", { command_id: started.data.command_id });
+    expect(killed.data).toMatchObject({ state: "killed" });
+    expect(pidsMatching(`sleep ${tag}`)).toEqual([]);
+  });
+
+  test("input that waited in the pipe reaches the command once it reads", async () => {
+    await using client = await connectClient(stack.relay, "sse");
+    const started = await call(client, "run_shell_command", { command: `sleep 6; head -c ${BYTES} | wc -c`, background: true });
+    const sent = await call(client, "send_command_input", { command_id: started.data.command_id, input: "x".repeat(BYTES) }, { timeout: 15_000 });
+    expect(sent.text).toContain("has not taken all of its input within 5 s");
+    const { output, last } = await follow(client, started.data.command_id);
+    expect(output.trim()).toBe(String(BYTES));
+    expect(last).toMatchObject({ state: "exited", exit_code: 0 });
+  });
+});
+
 /** A Streamable HTTP session made by hand, so a test can drop one request's connection. */
 async function rawSession(): Promise<string> {
   const response = await rawPost(null, {

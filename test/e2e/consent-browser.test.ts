@@ -37,12 +37,12 @@ describe.skipIf(!HAS_CHROMIUM)("the consent page in Chromium at phone width (ski
 
   const authorizationUrl = () => newAuthorizationUrl(stack.relay.url, REDIRECT);
 
-  test("shows who asks and what it reaches, fits the screen, and the right secret redirects with a code", async () => {
+  test("shows who asks and where the answer goes (no machine names), fits the screen, and the right secret redirects with a code", async () => {
     const page = await phonePage();
     await page.goto(await authorizationUrl());
     await expect(page.locator("h1").textContent()).resolves.toBe("Allow Claude to use Code Remote?");
-    await expect(page.locator("dl").textContent()).resolves.toContain("phone-test-box");
-    await expect(page.locator("dl").textContent()).resolves.toContain(REDIRECT);
+    await expect(page.locator("dd.address").textContent()).resolves.toBe(REDIRECT);
+    await expect(page.locator("body").textContent()).resolves.not.toContain("phone-test-box");
     expect(await pageWidth(page)).toBeLessThanOrEqual(PHONE.width); // nothing runs off the side of a phone
     fs.mkdirSync(SCREENSHOTS, { recursive: true });
     await page.screenshot({ path: path.join(SCREENSHOTS, "consent-phone.png"), fullPage: true });
@@ -65,6 +65,17 @@ describe.skipIf(!HAS_CHROMIUM)("the consent page in Chromium at phone width (ski
     expect(textsOf(refused.html, "[role=alert]")).toEqual(["Wrong owner secret. Try again."]);
     expect(textsOf(refused.html, "h1")).toEqual(["Allow Claude to use Code Remote?"]);
     expect(refused.html).toContain('id="owner_secret"');
+    await page.context().close();
+  });
+
+  test("a look-alike redirect address is shown as the browser will reach it, with a warning that fits a phone", async () => {
+    const page = await phonePage();
+    await page.goto(await newAuthorizationUrl(stack.relay.url, "https://сlaude.ai/api/mcp/auth_callback")); // a Cyrillic "с"
+    await expect(page.locator("dd.address").textContent()).resolves.toBe("https://xn--laude-0ye.ai/api/mcp/auth_callback");
+    await expect(page.locator("dd.address strong").textContent()).resolves.toBe("xn--laude-0ye.ai");
+    await expect(page.locator(".warning.danger").textContent()).resolves.toContain("The browser will really go to xn--laude-0ye.ai.");
+    expect(await pageWidth(page)).toBeLessThanOrEqual(PHONE.width);
+    await page.screenshot({ path: path.join(SCREENSHOTS, "consent-lookalike-phone.png"), fullPage: true });
     await page.context().close();
   });
 

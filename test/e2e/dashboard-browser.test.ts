@@ -1,6 +1,6 @@
 // The owner's dashboard in a real browser (Debian's Chromium via playwright-core), at phone width, against a real
-// relay with real agents: login, machines, running commands, recent calls filtered by machine, and the two
-// actions behind their confirmation pages. Screenshots go to test-output/.
+// relay with real agents: login, machines, approved OAuth applications, running commands, recent calls filtered by
+// machine, and the actions behind their confirmation pages. Screenshots go to test-output/.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
@@ -8,6 +8,7 @@ import * as path from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { closeBrowser, HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS, submitForm, textsOf, type Landing } from "../helpers/browser.ts";
 import { eventsOf } from "../helpers/audit.ts";
+import { obtainGrant } from "../helpers/oauth.ts";
 import { connectClient, ROOT, startAgent, type Agent } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
@@ -129,6 +130,50 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
     await submitForm(page, "button.danger");
     await ci.stderr.waitFor(/disconnected code=4003 reason="agent token revoked"/, 5_000);
     expect(eventsOf(stack.relay.databasePath, "--machine", "ci").some((e) => e.kind === "agent_token_revoked")).toBe(true);
+    await page.context().close();
+  });
+
+  test("approved applications are listed; revoking one asks first, kills its tokens and ends its open stream at once", async () => {
+    const grant = await obtainGrant(stack.relay.url, OWNER_PASSWORD, { name: "Phone-listed app", redirectUri: "https://app.listed.example/cb", resource: "/sse" });
+    const stream = await fetch(new URL("/sse", stack.relay.url), { headers: { Authorization: `Bearer ${grant.access}`, Accept: "text/event-stream" } });
+    const reader = stream.body!.getReader();
+    await reader.read(); // the endpoint event: the session is open
+
+    const page = await phonePage();
+    await signIn(page);
+    const listed = page.locator("ul.clients li", { hasText: "Phone-listed app" });
+    const entry = await listed.textContent();
+    expect(entry).toContain("answers go to app.listed.example");
+    expect(entry).toMatch(/approved \d{4}-\d\d-\d\d \d\d:\d\d:\d\d, last used \d{4}-/);
+    expect(entry).toContain(grant.clientId);
+    expect(await pageWidth(page)).toBeLessThanOrEqual(PHONE.width);
+    await page.screenshot({ path: path.join(SCREENSHOTS, "dashboard-applications-phone.png"), fullPage: true });
+
+    await listed.locator("a", { hasText: "Revoke access" }).click();
+    await expect(page.locator("h1").textContent()).resolves.toBe("Are you sure?");
+    await expect(page.locator(".warning").textContent()).resolves.toContain("Revoke the access of Phone-listed app (answers go to app.listed.example)?");
+    const landing = await submitForm(page, "button.danger");
+    expect(landing.url.pathname).toBe("/");
+    expect(textsOf(landing.html, "ul.clients li").some((li) => li.includes("Phone-listed app"))).toBe(false);
+
+    const drained = (async () => {
+      while (!(await reader.read()).done);
+      return true;
+    })();
+    expect(await Promise.race([drained, Bun.sleep(3_000).then(() => false)])).toBe(true); // the stream ended
+    const refused = await fetch(new URL("/sse", stack.relay.url), { headers: { Authorization: `Bearer ${grant.access}` } });
+    expect(refused.status).toBe(401);
+    await refused.body?.cancel();
+    const event = eventsOf(stack.relay.databasePath).find((e) => e.kind === "oauth_client_revoked");
+    expect(event?.detail.detail).toBe(`${grant.clientId} (Phone-listed app) from the dashboard`);
+    await page.context().close();
+  });
+
+  test("revoking an application that is already gone says so and changes nothing", async () => {
+    const page = await phonePage();
+    await signIn(page);
+    await page.goto(new URL("/confirm?action=revoke-client&client_id=gone", stack.relay.url).toString());
+    await expect(page.locator("h1").textContent()).resolves.toBe("No such application");
     await page.context().close();
   });
 

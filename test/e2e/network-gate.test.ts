@@ -1,6 +1,6 @@
 // The private-network gate with real agent connections on loopback: refused from outside PRIVATE_NETWORKS,
-// admitted from inside, and a client-written X-Forwarded-For never gets anyone in unless TRUST_PROXY says a proxy
-// of ours wrote it.
+// admitted from inside, and a client-written X-Forwarded-For or Fly-Client-IP never gets anyone in unless TRUST_PROXY
+// says a proxy of ours wrote it and the connection comes from that proxy (TRUSTED_PROXIES).
 
 import { describe, expect, test } from "bun:test";
 import { eventsOf } from "../helpers/audit.ts";
@@ -43,11 +43,25 @@ describe("REQUIRE_PRIVATE_NETWORK with Tailscale's ranges (the default)", () => 
     expect(await dial(relay, { "X-Forwarded-For": "100.64.0.1, 203.0.113.9" })).toBe("refused");
   });
 
-  test("TRUST_PROXY=fly: Fly-Client-IP decides", async () => {
-    await using relay = await startRelay({ env: { REQUIRE_PRIVATE_NETWORK: "true", TRUST_PROXY: "fly" } });
+  test("TRUST_PROXY=1 with TRUSTED_PROXIES naming another host: X-Forwarded-For from here is ignored", async () => {
+    await using relay = await startRelay({ env: { REQUIRE_PRIVATE_NETWORK: "true", TRUST_PROXY: "1", TRUSTED_PROXIES: "10.0.0.5" } });
+    expect(await dial(relay, { "X-Forwarded-For": "100.64.0.1" })).toBe("refused");
+  });
+
+  test("TRUST_PROXY=fly: from Fly's proxy (played here by loopback, named in TRUSTED_PROXIES), Fly-Client-IP decides", async () => {
+    await using relay = await startRelay({ env: { REQUIRE_PRIVATE_NETWORK: "true", TRUST_PROXY: "fly", TRUSTED_PROXIES: "127.0.0.1" } });
     expect(await dial(relay, { "Fly-Client-IP": "fd7a:115c:a1e0::42" })).toBe("open");
     expect(await dial(relay, { "Fly-Client-IP": "198.51.100.4", "X-Forwarded-For": "100.64.0.1" })).toBe("refused");
     expect(await dial(relay)).toBe("refused"); // no header: the loopback socket, not private
+  });
+
+  // Found by review: Fly-Client-IP was believed from any peer, so a direct connection passed the gate and put a false
+  // address in the audit log.
+  test("TRUST_PROXY=fly: a connection that does not come from Fly's proxy cannot claim an address", async () => {
+    await using relay = await startRelay({ env: { REQUIRE_PRIVATE_NETWORK: "true", TRUST_PROXY: "fly" } });
+    expect(await dial(relay, { "Fly-Client-IP": "100.64.0.1" })).toBe("refused");
+    await relay.stderr.waitFor(/fly-client-ip ignored: the peer is not a trusted proxy.* peer="127.0.0.1"/);
+    expect(eventsOf(relay.databasePath).find((e) => e.kind === "agent_refused_network")?.detail.address).toBe("127.0.0.1");
   });
 });
 

@@ -1,7 +1,7 @@
 // OAuth 2.1 against a real relay: the SDK's own OAuth client end to end (register, consent, token, tool call,
 // refresh) over both transports, and each bad input of the flow getting the right OAuth error and no token.
 
-import { describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -11,6 +11,8 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { connectClient, startAgent } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { answerConsent, approve, openConsent, TestOAuthProvider } from "../helpers/oauth.ts";
+import { textsOf } from "../helpers/browser.ts";
+import { eventsOf } from "../helpers/audit.ts";
 import { call } from "../helpers/tools.ts";
 
 const OWNER_PASSWORD = "correct horse battery staple";
@@ -178,23 +180,37 @@ describe("bad inputs get the right error and no token", () => {
     expect(await errorOf(response)).toBe("invalid_client_metadata");
   });
 
-  test("missing PKCE, or plain PKCE, is refused with invalid_request", async () => {
-    const client = await register();
-    const cases: Record<string, string | null>[] = [{ code_challenge: null, code_challenge_method: null }, { code_challenge_method: "plain" }];
-    for (const params of cases) {
-      const response = await fetch(authorizeUrl(client.client_id, params), { redirect: "manual" });
-      expect(response.status).toBe(302);
-      const location = new URL(response.headers.get("location")!);
-      expect(location.searchParams.get("error")).toBe("invalid_request");
-      expect(location.searchParams.get("state")).toBe("s-123");
-      expect(location.searchParams.get("code")).toBeNull();
+  test("a bad authorization request is explained on the relay's page, never redirected: no open redirect to a self-registered URI", async () => {
+    // Anyone can register any https redirect URI, so an exact match proves nothing: before the owner answers, the
+    // relay sends no browser anywhere (it used to forward response_type=token straight to the registered URI).
+    const evil = "https://evil.example/landing";
+    const client = await register({ redirect_uris: [evil] });
+    const cases: [Record<string, string | null>, string][] = [
+      [{ response_type: "token" }, 'only response_type=code (the authorization code flow with PKCE), not "token"'],
+      [{ response_type: null }, "not none"],
+      [{ code_challenge: null, code_challenge_method: null }, "PKCE is required"],
+      [{ code_challenge_method: "plain" }, "PKCE is required"],
+      [{ scope: "admin" }, 'The only scope is "mcp", not "admin"'],
+      [{ resource: "https://other.example/mcp" }, 'The resource "https://other.example/mcp" is not this relay'],
+    ];
+    for (const [params, explanation] of cases) {
+      const response = await fetch(authorizeUrl(client.client_id, { redirect_uri: evil, ...params }), { redirect: "manual" });
+      expect(response.status).toBe(400);
+      expect(response.headers.get("location")).toBeNull();
+      const page = await response.text();
+      expect(textsOf(page, "h1")).toEqual(["This request cannot be approved"]);
+      expect(textsOf(page, "p.error")[0]).toContain(explanation);
+      expect(page).not.toContain("evil.example");
     }
   });
 
-  test("a resource that is not this server is refused with invalid_target", async () => {
+  test("what the request carried is quoted, escaped and cut short on the page", async () => {
     const client = await register();
-    const response = await fetch(authorizeUrl(client.client_id, { resource: "https://other.example/mcp" }), { redirect: "manual" });
-    expect(new URL(response.headers.get("location")!).searchParams.get("error")).toBe("invalid_target");
+    const response = await fetch(authorizeUrl(client.client_id, { response_type: `<script>x</script>${"y".repeat(500)}` }), { redirect: "manual" });
+    const page = await response.text();
+    expect(page).not.toContain("<script>");
+    expect(textsOf(page, "p.error")[0]).toContain(`not "<script>x</script>${"y".repeat(82)}"`); // 100 characters
+    expect(page).not.toContain("y".repeat(83));
   });
 
   test("a wrong code_verifier is invalid_grant", async () => {
@@ -219,7 +235,7 @@ describe("bad inputs get the right error and no token", () => {
     expect(await errorOf(response)).toBe("invalid_client");
   });
 
-  test("a refresh token used after rotation is invalid_grant and revokes the family", async () => {
+  test("a refresh token used after rotation is invalid_grant, revokes the family, and is logged and audited", async () => {
     const { client, redeem } = await codeInHand();
     const tokens = (await (await redeem()).json()) as any;
     const refresh = (params: Record<string, string>) => token({ grant_type: "refresh_token", client_id: client.client_id, client_secret: client.client_secret, ...params });
@@ -230,22 +246,44 @@ describe("bad inputs get the right error and no token", () => {
     expect(await errorOf(reused)).toBe("invalid_grant");
     expect((await initializeWith(rotated.access_token)).status).toBe(401);
     expect(await errorOf(await refresh({ refresh_token: rotated.refresh_token }))).toBe("invalid_grant");
+    const logged = await stack.relay.stderr.waitFor(new RegExp(`oauth refresh token used twice; its grant is revoked client_id="${client.client_id}"`));
+    expect(logged).toContain('name="Raw client"');
+    const replays = eventsOf(stack.relay.databasePath).filter((e) => e.kind === "oauth_token_replayed" && e.detail.detail.startsWith(client.client_id));
+    expect(replays.map((e) => e.detail.detail)).toEqual([`${client.client_id} (Raw client): refresh token used twice; its grant is revoked`]);
   });
 
-  test("a token issued for /sse is refused on /mcp", async () => {
+  test("a code redeemed twice is logged and audited as a replay", async () => {
+    const { client, redeem } = await codeInHand();
+    await redeem();
+    expect(await errorOf(await redeem())).toBe("invalid_grant");
+    const replays = eventsOf(stack.relay.databasePath).filter((e) => e.kind === "oauth_token_replayed" && e.detail.detail.startsWith(client.client_id));
+    expect(replays.map((e) => e.detail.detail)).toEqual([`${client.client_id} (Raw client): authorization code used twice; its grant is revoked`]);
+  });
+
+  test("a token issued for /sse is refused on /mcp, saying so", async () => {
     const { redeem } = await codeInHand(new URL("/sse", stack.relay.url).toString());
     const tokens = (await (await redeem()).json()) as any;
     const refused = await initializeWith(tokens.access_token, "/mcp");
     expect(refused.status).toBe(401);
     expect(refused.headers.get("www-authenticate")).toContain('error="invalid_token"');
+    expect(((await refused.json()) as any).error.message).toBe(
+      "This is an OAuth access token for /sse, not /mcp: connect to /sse with it, or authorize again for /mcp.",
+    );
     const sse = await initializeWith(tokens.access_token, "/sse");
     expect(sse.status).toBe(200);
     await sse.body?.cancel();
   });
 
-  test("an OAuth access token is not an agent token, and an agent token is not a client token", async () => {
+  test("an OAuth access token is not an agent token (and the refusal says so), and an agent token is not a client token", async () => {
     const { redeem } = await codeInHand();
     const tokens = (await (await redeem()).json()) as any;
+    const upgrade = await fetch(new URL("/ws/agent", stack.relay.url), {
+      headers: { Upgrade: "websocket", Connection: "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", Authorization: `Bearer ${tokens.access_token}` },
+    });
+    expect(upgrade.status).toBe(401);
+    expect(((await upgrade.json()) as any).error.message).toBe(
+      "This is an OAuth access token for /mcp, an MCP client's credential. An agent connects with an agent token: AGENT_TOKEN, or one made with agent-token create.",
+    );
     const wrongAgent = await startAgent(stack.relay, { machine: "impostor", token: tokens.access_token, waitConnected: false });
     await wrongAgent.stderr.waitFor(/could not register with the relay/);
     await wrongAgent.stop();
@@ -255,6 +293,16 @@ describe("bad inputs get the right error and no token", () => {
     const machineToken = /crm_[A-Za-z0-9_-]+/.exec(agentToken)![0];
     expect((await initializeWith(machineToken)).status).toBe(401);
     expect((await initializeWith(stack.relay.token)).status).toBe(200);
+  });
+
+  test("a refresh token sent as a bearer token is refused, saying where it belongs", async () => {
+    const { redeem } = await codeInHand();
+    const tokens = (await (await redeem()).json()) as any;
+    const refused = await initializeWith(tokens.refresh_token);
+    expect(refused.status).toBe(401);
+    expect(((await refused.json()) as any).error.message).toBe(
+      "This is an OAuth refresh token: exchange it at /token (grant_type=refresh_token) for an access token, and send that.",
+    );
   });
 
   test("?access_token= in the URL is refused even when it is valid", async () => {
@@ -287,16 +335,70 @@ describe("bad inputs get the right error and no token", () => {
     expect(forged.headers.get("location")).toBeNull();
   });
 
-  test("the consent page cannot be framed and loads nothing from elsewhere", async () => {
+  test("the consent page cannot be framed, loads nothing from elsewhere, and names no machine", async () => {
     const client = await register();
     const { response, html } = await openConsent(authorizeUrl(client.client_id));
     expect(response.headers.get("x-frame-options")).toBe("DENY");
     expect(response.headers.get("content-security-policy")).toContain("frame-ancestors 'none'");
     expect(response.headers.get("content-security-policy")).toContain("default-src 'none'");
     expect(html).toContain("Raw client");
-    expect(html).toContain(REDIRECT);
-    expect(html).toContain("oauth-box");
+    expect(textsOf(html, "dd.address")).toEqual([REDIRECT]);
+    expect(html).not.toContain("oauth-box"); // whoever opens the page has not proved anything yet
     expect(html).not.toMatch(/<script|src=|href="http/);
+  });
+});
+
+describe("the consent page shows where the answer really goes", () => {
+  const REDIRECTS = [
+    "https://сlaude.ai/api/mcp/auth_callback", // a Cyrillic "с"
+    "https://claude.ai@evil.example/callback",
+    "https://claude.ai/api/mcp/auth_callback",
+    "https://api.eu.claude.ai/cb",
+    "https://login.example.co.uk/cb",
+    "https://claude-ai.github.io/cb",
+    "http://localhost:33418/oauth/callback",
+  ];
+  let clientId: string;
+  beforeAll(async () => {
+    clientId = (await register({ redirect_uris: REDIRECTS })).client_id;
+  });
+
+  /** The consent page for `redirect`: the address as shown, its bold part, its warnings. */
+  async function consentFor(redirect: string) {
+    const { html } = await openConsent(authorizeUrl(clientId, { redirect_uri: redirect }));
+    return { html, address: textsOf(html, "dd.address")[0], bold: textsOf(html, "dd.address strong"), warnings: textsOf(html, "p.warning.danger") };
+  }
+
+  test("a host with a look-alike letter is shown as the browser reaches it (punycode), with a plain warning", async () => {
+    const { html, address, bold, warnings } = await consentFor(REDIRECTS[0]!);
+    expect(address).toBe("https://xn--laude-0ye.ai/api/mcp/auth_callback");
+    expect(bold).toEqual(["xn--laude-0ye.ai"]);
+    expect(html).not.toContain("сlaude"); // never the letters as typed
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain("letters outside plain a-z");
+    expect(warnings[0]).toContain("The browser will really go to xn--laude-0ye.ai.");
+  });
+
+  test("a user name before an '@' is not shown as the destination, and is warned about", async () => {
+    const { address, bold, warnings } = await consentFor(REDIRECTS[1]!);
+    expect(address).toBe("https://evil.example/callback");
+    expect(bold).toEqual(["evil.example"]);
+    expect(warnings).toEqual(['Misleading address: it starts with "claude.ai@", which is not where it goes. The answer goes to evil.example.']);
+  });
+
+  test("the registrable domain is what stands out, under a country's second level and on shared hosting too", async () => {
+    const cases: [string, string][] = [
+      ["https://claude.ai/api/mcp/auth_callback", "claude.ai"],
+      ["https://api.eu.claude.ai/cb", "claude.ai"],
+      ["https://login.example.co.uk/cb", "example.co.uk"],
+      ["https://claude-ai.github.io/cb", "claude-ai.github.io"],
+      ["http://localhost:33418/oauth/callback", "localhost"],
+    ];
+    for (const [redirect, domain] of cases) {
+      const { bold, warnings } = await consentFor(redirect);
+      expect(bold).toEqual([domain]);
+      expect(warnings).toEqual([]);
+    }
   });
 });
 

@@ -100,6 +100,34 @@ describe("what stays allowed", () => {
     expect(fs.readdirSync(root).filter((n) => n.endsWith(".tmp"))).toEqual([]);
   });
 
+  // Found by review: append copied the file and renamed the copy over it, so another program's later appends (to the
+  // file it had open) were lost, and a hard link was split into two files.
+  test("append writes in place: another writer's later appends are kept, and a hard link stays one file", async () => {
+    const file = path.join(root, "shared.log");
+    fs.writeFileSync(file, "first\n", { mode: 0o640 });
+    fs.linkSync(file, path.join(root, "shared-link.log"));
+    const inode = fs.statSync(file).ino;
+    const writer = fs.openSync(file, "a"); // another program, keeping its log open
+    try {
+      const r = await call(stack.client, "write_file", { path: file, content: "from the tool\n", append: true });
+      expect(r.data).toMatchObject({ bytes_written: 14, size: 20, created: false });
+      fs.writeSync(writer, "later\n");
+    } finally {
+      fs.closeSync(writer);
+    }
+    expect(fs.readFileSync(file, "utf8")).toBe("first\nfrom the tool\nlater\n");
+    expect(fs.readFileSync(path.join(root, "shared-link.log"), "utf8")).toBe("first\nfrom the tool\nlater\n");
+    expect(fs.statSync(file)).toMatchObject({ ino: inode, nlink: 2, mode: expect.any(Number) });
+    expect(fs.statSync(file).mode & 0o777).toBe(0o640);
+    expect(fs.readdirSync(root).filter((n) => n.endsWith(".tmp"))).toEqual([]);
+  });
+
+  test("append to a file that does not exist yet creates it", async () => {
+    const r = await call(stack.client, "write_file", { path: `${root}/a/new-by-append.txt`, content: "one\n", append: true });
+    expect(r.data).toMatchObject({ bytes_written: 4, size: 4, created: true });
+    expect(fs.readFileSync(path.join(root, "a", "new-by-append.txt"), "utf8")).toBe("one\n");
+  });
+
   test("content over the per-call limit is refused with how to proceed", async () => {
     const r = await call(stack.client, "write_file", { path: `${root}/huge`, content: "x".repeat(3 * 1024 * 1024 + 1) });
     expect(r.isError).toBe(true);

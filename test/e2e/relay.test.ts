@@ -1,8 +1,10 @@
-// The relay under failure: agents that die, servers that restart, several machines, and a machine name taken
-// over by a second agent. Every test starts its own processes.
+// The relay under failure: agents that die, servers that restart, several machines, a second agent that wants a
+// machine's name, and the database's own files. Every test starts its own processes.
 
 import { describe, expect, test } from "bun:test";
-import { connectClient, eventually, freePort, pidsMatching, startAgent, startRelay } from "../helpers/processes.ts";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { connectClient, eventually, freePort, pidsMatching, startAgent, startRelay, tempDir } from "../helpers/processes.ts";
 import { eventsOf } from "../helpers/audit.ts";
 import { call } from "../helpers/tools.ts";
 
@@ -97,22 +99,35 @@ describe("several machines", () => {
     expect(ambiguous.text).toBe('Several machines are connected; say which one with "machine". Connected: ci, laptop.');
   });
 
-  test("a second agent with the same name replaces the first, which backs off instead of flapping", async () => {
+  test("a second agent with the same name (another key) is refused while the first keeps the name; neither flaps", async () => {
     await using relay = await startRelay();
     await using first = await startAgent(relay, { machine: "twin" });
-    await using second = await startAgent(relay, { machine: "twin" });
-    await first.stderr.waitFor(/another agent connected with this machine name; waiting before trying again .*seconds=60/);
-    // The old socket's close has been handled by now; the new agent must still be the registered one.
-    await relay.stderr.waitFor(/agent replaced by a new connection machine="twin"/);
+    await using second = await startAgent(relay, { machine: "twin", waitConnected: false });
+    await second.stderr.waitFor(/could not register with the relay: the relay refused this machine's identity/);
     await using client = await connectClient(relay, "sse");
     const check = async () => (await call(client, "check_agent_status", { machine: "twin" })).data.machines[0].pid;
-    expect(await check()).toBe(second.proc.pid);
-    await Bun.sleep(3_000); // the replaced agent must not come back within this time (it waits 60 s)
-    expect(await check()).toBe(second.proc.pid);
-    expect(relay.stderr.lines.filter((l) => l.includes("agent replaced")).length).toBe(1);
-    // The log and the audit say what happened: one replacement, no disconnect of "twin" (it never went away).
-    expect(relay.stderr.lines.filter((l) => l.includes("agent disconnected"))).toEqual([]);
+    expect(await check()).toBe(first.proc.pid);
+    await Bun.sleep(3_000); // the second keeps retrying meanwhile, and is refused each time
+    expect(await check()).toBe(first.proc.pid);
+    // The log and the audit say what happened: one connection, one refusal, no replacement and no disconnect.
+    expect(relay.stderr.lines.filter((l) => l.includes("agent replaced") || l.includes("agent disconnected"))).toEqual([]);
+    expect(first.stderr.text).not.toContain("waiting before trying again");
     const kinds = eventsOf(relay.databasePath, "--machine", "twin").map((e) => e.kind);
-    expect(kinds.filter((k) => k.startsWith("agent_")).sort()).toEqual(["agent_connected", "agent_connected", "agent_replaced"]);
+    expect(kinds.filter((k) => k.startsWith("agent_") || k === "auth_refused").sort()).toEqual(["agent_connected", "auth_refused"]);
+  });
+});
+
+describe("the relay's database", () => {
+  test("its file, WAL and SHM are 0600 under a permissive umask, in a directory anyone may read", async () => {
+    using dir = tempDir();
+    fs.chmodSync(dir.path, 0o777);
+    const databasePath = path.join(dir.path, "relay.db");
+    const umask = process.umask(0); // inherited by the relay, which is spawned before startRelay first waits
+    const starting = startRelay({ databasePath });
+    process.umask(umask);
+    await using relay = await starting;
+    await using _agent = await startAgent(relay, { machine: "private" }); // audit events: the WAL is written
+    const modes = ["", "-wal", "-shm"].map((suffix) => [suffix, (fs.statSync(databasePath + suffix).mode & 0o777).toString(8)]);
+    expect(modes).toEqual([["", "600"], ["-wal", "600"], ["-shm", "600"]]);
   });
 });

@@ -4,6 +4,7 @@
 // CLI (`bun run server.ts audit …`), see audit.ts beside this file.
 
 import { Database } from "bun:sqlite";
+import { createHash } from "node:crypto";
 
 export interface AuditedCall {
   tool: string;
@@ -71,3 +72,28 @@ export function auditedCalls(file: string): AuditedCall[] {
 
 /** The recorded calls whose arguments contain `marker`. */
 export const callsWith = (file: string, marker: string) => auditedCalls(file).filter((c) => c.arguments.includes(marker));
+
+/** Makes every audit event of a chain never pruned `days` days old, rehashing it as the relay would have written it
+ *  then (so `audit verify` still passes): how a test gets events that retention must prune. Returns how many there are. */
+export function ageEvents(file: string, days: number): number {
+  return withDatabase(file, (db) => {
+    const rows = db.query("SELECT seq, kind, machine, client, call_id, data FROM audit_events ORDER BY seq").all() as {
+      seq: number;
+      kind: string;
+      machine: string | null;
+      client: string | null;
+      call_id: string | null;
+      data: string;
+    }[];
+    const old = new Date(Date.now() - days * 86_400_000).toISOString();
+    let prev = "0".repeat(64);
+    for (const row of rows) {
+      // The relay's eventHash: SHA-256 of these fields as a JSON array (relay/audit.ts).
+      const fields = [row.seq, old, row.kind, row.machine, row.client, row.call_id, row.data, prev];
+      const hash = createHash("sha256").update(JSON.stringify(fields)).digest("hex");
+      db.query("UPDATE audit_events SET at = ?, prev_hash = ?, hash = ? WHERE seq = ?").run(old, prev, hash, row.seq);
+      prev = hash;
+    }
+    return rows.length;
+  });
+}

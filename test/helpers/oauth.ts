@@ -99,3 +99,57 @@ export async function approve(authorizationUrl: URL, secret: string): Promise<st
   if (!code) throw new Error(`consent did not redirect with a code (status ${response.status}): ${await response.text()}`);
   return code;
 }
+
+/** What a client holds once the owner approved it: its id and its tokens. */
+export interface GrantInHand {
+  clientId: string;
+  access: string;
+  refresh: string;
+}
+
+/** The whole flow by hand for a public client: register (named `name`), the owner approves with `ownerSecret`,
+ *  redeem the code for tokens bound to `resource` (a path of the relay: "/mcp" or "/sse"). */
+export async function obtainGrant(
+  origin: URL,
+  ownerSecret: string,
+  options: { resource?: "/mcp" | "/sse"; name?: string; redirectUri?: string } = {},
+): Promise<GrantInHand> {
+  const redirectUri = options.redirectUri ?? "http://127.0.0.1:1/callback";
+  const registration = await fetch(new URL("/register", origin), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ client_name: options.name ?? "Hand-made client", redirect_uris: [redirectUri], token_endpoint_auth_method: "none" }),
+  });
+  if (registration.status !== 201) throw new Error(`registration failed (${registration.status}): ${await registration.text()}`);
+  const { client_id } = (await registration.json()) as { client_id: string };
+  const verifier = randomBytes(32).toString("base64url");
+  const resource = new URL(options.resource ?? "/mcp", origin).toString();
+  const url = new URL("/authorize", origin);
+  const params = {
+    response_type: "code",
+    client_id,
+    redirect_uri: redirectUri,
+    code_challenge: createHash("sha256").update(verifier).digest("base64url"),
+    code_challenge_method: "S256",
+    resource,
+  };
+  for (const [key, value] of Object.entries(params)) url.searchParams.set(key, value);
+  const code = await approve(url, ownerSecret);
+  const response = await fetch(new URL("/token", origin), {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ grant_type: "authorization_code", code, redirect_uri: redirectUri, code_verifier: verifier, client_id, resource }),
+  });
+  if (response.status !== 200) throw new Error(`token request failed (${response.status}): ${await response.text()}`);
+  const tokens = (await response.json()) as { access_token: string; refresh_token: string };
+  return { clientId: client_id, access: tokens.access_token, refresh: tokens.refresh_token };
+}
+
+/** Spends a refresh token at /token; the relay's answer. */
+export function refreshGrant(origin: URL, grant: Pick<GrantInHand, "clientId" | "refresh">): Promise<Response> {
+  return fetch(new URL("/token", origin), {
+    method: "POST",
+    headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: grant.refresh, client_id: grant.clientId }),
+  });
+}

@@ -1,9 +1,10 @@
 // Hostile input against authentication (research/security.md §4.5, "Auth"), on a real relay whose client token,
 // shared agent token, per-machine agent tokens and OAuth tokens are all different: wrong, expired and revoked
 // tokens, tokens of one kind where another is expected, tokens in URLs (refused, and written nowhere), unusual
-// spellings of the header, a thousand failures from one address, and connections that never finish their upgrade.
-// The relay believes X-Forwarded-For (TRUST_PROXY=1), so each test fails from its own loopback address and the
-// throttling of one does not spill into the next.
+// spellings of the header, a thousand failures from one address (which must not lock out right credentials from
+// it), guesses spread over an IPv6 /64 or over many addresses, and connections that never finish their upgrade.
+// The relay believes X-Forwarded-For from loopback (TRUST_PROXY=1; loopback is a trusted proxy by default), so each
+// test fails from its own address and the throttling of one does not spill into the next.
 
 import { beforeAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
@@ -12,7 +13,7 @@ import * as path from "node:path";
 import { eventsOf } from "../helpers/audit.ts";
 import { hello } from "./frames.ts";
 import { answerConsent, newAuthorizationUrl, openConsent } from "../helpers/oauth.ts";
-import { newToken, ROOT, startAgent } from "../helpers/processes.ts";
+import { newToken, ROOT, startAgent, startRelay } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { bearer, INITIALIZE, MCP_HEADERS, oauthGrant, openSession, post, rawSocket, request, toolAnswer, whereLeaked, type Grant } from "./raw.ts";
 
@@ -225,7 +226,7 @@ describe("the Authorization header, spelled in unusual ways", () => {
   }
 });
 
-test("1000 failures from one address: 401 for the first eleven, then 429 with Retry-After, right token or not", async () => {
+test("1000 failures from one address: 401 for the first eleven, then 429 with Retry-After; right credentials from it are still served", async () => {
   const address = fromNewAddress();
   const statuses: number[] = [];
   let retryAfter = 0;
@@ -242,13 +243,33 @@ test("1000 failures from one address: 401 for the first eleven, then 429 with Re
   expect(unauthorized).toBeLessThanOrEqual(11 + Math.ceil(Math.log2(60)));
   expect(statuses.filter((s) => s === 429).length).toBe(1000 - unauthorized);
   expect(retryAfter).toBeGreaterThanOrEqual(1);
-  const rightToken = await initialize({ ...address, ...bearer(stack.relay.token) });
-  expect(rightToken.status).toBe(429);
-  expect(rightToken.error!.message).toMatch(/Too many failed attempts from this address; try again in \d+ s\./);
-  expect(await upgradeStatus({ ...address, ...bearer(AGENT_TOKEN) })).toBe(429);
+  // Only the failures wait, and every wrong token gets the same answer, so the wait tells nothing about a token. Right
+  // credentials from the same address are served: one misconfigured client there must not lock the owner out.
+  const waits = new Set<string>();
+  for (const wrong of [newToken(), "x", stack.relay.token.slice(0, -1)]) {
+    const reply = await initialize({ ...address, ...bearer(wrong) });
+    expect(reply.status).toBe(429);
+    waits.add(reply.error!.message.replace(/\d+ s\./, "N s."));
+  }
+  expect([...waits]).toEqual(["Too many failed attempts from this address; try again in N s."]);
+  expect((await initialize({ ...address, ...bearer(stack.relay.token) })).status).toBe(200);
+  expect((await initialize({ ...address, ...bearer(grant.access) })).status).toBe(200);
+  expect(await upgradeStatus({ ...address, ...bearer(AGENT_TOKEN) })).toBe(101);
+  expect(await upgradeStatus({ ...address, ...bearer(machineToken) })).toBe(101);
+  expect(await upgradeStatus({ ...address, ...bearer(newToken()) })).toBe(429);
+  expect((await initialize(address)).status).toBe(401); // no token is how an OAuth client starts: its challenge, no wait
+  expect((await initialize({ ...address, ...bearer(newToken()) })).status).toBe(429); // the successes cleared nothing
   expect((await initialize(bearer(stack.relay.token))).status).toBe(200); // another address is not affected
   const session = await openSession(stack.relay);
   expect(toolAnswer(await session.callTool("run_shell_command", { command: "echo served" })).data.stdout).toBe("served\n");
+});
+
+test("an IPv6 /64 counts as one address: twelve wrong tokens from twelve of its addresses meet the wait", async () => {
+  const statuses: number[] = [];
+  for (let i = 1; i <= 12; i++) statuses.push((await initialize({ "X-Forwarded-For": `2001:db8:64:1::${i.toString(16)}`, ...bearer(newToken()) })).status);
+  expect(statuses.slice(0, 11)).toEqual(Array(11).fill(401));
+  expect(statuses[11]).toBe(429);
+  expect((await initialize({ "X-Forwarded-For": "2001:db8:64:2::1", ...bearer(newToken()) })).status).toBe(401); // the next /64 is another
 });
 
 test("a token holder's successful logins do not buy more guesses at the owner secret", async () => {
@@ -273,6 +294,60 @@ test("a token holder's successful logins do not buy more guesses at the owner se
   expect(statuses.slice(0, 11)).toEqual(Array(11).fill(401));
   expect(statuses[11]).toBe(429);
   expect(await guess(stack.relay.token)).toBe(429); // the right secret waits too
+});
+
+// Found by review: the limits were per exact address only, so 300 guesses from 30 addresses met none, and each
+// guess wrote its own audit row. Its own relay: the global limit it trips would hold for the other tests too.
+test("300 wrong owner secrets from 30 addresses meet a global limit; the owner, from an address that has not failed, still gets in", async () => {
+  await using relay = await startRelay({ env: { TRUST_PROXY: "1" } });
+  const from = (address: string) => ({ "X-Forwarded-For": address });
+  const login = async (address: string, secret: string) => {
+    const response = await fetch(new URL("/login", relay.url), {
+      method: "POST",
+      redirect: "manual",
+      headers: { "Content-Type": "application/x-www-form-urlencoded", ...from(address) },
+      body: new URLSearchParams({ owner_secret: secret }),
+    });
+    await response.body?.cancel();
+    return response.status;
+  };
+  const statuses: number[][] = [];
+  for (let a = 1; a <= 30; a++) {
+    const row: number[] = [];
+    for (let i = 0; i < 10; i++) row.push(await login(`127.8.0.${a}`, `guess ${a}-${i}`));
+    statuses.push(row);
+  }
+  // The first three addresses use their ten free failures each: thirty in all, the global limit. From then on an
+  // address that has failed waits, and each new one gets a single try.
+  expect(statuses.slice(0, 3).flat()).toEqual(Array(30).fill(401));
+  for (const row of statuses.slice(3)) expect(row).toEqual([401, ...Array(9).fill(429)]);
+
+  expect(await login("127.8.1.1", relay.token)).toBe(303); // the owner signs in to the dashboard
+  const consent = await openConsent(await newAuthorizationUrl(relay.url, "http://127.0.0.1:1/callback"), from("127.8.1.2"));
+  expect((await answerConsent(relay.url, consent, { secret: relay.token, headers: from("127.8.1.2") })).status).toBe(302); // and approves a client
+  expect(await login("127.8.0.30", relay.token)).toBe(429); // an address that failed waits, right secret or not
+
+  // Each address's first failure has a row of its own; the rest are counted, and the counts written when it stops.
+  await relay.stop();
+  const events = eventsOf(relay.databasePath);
+  expect(events.filter((e) => e.kind === "auth_refused")).toHaveLength(30);
+  const repeated = events.filter((e) => e.kind === "auth_refused_repeated");
+  expect(repeated.map((e) => e.detail.address).sort()).toEqual(["127.8.0.1", "127.8.0.2", "127.8.0.3"]);
+  for (const row of repeated) expect(row.detail.detail).toMatch(/^\/login: wrong owner secret: 9 more in the last \d+ min$/);
+  expect(relay.stderr.text.match(/authentication refused, repeatedly/g)).toHaveLength(3);
+});
+
+test("failures from 250 addresses write at most 200 rows of their own; the rest are counted in one row", async () => {
+  await using relay = await startRelay({ env: { TRUST_PROXY: "1" } });
+  for (let a = 0; a < 250; a++) {
+    const reply = await post(relay, "/mcp", INITIALIZE, { "X-Forwarded-For": `127.9.${a >> 8}.${a & 255}`, ...bearer(newToken()) });
+    expect(reply.status).toBe(401);
+  }
+  await relay.stop();
+  const events = eventsOf(relay.databasePath);
+  expect(events.filter((e) => e.kind === "auth_refused")).toHaveLength(200);
+  const counted = events.filter((e) => e.kind === "auth_refused_repeated");
+  expect(counted.map((e) => e.detail.detail)).toEqual([expect.stringMatching(/^\/mcp: wrong or expired token: 50 more from 50 addresses not recorded one by one in the last \d+ min$/)]);
 });
 
 describe("floods of OAuth requests cannot lock the owner out", () => {

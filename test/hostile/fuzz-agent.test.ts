@@ -8,8 +8,10 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import type { ServerWebSocket } from "bun";
 import fc from "fast-check";
+import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { proofVerifies } from "../../relay/identity.ts";
 import { AgentFrame, CloseCode, opSchemas, parseFrame, ServerFrame, VERSION, type AgentOp } from "../../protocol.ts";
 import { startAgent, type Agent, type Relay } from "../helpers/processes.ts";
 import { garbage, mutated, onTheWire, serverFrameAfterWelcome } from "./frames.ts";
@@ -24,6 +26,8 @@ const stats = { connections: 0, frames: 0, requests: 0, closedWithReason: 0 };
 /** One connection from the agent, as the fake relay sees it. */
 interface Link {
   ws: ServerWebSocket<unknown>;
+  /** The agent's hello on this connection (set by FakeRelay.connected). */
+  hello?: any;
   closed: Promise<{ code: number; reason: string }>;
   send(data: string | Uint8Array): void;
   /** The next frame from the agent other than its own heartbeat pings, parsed; null on close or timeout. */
@@ -97,8 +101,8 @@ class FakeRelay {
       });
     }
     const link = this.#arrived.shift()!;
-    const hello = await link.next();
-    expect(hello).toMatchObject({ type: "hello", machine: MACHINE, agent_version: VERSION });
+    link.hello = await link.next();
+    expect(link.hello).toMatchObject({ type: "hello", machine: MACHINE, agent_version: VERSION });
     return link;
   }
 
@@ -219,6 +223,7 @@ describe("frames the agent must refuse", () => {
     ["a request id of 65 characters", JSON.stringify({ type: "request", id: "i".repeat(65), op: "status", args: {} }), "invalid 'request' frame"],
     ["a frame only an agent sends", JSON.stringify({ type: "result", id: "x", ok: true, value: 1 }), "invalid 'result' frame"],
     ["a frame of more than 16 MiB", JSON.stringify({ type: "ping", t: 1, pad: "p".repeat(16 * 1024 * 1024) }), "frame too large"],
+    ["a challenge after welcome", JSON.stringify({ type: "challenge", nonce: "A".repeat(43) }), "challenge after welcome"],
   ];
   for (const [what, frame, reason] of explicit) {
     test(`${what}: closed with 4000 '${reason}', and the agent dials back`, async () => {
@@ -238,6 +243,27 @@ describe("frames the agent must refuse", () => {
     link.send(welcome());
     link.send(JSON.stringify({ type: "request", id: "late", op: "status", args: {} }));
     expect(await link.next()).toMatchObject({ type: "result", id: "late", ok: true, value: { pid: agent.proc.pid } });
+  });
+});
+
+describe("the identity challenge", () => {
+  test("before welcome, the agent proves the key of its hello: the relay's own check accepts the proof for this nonce only", async () => {
+    const key = link.hello.public_key;
+    expect(typeof key).toBe("string");
+    link.send("not json"); // a fresh connection, not welcomed yet
+    expect(await link.closed).toEqual({ code: CloseCode.protocolError, reason: "frame is not JSON" });
+    link = await fake.connected();
+    expect(link.hello.public_key).toBe(key); // the same machine, the same key, on every connection
+    const nonce = randomBytes(32).toString("base64url");
+    link.send(JSON.stringify({ type: "challenge", nonce }));
+    const proof = await link.next();
+    expect(proof).toMatchObject({ type: "proof" });
+    expect(proofVerifies(MACHINE, key, nonce, proof.signature)).toBe(true);
+    expect(proofVerifies(MACHINE, key, randomBytes(32).toString("base64url"), proof.signature)).toBe(false);
+    expect(proofVerifies("another", key, nonce, proof.signature)).toBe(false);
+    link.send(welcome());
+    link.send(JSON.stringify({ type: "request", id: "after-proof", op: "status", args: {} }));
+    expect(await link.next()).toMatchObject({ type: "result", id: "after-proof", ok: true });
   });
 });
 

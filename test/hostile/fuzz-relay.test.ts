@@ -8,7 +8,8 @@
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import fc from "fast-check";
 import { AgentFrame, CloseCode, opSchemas, parseFrame, PROTOCOL_VERSION } from "../../protocol.ts";
-import { newToken } from "../helpers/processes.ts";
+import { loadIdentity } from "../../agent/identity.ts";
+import { newToken, tempDir } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 import { agentFrameAfterHello, garbage, hello, mutated, onTheWire } from "./frames.ts";
@@ -53,6 +54,7 @@ function expectedAfterHello(frames: string[]): { pongs: number[]; close?: { code
     const parsed = parseFrame(AgentFrame, onTheWire(frame));
     if (!parsed.ok) return { pongs, close: { code: CloseCode.protocolError, reason: parsed.reason } };
     if (parsed.frame.type === "hello") return { pongs, close: { code: CloseCode.protocolError, reason: "hello sent twice" } };
+    if (parsed.frame.type === "proof") return { pongs, close: { code: CloseCode.protocolError, reason: "proof without a challenge" } };
     if (parsed.frame.type === "ping") pongs.push(parsed.frame.t);
   }
   return { pongs };
@@ -113,6 +115,43 @@ describe("a fake agent's first frame", () => {
         }
       }),
       { numRuns: 500 },
+    );
+    await realAgentServed();
+  });
+});
+
+describe("a fake agent's identity proof", () => {
+  test("random signatures, and a real one with bits flipped, never register a name pinned to a key", async () => {
+    using dir = tempDir("cr-key-");
+    const key = await loadIdentity(dir.path);
+    const machine = "fz-keyed";
+    const first = await fakeAgent(); // pins the test's key to the name
+    first.send(JSON.stringify(hello(machine, { public_key: key.publicKey })));
+    const { nonce } = await nextFrame(first);
+    first.send(JSON.stringify({ type: "proof", signature: await key.prove(machine, nonce) }));
+    expect(await nextFrame(first)).toMatchObject({ type: "welcome", machine });
+    first.ws.close(1000);
+    await first.closed;
+
+    const flipped = fc.tuple(fc.nat({ max: 63 }), fc.integer({ min: 1, max: 255 }));
+    const forgery = fc.oneof(fc.uint8Array({ minLength: 64, maxLength: 64 }).map((bytes) => ({ random: bytes })), flipped.map(([at, mask]) => ({ at, mask })));
+    await fc.assert(
+      fc.asyncProperty(forgery, async (how) => {
+        const socket = await fakeAgent();
+        socket.send(JSON.stringify(hello(machine, { public_key: key.publicKey })));
+        const challenge = await nextFrame(socket);
+        expect(challenge).toMatchObject({ type: "challenge" });
+        let signature: Uint8Array;
+        if ("random" in how) signature = how.random;
+        else {
+          signature = Buffer.from(await key.prove(machine, challenge.nonce), "base64url");
+          signature[how.at]! ^= how.mask;
+        }
+        socket.send(JSON.stringify({ type: "proof", signature: Buffer.from(signature).toString("base64url") }));
+        stats.frames += 2;
+        expect(await socket.closed).toEqual({ code: CloseCode.identityRefused, reason: "the identity proof does not verify" });
+      }),
+      { numRuns: 200 },
     );
     await realAgentServed();
   });

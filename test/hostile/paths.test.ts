@@ -209,6 +209,47 @@ describe("special and odd files", () => {
     fs.rmSync(file);
   });
 
+  // Found by review: with an offset past the end, the whole file was read in one blocking call (an 8 GiB file held
+  // the agent for longer than the relay's 25 s heartbeat limit, so the machine was dropped).
+  test("an offset past the end of an 8 GiB file: other calls are answered meanwhile, and the read stops at its 10 s bound saying what to do", async () => {
+    const file = path.join(root, "huge.txt");
+    fs.writeFileSync(file, "");
+    fs.truncateSync(file, 8 * 1024 ** 3);
+    try {
+      const started = Date.now();
+      const far = call(stack.client, "read_file", { path: file, offset: 1_000_000_000, encoding: "utf8" });
+      await Bun.sleep(1_000);
+      const askedAt = Date.now();
+      const meanwhile = await call(stack.client, "read_file", { path: `${root}/in.txt` });
+      const meanwhileMs = Date.now() - askedAt;
+      const r = await far;
+      const farMs = Date.now() - started;
+      console.log(`read_file far past the end of 8 GiB: answered after ${farMs} ms; a read meanwhile took ${meanwhileMs} ms`);
+      expect(meanwhile.data.content).toBe("inside\n");
+      expect(meanwhileMs).toBeLessThan(1_000);
+      expect([r.isError, r.text]).toEqual([true, expect.stringMatching(/^'.*huge\.txt' is too big to reach line 1000000000 by counting: 0 lines were read \(\d+ of 8589934592 bytes\) in 10 s\. Read its end with tail/)]);
+      expect(farMs).toBeLessThan(15_000);
+    } finally {
+      fs.rmSync(file);
+    }
+  });
+
+  // Found by review: the tail of a file whose last line was over the result's budget (~44k characters) was empty.
+  test("the tail of a file whose last line is longer than an answer is the end of that line, and says so", async () => {
+    const file = path.join(root, "long-line.log");
+    fs.writeFileSync(file, `first\n${"a".repeat(50_000)}${"z".repeat(10)}\n`);
+    const r = await call(stack.client, "read_file", { path: file, tail: 1 });
+    expect(r.data).toMatchObject({ returned: 1, offset: 2, total_lines: 2, truncated: true, next_offset: null });
+    expect(r.data.content).toMatch(/^a{20000,}z{10}\n$/);
+    expect(r.text).toContain("[the line is too long for one answer: only its end is shown");
+    // Longer than the 4 MiB a tail looks back, in two-byte characters: the window starts inside one, which is skipped.
+    fs.writeFileSync(file, `first!\n${"é".repeat(3_000_000)}`);
+    const wide = await call(stack.client, "read_file", { path: file, tail: 1 });
+    expect(wide.data).toMatchObject({ returned: 1, truncated: true });
+    expect(wide.data.content).toMatch(/^é{20000,}$/);
+    fs.rmSync(file);
+  });
+
   test("binary and invalid UTF-8 come back as base64, byte for byte", async () => {
     const bytes = Buffer.from([0x66, 0x6f, 0xff, 0xfe, 0x00, 0xc3, 0x28, 0xed, 0xa0, 0x80]);
     fs.writeFileSync(path.join(root, "bin"), bytes);
@@ -232,6 +273,70 @@ describe("special and odd files", () => {
     expect(results.filter((r) => r.isError)).toEqual([]);
     expect(contents).toContain(fs.readFileSync(file, "utf8"));
     expect(fs.readdirSync(root).filter((name) => name.endsWith(".tmp"))).toEqual([]);
+  });
+});
+
+describe("symlinks another user plants in a shared sticky directory (/tmp), followed only by the kernel's protected_symlinks rule", () => {
+  // Root only: making a symlink owned by another user (nobody) needs lchown. The agent runs as root, which is where
+  // the kernel's rule matters most. Where the kernel's protection is on, it is turned off for these tests (and back
+  // on after), so they show the agent refusing on its own.
+  const NOBODY = 65534;
+  const sysctl = "/proc/sys/fs/protected_symlinks";
+  let kernelSetting: string | undefined;
+  const shared = path.join(root, "shared");
+  const victim = path.join(root, "victim");
+
+  beforeAll(() => {
+    if (!isRoot) return;
+    kernelSetting = fs.existsSync(sysctl) ? fs.readFileSync(sysctl, "utf8").trim() : undefined;
+    if (kernelSetting === "1") fs.writeFileSync(sysctl, "0");
+    fs.mkdirSync(shared);
+    fs.chmodSync(shared, 0o1777);
+    fs.mkdirSync(victim);
+    fs.writeFileSync(path.join(victim, "profile"), "the agent user's own file\n");
+    const plant = (target: string, name: string, owner: number) => {
+      fs.symlinkSync(target, path.join(shared, name));
+      fs.lchownSync(path.join(shared, name), owner, owner);
+    };
+    plant(path.join(victim, "profile"), "planted", NOBODY);
+    plant(victim, "planted-dir", NOBODY);
+    plant(path.join(victim, "profile"), "mine", 0);
+  });
+
+  afterAll(() => {
+    if (kernelSetting === "1") fs.writeFileSync(sysctl, "1");
+  });
+
+  test.skipIf(!isRoot)("write_file, edit_file and read_file through nobody's link are refused, and the file it points to is unchanged", async () => {
+    // The kernel itself follows it now (its protection is off), so only the agent's own rule stands in the way.
+    expect(fs.readFileSync(path.join(shared, "planted"), "utf8")).toBe("the agent user's own file\n");
+    const FOREIGN = /^Access denied: '.*' goes through .*\/shared\/planted(-dir)?, a symlink another user \(uid 65534\) owns in the shared directory .*\/shared; such links are not followed\.$/;
+    await refused("write_file", { path: `${shared}/planted`, content: "pwned\n" }, FOREIGN);
+    await refused("write_file", { path: `${shared}/planted`, content: "pwned\n", append: true }, FOREIGN);
+    await refused("edit_file", { path: `${shared}/planted`, edits: [{ old_text: "own", new_text: "pwned" }] }, FOREIGN);
+    await refused("read_file", { path: `${shared}/planted` }, FOREIGN);
+    await refused("write_file", { path: `${shared}/planted-dir/new`, content: "x" }, FOREIGN);
+    expect(fs.readdirSync(victim)).toEqual(["profile"]);
+  });
+
+  test.skipIf(!isRoot)("the links the kernel's rule allows are followed: the agent user's own, and any link in a directory that is not sticky", async () => {
+    const own = await call(stack.client, "read_file", { path: `${shared}/mine` });
+    expect(own.data).toMatchObject({ path: path.join(victim, "profile"), content: "the agent user's own file\n" });
+    const plain = path.join(root, "dir", "nobodys-link");
+    fs.symlinkSync(path.join(victim, "profile"), plain);
+    fs.lchownSync(plain, NOBODY, NOBODY);
+    expect((await call(stack.client, "read_file", { path: plain })).data.content).toBe("the agent user's own file\n");
+    fs.rmSync(plain);
+  });
+
+  test.skipIf(!isRoot)("a link owned by the sticky directory's owner is followed", async () => {
+    const dir = path.join(root, "nobodys-shared");
+    fs.mkdirSync(dir);
+    fs.chmodSync(dir, 0o1777);
+    fs.chownSync(dir, NOBODY, NOBODY);
+    fs.symlinkSync(path.join(victim, "profile"), path.join(dir, "link"));
+    fs.lchownSync(path.join(dir, "link"), NOBODY, NOBODY);
+    expect((await call(stack.client, "read_file", { path: `${dir}/link` })).data.content).toBe("the agent user's own file\n");
   });
 });
 

@@ -188,3 +188,40 @@ export function rawSocket(url: string, headers: Record<string, string>): RawSock
     },
   };
 }
+
+/** A legacy /sse stream, opened over a plain TCP connection: fetch would hold one of the few connections Bun's client
+ *  keeps per process for as long as each stream lives, and a test may need hundreds of streams open at once. */
+export interface SseStream {
+  /** Where its messages are POSTed: /messages?sessionId=… */
+  endpoint: string;
+  /** Everything the relay has sent on the stream so far (HTTP headers and chunk framing included). */
+  received(): string;
+  /** Resolves when the relay ends the stream. */
+  ended: Promise<void>;
+  close(): void;
+}
+
+export async function openSseStream(relay: Pick<Relay, "port">, token: string): Promise<SseStream> {
+  let text = "";
+  let end!: () => void;
+  const ended = new Promise<void>((resolve) => (end = resolve));
+  let sawEndpoint!: (endpoint: string) => void;
+  const endpoint = new Promise<string>((resolve) => (sawEndpoint = resolve));
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port: relay.port,
+    socket: {
+      data(_, chunk) {
+        text += chunk.toString();
+        const named = /data: (\/messages\?sessionId=[\w-]+)/.exec(text);
+        if (named) sawEndpoint(named[1]!);
+        if (text.endsWith("\r\n0\r\n\r\n")) end(); // the last chunk of a chunked body: the relay closed the stream
+      },
+      close: () => end(),
+    },
+  });
+  socket.write(`GET /sse HTTP/1.1\r\nHost: 127.0.0.1:${relay.port}\r\nAuthorization: Bearer ${token}\r\nAccept: text/event-stream\r\n\r\n`);
+  const named = await Promise.race([endpoint, ended.then(() => undefined), Bun.sleep(10_000).then(() => undefined)]);
+  if (!named) throw new Error(`no endpoint event on the /sse stream; received: ${text.slice(0, 500)}`);
+  return { endpoint: named, received: () => text, ended, close: () => socket.end() };
+}

@@ -7,7 +7,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { eventually, pidsMatching } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
-import { bearer, INITIALIZE, MCP_HEADERS, oauthAccessToken, openSession, post, PROTOCOL_VERSION, request, toolAnswer, type RawSession } from "./raw.ts";
+import { obtainGrant } from "../helpers/oauth.ts";
+import { bearer, INITIALIZE, MCP_HEADERS, oauthAccessToken, openSession, openSseStream, post, PROTOCOL_VERSION, request, toolAnswer, type RawSession } from "./raw.ts";
 
 const stack = useStack({ agent: { machine: "target" } });
 let session: RawSession;
@@ -361,17 +362,48 @@ describe("sessions", () => {
     expect(toolAnswer(await first).data.stdout).toBe("first\n");
   });
 
-  // Found by review: every initialize kept an McpServer for an hour (5,000 of them took the relay from 60 to 668 MB).
-  test("a client's 257th session closes its least recently used one; other clients keep theirs", async () => {
-    const token = await oauthAccessToken(stack.relay, stack.relay.token); // a principal of its own, so the owner's session is not touched
-    const opened = [];
-    for (let i = 0; i < 257; i++) opened.push(await openSession(stack.relay, token));
-    const oldest = await opened[0]!.post({ jsonrpc: "2.0", id: "old", method: "ping" });
-    expect(oldest.status).toBe(404);
-    for (const kept of [opened[1]!, opened[256]!]) {
-      expect((await kept.post({ jsonrpc: "2.0", id: "kept", method: "ping" })).status).toBe(200);
+  /** A session of a client on one transport, reduced to what the cap test asks of it. */
+  interface CappedSession {
+    /** It answers a ping. */
+    served(): Promise<boolean>;
+    /** Its client can tell it was closed: 404 for its id, and on SSE its stream ended too. */
+    closed(): Promise<boolean>;
+    close(): void;
+  }
+  const PING = { jsonrpc: "2.0", id: "cap", method: "ping" };
+  const capped: [string, "/mcp" | "/sse", (token: string) => Promise<CappedSession>][] = [
+    ["Streamable HTTP", "/mcp", async (token) => {
+      const own = await openSession(stack.relay, token);
+      const status = async () => (await own.post(PING)).status;
+      return { served: async () => (await status()) === 200, closed: async () => (await status()) === 404, close: () => {} };
+    }],
+    ["legacy SSE", "/sse", async (token) => {
+      const stream = await openSseStream(stack.relay, token);
+      const status = async () => (await post(stack.relay, stream.endpoint, PING, bearer(token))).status;
+      const served = async () => {
+        const before = stream.received().length;
+        if ((await status()) !== 202) return false;
+        await eventually(() => stream.received().slice(before).includes('"id":"cap"')); // the answer comes on the stream
+        return true;
+      };
+      const closed = async () => (await Promise.race([stream.ended.then(() => true), Bun.sleep(5_000).then(() => false)])) && (await status()) === 404;
+      return { served, closed, close: stream.close };
+    }],
+  ];
+
+  // Found by review: every initialize kept an McpServer for an hour (5,000 of them took the relay from 60 to 668 MB),
+  // and on the legacy transport every /sse stream did for as long as it stayed open (3,000 streams: +350 MiB).
+  test.each(capped)("%s: a client's 257th session closes its least recently used one; other clients keep theirs", async (_, resource, open) => {
+    const { access } = await obtainGrant(stack.relay.url, stack.relay.token, { resource }); // a principal of its own
+    const opened: CappedSession[] = [];
+    try {
+      for (let i = 0; i < 257; i++) opened.push(await open(access));
+      expect(await opened[0]!.closed()).toBe(true);
+      for (const kept of [opened[1]!, opened[256]!]) expect(await kept.served()).toBe(true);
+      await stillServes(); // the owner's session, opened long before
+    } finally {
+      for (const session of opened) session.close();
     }
-    await stillServes(); // the owner's session, opened long before
   });
 
   // Found by review: on the legacy transport the reuse was accepted, and the first call, no longer known to the SDK,

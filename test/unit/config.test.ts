@@ -4,6 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { loadConfig as loadAgentConfig, ConfigError as AgentConfigError } from "../../agent/config.ts";
 import { loadConfig as loadServerConfig, ConfigError as ServerConfigError } from "../../relay/config.ts";
+import { FLY_PROXY_NETWORKS, LOCAL_PROXY_NETWORKS, parseCidr } from "../../relay/networks.ts";
 
 const TOKEN = "0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -23,6 +24,16 @@ describe("the relay's settings", () => {
     expect(() => load({ PORT: "eighty" })).toThrow(ServerConfigError);
     expect(() => load({ PORT: "eighty" })).toThrow(/PORT must be a whole number/);
     expect(() => load({ CLIENT_MAX_CALLS_IN_FLIGHT: "0" })).toThrow(/CLIENT_MAX_CALLS_IN_FLIGHT/);
+  });
+
+  test("TRUSTED_PROXIES: defaults by TRUST_PROXY, a list replaces them, and a list without TRUST_PROXY is refused", () => {
+    const networks = (list: string) => list.split(",").map(parseCidr);
+    expect(load({}).trustedProxies).toEqual([]);
+    expect(load({ TRUST_PROXY: "fly" }).trustedProxies).toEqual(networks(FLY_PROXY_NETWORKS));
+    expect(load({ TRUST_PROXY: "1", TRUSTED_PROXIES: "" }).trustedProxies).toEqual(networks(LOCAL_PROXY_NETWORKS));
+    expect(load({ TRUST_PROXY: "2", TRUSTED_PROXIES: "10.0.0.5, fd00::/8" }).trustedProxies).toEqual(networks("10.0.0.5,fd00::/8"));
+    expect(() => load({ TRUSTED_PROXIES: "10.0.0.5" })).toThrow(/TRUSTED_PROXIES is set but TRUST_PROXY is none/);
+    expect(() => load({ TRUST_PROXY: "fly", TRUSTED_PROXIES: "10.0.0.0/99" })).toThrow(/TRUSTED_PROXIES: '10.0.0.0\/99' is not a network/);
   });
 });
 

@@ -1,6 +1,7 @@
 // The deployment files say what the code does: fly.toml keeps one always-on Machine with its volume, health
-// check and long idle timeout; docker-compose.yml wires the sandbox to the relay; .env.example documents every
-// variable that `--help` lists. The images themselves are built and run by test/containers.sh.
+// check and long idle timeout; docker-compose.yml wires the sandbox to the relay with a token the relay makes (the
+// user sets AUTH_TOKEN only) and a health check; .env.example documents every variable that `--help` lists. The
+// images themselves are built and run by test/containers.sh.
 
 import { describe, expect, test } from "bun:test";
 import * as path from "node:path";
@@ -18,6 +19,9 @@ function helpVariables(entry: string): string[] {
 const fly = Bun.TOML.parse(await read("fly.toml")) as Record<string, any>;
 const compose = Bun.YAML.parse(await read("docker-compose.yml")) as Record<string, any>;
 const example = await read(".env.example");
+const dockerfile = await read("Dockerfile");
+/** The text of one stage of the Dockerfile, from its FROM line to the next. */
+const stage = (name: string) => dockerfile.split(/^FROM /m).find((part) => new RegExp(`^\\S+ AS ${name}$`, "m").test(part)) ?? "";
 
 describe("fly.toml", () => {
   test("builds the server target and stops it with SIGTERM and a grace period", () => {
@@ -47,7 +51,7 @@ describe("docker-compose.yml", () => {
     expect(server.build.target).toBe("server");
     expect(server.ports).toEqual(["127.0.0.1:${PORT:-8080}:8080"]);
     expect(server.environment).toMatchObject({ AUTH_TOKEN: "${AUTH_TOKEN:-}", HOST: "0.0.0.0", DATABASE_PATH: "/data/code-remote.db" });
-    expect(server.volumes).toEqual(["data:/data"]);
+    expect(server.volumes).toContain("data:/data");
   });
 
   test("adds the sandboxed agent under the full profile, connected over the compose network", () => {
@@ -62,13 +66,42 @@ describe("docker-compose.yml", () => {
     expect(Object.keys(agent.environment)).not.toContain("AUTH_TOKEN");
     expect(agent.cap_drop).toEqual(["ALL"]);
   });
+
+  test("the sandbox gets a token of its own from the relay, through a volume: nothing but AUTH_TOKEN to set", () => {
+    // The seed passed AGENT_TOKEN from .env, so a .env with AUTH_TOKEN only left the agent crash-looping.
+    expect(Object.keys(agent.environment)).not.toContain("AGENT_TOKEN");
+    const [machine, file] = String(server.environment.PROVISION_AGENT_TOKEN).split(":");
+    expect(machine).toBe(agent.environment.MACHINE_NAME);
+    expect(agent.environment.AGENT_TOKEN_FILE).toBe(file!);
+    const dir = path.dirname(file!);
+    expect(server.volumes).toContain(`agent-token:${dir}`);
+    expect(agent.volumes).toContain(`agent-token:${dir}:ro`);
+    expect(Object.keys(compose.volumes)).toContain("agent-token");
+    // The relay writes it 0640 as its own user and group (the server stage's 10001); the agent joins that group.
+    expect(stage("server")).toContain("groupadd --gid 10001 relay");
+    expect(agent.group_add.map(String)).toEqual(["10001"]);
+    // The volume's mount point exists in both images with the relay's owner, whichever container mounts it first.
+    for (const name of ["server", "agent"]) expect(stage(name)).toMatch(new RegExp(`chown (relay:relay|10001:10001)[^\\n]* ${dir}`));
+    expect(stage("agent")).toContain("/usr/local/bin/code-remote-agent-entrypoint");
+  });
+
+  test("the sandbox's state (the key that proves it is 'sandbox', its commands' output) is on a volume, so it survives restarts", () => {
+    expect(agent.volumes).toContain("agent-state:/home/agent/.local/state/code-remote");
+    expect(Object.keys(compose.volumes)).toContain("agent-state");
+  });
+
+  test("the agent image has a health check that fails unless the agent is connected (code-remote-agent status)", () => {
+    const healthcheck = /^HEALTHCHECK .*\\\n\s*CMD (\[.*\])$/m.exec(stage("agent"));
+    expect(JSON.parse(healthcheck![1]!)).toEqual(["/usr/local/bin/code-remote-agent-entrypoint", "status"]);
+    expect(agent.healthcheck?.disable).not.toBe(true);
+  });
 });
 
 describe("docker-compose.yml and .env.example agree", () => {
   const section = (title: string) => example.split(/^# -+ /m).find((part) => part.startsWith(title)) ?? "";
   const variablesIn = (text: string) => [...text.matchAll(/^#?([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]!);
   /** Relay variables compose sets itself inside the container, or uses for the host's port or the build. */
-  const FIXED_FOR_THE_SERVER = ["HOST", "DATABASE_PATH", "PORT", "INSTALL_TAILSCALE"];
+  const FIXED_FOR_THE_SERVER = ["HOST", "DATABASE_PATH", "PORT", "INSTALL_TAILSCALE", "PROVISION_AGENT_TOKEN"];
 
   test("every relay variable in .env.example reaches the server container (a setting in .env is never silently lost)", () => {
     const relayVariables = variablesIn(section("relay"));
@@ -84,7 +117,7 @@ describe("docker-compose.yml and .env.example agree", () => {
   test("the sandboxed agent takes the command limits from .env, and nothing else the header does not say", () => {
     const passed = compose.services.agent.environment as Record<string, string>;
     const fromEnv = Object.entries(passed).filter(([, value]) => String(value).includes("${")).map(([name]) => name);
-    expect(fromEnv.sort()).toEqual(["AGENT_TOKEN", "MAX_BACKGROUND_COMMANDS", "MAX_CONCURRENT_COMMANDS"]);
+    expect(fromEnv.sort()).toEqual(["MAX_BACKGROUND_COMMANDS", "MAX_CONCURRENT_COMMANDS"]);
   });
 });
 

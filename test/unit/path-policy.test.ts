@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import fc from "fast-check";
-import { expandPath, isInsideRoot, isInsideRoots, resolveExisting, resolveForWrite } from "../../agent/paths.ts";
+import { expandPath, isInsideRoot, isInsideRoots, O_RDONLY, openChecked, resolveExisting, resolveForWrite } from "../../agent/paths.ts";
 import { Failure } from "../../protocol.ts";
 
 // Shrinking a long counterexample can take minutes: stop after 10 s and report the smallest one found so far.
@@ -171,8 +171,10 @@ afterAll(() => {
   fs.rmSync(base, { recursive: true, force: true });
 });
 
-const existing = (input: string, roots = [root]) => outcome(() => resolveExisting(input, roots, base));
-const forWrite = (input: string, roots = [root]) => outcome(() => resolveForWrite(input, roots, base));
+/** A scope with these roots and own files, home at `home`. */
+const scopeOf = (roots: string[], home = base, ownFiles: string[] = []) => ({ roots, home, ownFiles });
+const existing = (input: string, roots = [root]) => outcome(() => resolveExisting(input, scopeOf(roots)));
+const forWrite = (input: string, roots = [root]) => outcome(() => resolveForWrite(input, scopeOf(roots)));
 
 describe("resolveExisting and resolveForWrite on a real tree", () => {
   test("accept an existing file inside the root and return its real path", () => {
@@ -283,9 +285,9 @@ describe("resolveExisting and resolveForWrite on a real tree", () => {
   });
 
   test("expand ~ against the home directory before checking the roots", () => {
-    expect(outcome(() => resolveExisting("~/a/file.txt", [root], root))).toEqual({ returned: at("root/a/file.txt") });
-    expect(outcome(() => resolveExisting("~/../outside/secret", [root], root))).toEqual(denied);
-    expect(outcome(() => resolveForWrite("~/../rootx/new.txt", [root], root))).toEqual(denied);
+    expect(outcome(() => resolveExisting("~/a/file.txt", scopeOf([root], root)))).toEqual({ returned: at("root/a/file.txt") });
+    expect(outcome(() => resolveExisting("~/../outside/secret", scopeOf([root], root)))).toEqual(denied);
+    expect(outcome(() => resolveForWrite("~/../rootx/new.txt", scopeOf([root], root)))).toEqual(denied);
   });
 
   test("refuse relative and NUL paths with invalid_arguments before touching the disk", () => {
@@ -296,6 +298,42 @@ describe("resolveExisting and resolveForWrite on a real tree", () => {
   test("allow a path under any of several roots", () => {
     expect(existing(at("outside/secret"), [root, at("outside")])).toEqual({ returned: at("outside/secret") });
     expect(existing(at("rootx/secret"), [root, at("outside")])).toEqual(denied);
+  });
+
+  test("deny the agent's own files inside a root, existing or not, by name or through a symlink", () => {
+    const own = scopeOf([root], base, [at("root/a"), at("root/unit.service")]);
+    const deniedOwn = (fn: () => string) => expect(outcome(fn)).toEqual(denied);
+    deniedOwn(() => resolveExisting(at("root/a/file.txt"), own));
+    deniedOwn(() => resolveExisting(at("root/a"), own));
+    deniedOwn(() => resolveExisting(at("root/link-in/file.txt"), own)); // link-in -> a
+    deniedOwn(() => resolveForWrite(at("root/a/new.txt"), own));
+    deniedOwn(() => resolveForWrite(at("root/unit.service"), own));
+    // Its neighbours, and names that only share its prefix, stay reachable.
+    expect(outcome(() => resolveForWrite(at("root/unit.service2"), own))).toEqual({ returned: at("root/unit.service2") });
+    expect(outcome(() => resolveExisting(root, own))).toEqual({ returned: root });
+  });
+});
+
+// What a swap between the check and the open would produce, made without a race: the descriptor is judged by where
+// /proc/self/fd says it is (Linux only; elsewhere a small window is documented).
+describe.skipIf(process.platform !== "linux")("openChecked judges the descriptor where it really is", () => {
+  const opens = (real: string, scope = scopeOf([root])) =>
+    outcome(() => {
+      fs.closeSync(openChecked(real, O_RDONLY, scope, real));
+      return "opened";
+    });
+
+  test("a checked real path opens", () => {
+    expect(opens(at("root/a/file.txt"))).toEqual({ returned: "opened" });
+  });
+
+  test("a path whose directory turned out to be a symlink is refused, even when it leads inside the roots", () => {
+    expect(opens(at("root/link-in/file.txt"))).toEqual(denied); // link-in -> a, inside
+    expect(opens(at("root/link-out/secret"))).toEqual(denied);
+  });
+
+  test("an own file is refused", () => {
+    expect(opens(at("root/a/file.txt"), scopeOf([root], base, [at("root/a")]))).toEqual(denied);
   });
 });
 

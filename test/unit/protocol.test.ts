@@ -1,13 +1,18 @@
-// The wire contract and the pure helpers both sides rely on: frame parsing under hostile input, the tool input
-// schemas, the reconnect backoff, and the output shaping that keeps results inside the clients' limits.
+// The wire contract and the pure helpers both sides rely on: frame parsing under hostile input, the identity proof
+// and the rule for who may take a machine name, the tool input schemas, the reconnect backoff and how a failed
+// connection is told apart, and the output shaping that keeps results inside the clients' limits.
 
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import pkg from "../../package.json";
-import { nextDelayMs } from "../../agent/link.ts";
+import { classifyEnd, nextDelayMs } from "../../agent/link.ts";
 import { OutputCapture } from "../../agent/commands.ts";
+import { loadIdentity } from "../../agent/identity.ts";
+import { judgeIdentity, proofVerifies } from "../../relay/identity.ts";
+import { tempDir } from "../helpers/processes.ts";
 import {
   AgentFrame,
+  CloseCode,
   FIELD_BUDGET_CHARS,
   MAX_FRAME_BYTES,
   PROTOCOL_VERSION,
@@ -15,6 +20,7 @@ import {
   TOOLS,
   VERSION,
   fitToBudget,
+  identityTranscript,
   jsonCost,
   parseFrame,
   toolInputSchema,
@@ -56,6 +62,13 @@ function expectShortReason(reason: string) {
   expect(Buffer.byteLength(reason)).toBeLessThanOrEqual(123);
 }
 
+/** Well-formed identity values: 32 bytes (a key, a nonce) and 64 bytes (a signature) in base64url. */
+const KEY = Buffer.alloc(32, 7).toString("base64url");
+const NONCE = Buffer.alloc(32, 9).toString("base64url");
+const SIGNATURE = Buffer.alloc(64, 3).toString("base64url");
+/** The same 32 bytes spelled another way: the last character's unused low bits set (it decodes to the same key). */
+const NON_CANONICAL_KEY = KEY.slice(0, -1) + String.fromCharCode(KEY.charCodeAt(42) + 1);
+
 const VALID_AGENT_FRAMES = {
   hello: {
     type: "hello",
@@ -68,6 +81,7 @@ const VALID_AGENT_FRAMES = {
     hostname: "desk.local",
     allowed_roots: ["/home/alice", "/tmp"],
   },
+  proof: { type: "proof", signature: SIGNATURE },
   "result (ok)": { type: "result", id: "r-1", ok: true, value: { exit_code: 0, stdout: "hi\n" } },
   "result (error)": { type: "result", id: "r-1", ok: false, error: { code: "not_found", message: "'/x' does not exist." } },
   ping: { type: "ping", t: 1_700_000_000_000 },
@@ -76,6 +90,7 @@ const VALID_AGENT_FRAMES = {
 
 const VALID_SERVER_FRAMES = {
   welcome: { type: "welcome", machine: "desk", server_version: VERSION },
+  challenge: { type: "challenge", nonce: NONCE },
   "request run_shell_command": { type: "request", id: "r-1", op: "run_shell_command", args: { command: "ls" } },
   "request read_file": { type: "request", id: "r-2", op: "read_file", args: { path: "/tmp/x" } },
   "request write_file": { type: "request", id: "r-3", op: "write_file", args: { path: "/tmp/x", content: "" } },
@@ -95,6 +110,14 @@ describe("parseFrame accepts every valid frame", () => {
     expect(parsed(ServerFrame, JSON.stringify(frame))).toEqual({ ok: true, frame });
   });
 
+  // Optional fields are kept out of the tables above, whose fuzzers expect every dropped key to be refused.
+  test("a hello with its public key, and a welcome with a notice", () => {
+    const keyed = { ...VALID_AGENT_FRAMES.hello, public_key: KEY };
+    expect(parsed(AgentFrame, JSON.stringify(keyed))).toEqual({ ok: true, frame: keyed });
+    const noticed = { ...VALID_SERVER_FRAMES.welcome, notice: "this agent uses the relay's shared agent token" };
+    expect(parsed(ServerFrame, JSON.stringify(noticed))).toEqual({ ok: true, frame: noticed });
+  });
+
   test("ignores unknown extra keys (forward compatible) and returns the frame without them", () => {
     const sent = { ...VALID_AGENT_FRAMES.ping, later_field: "x" };
     expect(parsed(AgentFrame, JSON.stringify(sent))).toEqual({ ok: true, frame: VALID_AGENT_FRAMES.ping });
@@ -106,6 +129,8 @@ describe("parseFrame accepts every valid frame", () => {
     expectShortReason(reasonOf(AgentFrame, JSON.stringify(VALID_SERVER_FRAMES.welcome)));
     expectShortReason(reasonOf(AgentFrame, JSON.stringify(VALID_SERVER_FRAMES["request status"])));
     expectShortReason(reasonOf(AgentFrame, JSON.stringify(VALID_SERVER_FRAMES.cancel)));
+    expectShortReason(reasonOf(AgentFrame, JSON.stringify(VALID_SERVER_FRAMES.challenge)));
+    expectShortReason(reasonOf(ServerFrame, JSON.stringify(VALID_AGENT_FRAMES.proof)));
   });
 });
 
@@ -144,6 +169,13 @@ const HOSTILE: [string, () => FrameData][] = [
   ["a request with an over-long id", () => JSON.stringify({ type: "request", id: "i".repeat(65), op: "status", args: {} })],
   ["a result with an unknown error code", () => '{"type":"result","id":"r-1","ok":false,"error":{"code":"boom","message":""}}'],
   ["a result with ok as a string", () => '{"type":"result","id":"r-1","ok":"true","value":1}'],
+  ["a hello whose public key is 33 bytes", () => JSON.stringify({ ...VALID_AGENT_FRAMES.hello, public_key: Buffer.alloc(33, 7).toString("base64url") })],
+  ["a hello whose public key is spelled non-canonically", () => JSON.stringify({ ...VALID_AGENT_FRAMES.hello, public_key: NON_CANONICAL_KEY })],
+  ["a hello whose public key is padded base64", () => JSON.stringify({ ...VALID_AGENT_FRAMES.hello, public_key: `${Buffer.alloc(32, 7).toString("base64")}` })],
+  ["a hello whose public key is empty", () => JSON.stringify({ ...VALID_AGENT_FRAMES.hello, public_key: "" })],
+  ["a proof whose signature is 63 bytes", () => JSON.stringify({ type: "proof", signature: Buffer.alloc(63, 3).toString("base64url") })],
+  ["a proof whose signature is hex", () => JSON.stringify({ type: "proof", signature: Buffer.alloc(64, 3).toString("hex") })],
+  ["a challenge with a 16-byte nonce", () => JSON.stringify({ type: "challenge", nonce: Buffer.alloc(16, 9).toString("base64url") })],
 ];
 
 describe.each(SCHEMAS)("parseFrame(%s, …) refuses hostile input with a short reason and never throws", (_name, schema) => {
@@ -186,6 +218,8 @@ describe("parseFrame's reason never echoes the frame's content", () => {
 // --- parseFrame fuzzing ---
 
 const ALL_VALID: Record<string, unknown>[] = [...Object.values(VALID_AGENT_FRAMES), ...Object.values(VALID_SERVER_FRAMES)];
+/** Types only the relay sends (ping and pong go both ways). */
+const SERVER_ONLY_TYPES = new Set<string>(["welcome", "challenge", "request", "cancel"]);
 const jsonType = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "array" : typeof v);
 /** Keys whose schema is z.unknown(): any value is valid there. */
 const OPAQUE_KEYS = new Set(["args", "value"]);
@@ -247,7 +281,7 @@ describe("parseFrame fuzzing: never throws, always a frame or a short reason", (
     fc.assert(
       fc.property(fc.constantFrom(...ALL_VALID), extra, (frame, added) => {
         const data = JSON.stringify({ ...added, ...frame }); // the frame's own keys win
-        const schema = frame.type === "welcome" || frame.type === "request" || frame.type === "cancel" ? ServerFrame : AgentFrame;
+        const schema = SERVER_ONLY_TYPES.has(frame.type as string) ? ServerFrame : AgentFrame;
         expect(parsed(schema, data)).toEqual({ ok: true, frame });
       }),
       { numRuns: 300 },
@@ -322,6 +356,75 @@ test("every tool in TOOLS has minimal arguments in this test", () => {
 });
 
 // --- reconnect backoff ---
+
+// --- identity ---
+
+describe("the identity proof", () => {
+  test("the transcript binds the machine name, the key and the nonce under its own label, one field per line", () => {
+    const text = new TextDecoder().decode(identityTranscript("desk", KEY, NONCE));
+    expect(text).toBe(`code-remote agent identity v1\ndesk\n${KEY}\n${NONCE}`);
+    // None of the three can contain a newline (a machine name is [A-Za-z0-9._-], the others base64url), so no two
+    // different triples share a transcript.
+  });
+
+  test("a proof made by the agent's key verifies with the relay's check for that machine, key and nonce only", async () => {
+    using dir = tempDir("cr-key-");
+    const identity = await loadIdentity(dir.path);
+    const signature = await identity.prove("desk", NONCE);
+    expect(proofVerifies("desk", identity.publicKey, NONCE, signature)).toBe(true);
+    expect(proofVerifies("desk2", identity.publicKey, NONCE, signature)).toBe(false);
+    expect(proofVerifies("desk", identity.publicKey, KEY, signature)).toBe(false);
+    expect(proofVerifies("desk", KEY, NONCE, signature)).toBe(false);
+    expect(proofVerifies("desk", identity.publicKey, NONCE, SIGNATURE)).toBe(false);
+    expect((await loadIdentity(dir.path)).publicKey).toBe(identity.publicKey); // kept, not made again
+  });
+
+  test("a public key that is not a point on the curve is refused, not thrown", () => {
+    expect(proofVerifies("desk", Buffer.alloc(32, 0xff).toString("base64url"), NONCE, SIGNATURE)).toBe(false);
+  });
+});
+
+describe("who may take a machine name (judgeIdentity)", () => {
+  const OTHER = Buffer.alloc(32, 8).toString("base64url");
+  const cases: [string, string | undefined, string | undefined, { publicKey?: string } | undefined, boolean][] = [
+    ["a pinned name, the pinned key proven, nobody connected", KEY, KEY, undefined, true],
+    ["a pinned name, the pinned key proven, its stale link connected (the machine restarting)", KEY, KEY, { publicKey: KEY }, true],
+    ["a pinned name, another key", KEY, OTHER, undefined, false],
+    ["a pinned name, another key, the real agent connected", KEY, OTHER, { publicKey: KEY }, false],
+    ["a pinned name, no key (an older agent)", KEY, undefined, undefined, false],
+    ["a free name, a key (it is pinned)", undefined, KEY, undefined, true],
+    ["a free name, no key (an older agent)", undefined, undefined, undefined, true],
+    ["an unpinned name held by a keyless agent, a keyless newcomer", undefined, undefined, {}, false],
+    ["an unpinned name held by a keyless agent, a keyed newcomer", undefined, KEY, {}, false],
+    ["an unpinned name held by a keyed agent (the owner unpinned it), the same key", undefined, KEY, { publicKey: KEY }, true],
+    ["an unpinned name held by a keyed agent, another key", undefined, OTHER, { publicKey: KEY }, false],
+  ];
+  test.each(cases)("%s", (_what, pinned, proved, live, admitted) => {
+    const verdict = judgeIdentity(pinned, proved, live);
+    expect(verdict.admit).toBe(admitted);
+    if (!verdict.admit) expectShortReason(verdict.reason); // it travels as the close reason
+  });
+});
+
+// --- how a failed connection is told apart ---
+
+describe("classifyEnd", () => {
+  const failed = (what: string) => `WebSocket connection to 'ws://127.0.0.1:1/ws/agent' failed: ${what}`;
+  test.each<[string, number, string, string, string, string]>([
+    ["a 401 at the upgrade", 1006, "", failed("Expected 101 status code: 401"), "refused", "HTTP 401"],
+    ["a 429 after many wrong tokens", 1006, "", failed("Expected 101 status code: 429"), "refused", "HTTP 429"],
+    ["a 404 (not the agent endpoint)", 1006, "", failed("Expected 101 status code: 404"), "not_relay", "HTTP 404 instead of a WebSocket upgrade"],
+    ["a 502 from a proxy", 1006, "", failed("Expected 101 status code: 502"), "unreachable", "HTTP 502 from the relay or a proxy in front of it"],
+    ["no connection", 1006, "", failed("Failed to connect"), "unreachable", "Failed to connect"],
+    ["a revoked token", CloseCode.forbidden, "agent token revoked", "", "turned_away", "agent token revoked"],
+    ["a name pinned to another key", CloseCode.identityRefused, "this name is pinned", "", "identity", "this name is pinned"],
+    ["the same machine elsewhere", CloseCode.replaced, "replaced", "", "replaced", "replaced"],
+    ["a relay that fell silent", CloseCode.heartbeatTimeout, "the relay fell silent", "", "timeout", "the relay fell silent"],
+    ["another protocol version", CloseCode.unsupportedVersion, "protocol 2 unsupported", "", "rejected", "closed with code 4002: protocol 2 unsupported"],
+  ])("%s", (_what, code, reason, failure, problem, detail) => {
+    expect(classifyEnd(code, reason, failure)).toEqual({ problem: problem as never, detail });
+  });
+});
 
 describe("nextDelayMs", () => {
   test("attempt 0 waits between 500 and 1000 ms", () => {

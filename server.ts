@@ -1,7 +1,7 @@
-// The Code Remote relay: one Bun.serve that speaks MCP to AI clients (Streamable HTTP at /mcp, the legacy
-// HTTP+SSE transport at /sse + /messages), accepts agent WebSockets at /ws/agent, authenticates every request,
-// and writes an audit log to SQLite. It forwards each tool call to the named machine's agent and matches the
-// answer by request id, in memory. It never runs commands itself, and it sees all traffic in clear (nothing is
+// The Code Remote relay: one Bun.serve that speaks MCP to AI clients (Streamable HTTP at /mcp: 2026-07-28 without
+// sessions, 2025 revisions in sessions; the legacy HTTP+SSE transport at /sse + /messages), accepts agent
+// WebSockets at /ws/agent, authenticates every request, and writes an audit log to SQLite. It forwards each tool
+// call to the named machine's agent and matches the answer by request id, in memory. It never runs commands itself, and it sees all traffic in clear (nothing is
 // end-to-end encrypted between client and agent). `bun run server.ts --help` lists the subcommands and settings.
 //
 // This file is the table of contents: the routes and what each hands over to, startup and stop, and the
@@ -9,7 +9,7 @@
 
 import type { Server } from "bun";
 import type { Database } from "bun:sqlite";
-import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
+import type { AuthInfo } from "@modelcontextprotocol/server";
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
 import { Relay, type SocketData } from "./relay/agents.ts";
 import { AuditLog, auditFilter } from "./relay/audit.ts";
@@ -25,7 +25,8 @@ import { TAILSCALE_NETWORKS } from "./relay/networks.ts";
 import { AuthorizationServer, type ResourcePath } from "./relay/oauth.ts";
 import { agentTokenCommand, auditCommand, machineKeyCommand, oauthClientsCommand } from "./relay/operator.ts";
 import { openDatabase } from "./relay/storage.ts";
-import { IDLE_TIMEOUT_S, MAX_REQUEST_BODY_BYTES, SESSION_SWEEP_MS, SseSessions, StreamableSessions, type ContextMaker } from "./relay/transports.ts";
+import { CallsInFlight, mcpServerFactory, requestStateCodec } from "./relay/tools.ts";
+import { IDLE_TIMEOUT_S, MAX_REQUEST_BODY_BYTES, McpEndpoint, SESSION_SWEEP_MS, SseSessions } from "./relay/transports.ts";
 import { logger } from "./log.ts";
 
 const log = logger("server");
@@ -67,21 +68,17 @@ export function startServer(config: ServerConfig): RunningServer {
     ownerSecretPenalties,
     audit,
     endSessionsOf: (clientId) => endSessionsOf((principal) => principal === clientId),
+    cimdTestCa: config.cimdTestCa,
   });
-  const newContext: ContextMaker = (client, session, inflight) => ({
-    relay,
-    audit,
-    limits: callLimits,
-    client,
-    session,
-    inflight,
-  });
+  const calls = new CallsInFlight();
+  const newServer = mcpServerFactory({ relay, audit, limits: callLimits, calls }, requestStateCodec(config.requestStateKey));
   const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, oauth, ownerSecretPenalties });
-  const streamable = new StreamableSessions(newContext);
-  const sse = new SseSessions(newContext);
-  const endSessionsOf = (revoked: (principal: string) => boolean) => [streamable, sse].forEach((sessions) => sessions.closeRevoked(revoked));
+  const mcpEndpoint = new McpEndpoint(newServer);
+  const streamable = mcpEndpoint.sessions;
+  const sse = new SseSessions(newServer);
+  const endSessionsOf = (revoked: (principal: string) => boolean) => [streamable, sse, calls].forEach((open) => open.closeRevoked(revoked));
   /** OAuth clients whose access is gone (revoked by `oauth-clients revoke`, which changes only the database, or by
-   *  a replayed token) lose their open sessions too. "owner" is the static AUTH_TOKEN's principal. */
+   *  a replayed token) lose their open sessions and calls too. "owner" is the static AUTH_TOKEN's principal. */
   const endRevokedSessions = () => endSessionsOf((principal) => principal !== "owner" && !oauth.isGranted(principal));
   let guards: Guards; // needs the bound port, so it is made right after Bun.serve returns
   const addresses = new ClientAddresses(config.trustProxy, config.trustedProxies);
@@ -93,7 +90,7 @@ export function startServer(config: ServerConfig): RunningServer {
 
   const mcp = async (req: Request, server: Server<SocketData>) => {
     const auth = authorize(req, server, "/mcp");
-    return auth instanceof Response ? auth : streamable.handle(req, auth);
+    return auth instanceof Response ? auth : mcpEndpoint.handle(req, auth);
   };
 
   const openSse = async (req: Request, server: Server<SocketData>) => {
@@ -227,7 +224,7 @@ export function startServer(config: ServerConfig): RunningServer {
       sweeps.forEach(clearInterval);
       relay.closeAll();
       await untilAnswered(callLimits, STOP_GRACE_MS);
-      await streamable.closeAll();
+      await mcpEndpoint.close();
       await sse.closeAll();
       // Let answers still being written finish, but never wait long on a client that does not read.
       await Promise.race([server.stop(false), Bun.sleep(STOP_GRACE_MS)]);

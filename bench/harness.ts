@@ -1,6 +1,6 @@
 // The measuring kit every scenario shares: bounded sampling loops (each stops at a count or a time limit,
-// whichever comes first), percentiles, throughput over concurrent workers, process RSS from /proc, and
-// progress lines. No scenario knows how to time anything on its own.
+// whichever comes first), percentiles, throughput over concurrent workers, process RSS and CPU time from /proc,
+// and progress lines. No scenario knows how to time anything on its own.
 
 import * as fs from "node:fs";
 
@@ -21,6 +21,8 @@ export interface Latency {
   min_ms: number;
   /** Sequential calls per second implied by the mean (one call at a time). */
   calls_per_s: number;
+  /** CPU time the relay spent per call (all its threads), when the sampler was given its clock. */
+  relay_cpu_per_call_ms?: number;
 }
 
 /** Three decimals (a microsecond) are plenty for milliseconds measured on a shared machine. */
@@ -35,7 +37,7 @@ export function percentile(sorted: readonly number[], p: number): number {
 
 export const median = (xs: readonly number[]) => percentile([...xs].sort((a, b) => a - b), 0.5);
 
-export function summarize(samplesMs: readonly number[]): Latency {
+export function summarize(samplesMs: readonly number[], cpuMs?: number): Latency {
   const sorted = [...samplesMs].sort((a, b) => a - b);
   const mean = sorted.reduce((sum, x) => sum + x, 0) / sorted.length;
   return {
@@ -45,6 +47,27 @@ export function summarize(samplesMs: readonly number[]): Latency {
     mean_ms: round(mean),
     min_ms: round(sorted[0] ?? Number.NaN),
     calls_per_s: Math.round(1000 / mean),
+    ...(cpuMs === undefined ? {} : { relay_cpu_per_call_ms: round(cpuMs / sorted.length) }),
+  };
+}
+
+/** A process's CPU time so far in milliseconds, every thread's together (an exited thread's time is lost, which
+ *  the relay's long-lived threads do not do). Read from each thread's /proc schedstat, which counts nanoseconds:
+ *  /proc/<pid>/stat counts in ticks of 10 ms, too coarse for a block of calls of a few hundred microseconds each. */
+export type CpuClock = () => number;
+
+export function cpuClock(pid: number): CpuClock {
+  const tasks = `/proc/${pid}/task`;
+  return () => {
+    let ns = 0;
+    for (const tid of fs.readdirSync(tasks)) {
+      try {
+        ns += Number(fs.readFileSync(`${tasks}/${tid}/schedstat`, "utf8").split(" ")[0]);
+      } catch {
+        // The thread ended between the listing and the read.
+      }
+    }
+    return ns / 1e6;
   };
 }
 
@@ -55,40 +78,48 @@ export type Op = () => Promise<unknown>;
 const BLOCK_CALLS = 100;
 
 /** Times several operations one call at a time, in alternating blocks (A×100, B×100, C×100, A×100, …), so that
- *  a ratio or a difference between them is measured under the same conditions. */
-export async function sampleAlternating<K extends string>(ops: Record<K, Op>, budget: Budget): Promise<Record<K, Latency>> {
+ *  a ratio or a difference between them is measured under the same conditions. With the relay's `cpu` clock, each
+ *  operation is also charged the relay's CPU time over its own blocks. */
+export async function sampleAlternating<K extends string>(ops: Record<K, Op>, budget: Budget, cpu?: CpuClock): Promise<Record<K, Latency>> {
   const names = Object.keys(ops) as K[];
   for (const name of names) for (let i = 0; i < budget.warmup; i++) await ops[name]();
   const samples = Object.fromEntries(names.map((name) => [name, [] as number[]])) as Record<K, number[]>;
+  const cpuMs = Object.fromEntries(names.map((name) => [name, 0])) as Record<K, number>;
   const deadline = performance.now() + budget.maxMs;
   for (let done = 0; done < budget.count && performance.now() < deadline; ) {
     const block = Math.min(BLOCK_CALLS, budget.count - done);
     for (const name of names) {
+      const cpuBefore = cpu?.() ?? 0;
       for (let i = 0; i < block; i++) {
         const started = performance.now();
         await ops[name]();
         samples[name].push(performance.now() - started);
       }
+      if (cpu) cpuMs[name] += cpu() - cpuBefore;
     }
     done += block;
   }
-  return Object.fromEntries(names.map((name) => [name, summarize(samples[name])])) as Record<K, Latency>;
+  return Object.fromEntries(names.map((name) => [name, summarize(samples[name], cpu ? cpuMs[name] : undefined)])) as Record<K, Latency>;
 }
 
 export interface Throughput {
   calls: number;
   seconds: number;
   calls_per_s: number;
+  /** The relay's CPU time over the window, when measureThroughput was given its clock. */
+  relay_cpu_ms?: number;
 }
 
 /** Keeps `concurrency` calls in flight (worker i calls `op(i)`) until `count` calls have started or `maxMs`
  *  has passed, after a warm-up; calls/s counts the calls completed over the wall time. */
-export async function measureThroughput(op: (worker: number) => Promise<unknown>, concurrency: number, budget: Budget): Promise<Throughput> {
+export async function measureThroughput(op: (worker: number) => Promise<unknown>, concurrency: number, budget: Budget, cpu?: CpuClock): Promise<Throughput> {
   await runWorkers(op, concurrency, budget.warmup, Number.POSITIVE_INFINITY);
+  const cpuBefore = cpu?.() ?? 0;
   const started = performance.now();
   const calls = await runWorkers(op, concurrency, budget.count, budget.maxMs);
   const seconds = (performance.now() - started) / 1000;
-  return { calls, seconds: round(seconds), calls_per_s: Math.round(calls / seconds) };
+  const measured = { calls, seconds: round(seconds), calls_per_s: Math.round(calls / seconds) };
+  return cpu ? { ...measured, relay_cpu_ms: cpu() - cpuBefore } : measured;
 }
 
 async function runWorkers(op: (worker: number) => Promise<unknown>, concurrency: number, count: number, maxMs: number): Promise<number> {

@@ -5,10 +5,19 @@
 /** Figures of one scenario: `p50_ms`, `calls_per_s`, `rss_mb`, … */
 export type Figures = Record<string, number>;
 
+/** The two ways a client speaks MCP at /mcp, measured side by side: a 2025 Streamable HTTP session (the v1 SDK
+ *  client, 1.32.2, as today's connectors) and the stateless 2026-07-28 revision (the v2 SDK client, 2.4.0, with
+ *  automatic version negotiation: no session, each request stands alone). */
+export type McpPath = "session" | "2026";
+export const MCP_PATHS: readonly McpPath[] = ["session", "2026"];
+
+/** The scenarios that run on both paths. Their keys name the session path's figures, as they did before the
+ *  2026-07-28 path existed; the 2026-07-28 path's keys end in "_2026" (see onPath). */
+export type PathScenario = "1_ping" | "2_read_file" | "3_read_file_concurrent" | "9_tools_list";
+
 export type ScenarioKey =
-  | "1_ping"
-  | "2_read_file"
-  | "3_read_file_concurrent"
+  | PathScenario
+  | `${PathScenario}_2026`
   | "4_shell_tool"
   | "4_shell_direct"
   | "5_bulk"
@@ -17,11 +26,17 @@ export type ScenarioKey =
   | "8_peer_read_text_file"
   | "8_peer_read_text_file_concurrent";
 
+/** The key of a path scenario's figures on `path`. */
+export const onPath = (key: PathScenario, path: McpPath): ScenarioKey => (path === "session" ? key : `${key}_2026`);
+
 /** One line per scenario key, for the table. */
 export const SCENARIO_TITLES: Record<ScenarioKey, string> = {
   "1_ping": "1. MCP ping, answered by the relay (no hop)",
+  "1_ping_2026": "1. 2026-07-28: server/discover (it has no ping)",
   "2_read_file": "2. read_file 1 KiB, sequential",
+  "2_read_file_2026": "2. 2026-07-28: read_file 1 KiB, sequential",
   "3_read_file_concurrent": "3. read_file 1 KiB, 32 in flight, 4 sessions",
+  "3_read_file_concurrent_2026": "3. 2026-07-28: read_file, 32 in flight, 4 clients",
   "4_shell_tool": '4. run_shell_command "true"',
   "4_shell_direct": '4. Bun.spawn([shell, "-c", "true"]), direct',
   "5_bulk": "5. bulk file through write_file / read_file",
@@ -29,6 +44,8 @@ export const SCENARIO_TITLES: Record<ScenarioKey, string> = {
   "7_compiled_agent": "7. compiled agent",
   "8_peer_read_text_file": "8. peer read_text_file 1 KiB, sequential",
   "8_peer_read_text_file_concurrent": "8. peer read_text_file 1 KiB, 32 in flight",
+  "9_tools_list": "9. tools/list, sequential",
+  "9_tools_list_2026": "9. 2026-07-28: tools/list, sequential",
 };
 
 export class Results {

@@ -1,20 +1,56 @@
 // What the scenarios drive: a real relay and a real agent on loopback (started by the test helpers, exactly as
-// the end-to-end tests start them), MCP client sessions over Streamable HTTP, and the files they read. Also the
-// one way the bench calls a tool, which fails loudly on an error result so that an error is never timed as
-// if it were an answer.
+// the end-to-end tests start them), MCP clients on /mcp over both paths the relay serves, and the files they
+// read. Also the one way the bench calls a tool, which fails loudly on an error result so that an error is never
+// timed as if it were an answer.
 
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
-import { connectClient, startAgent, startRelay, tempDir, type Agent, type Relay } from "../test/helpers/processes.ts";
+import { ListToolsResultSchema, type CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import { connectClient, connectModernClient, startAgent, startRelay, tempDir, type Agent, type McpClient, type Relay } from "../test/helpers/processes.ts";
+import { cpuClock, type CpuClock } from "./harness.ts";
+import type { McpPath } from "./results.ts";
 import { SMALL_FILE_BYTES } from "./settings.ts";
 
 /** No single benchmark call should come near this; it only turns a hang into an error. */
 const TOOL_TIMEOUT_MS = 60_000;
 
+/** What the scenarios ask of an MCP client, on either path (results.ts: McpPath). */
+export interface BenchClient extends Pick<McpClient, "callTool"> {
+  path: McpPath;
+  /** A request the relay answers itself, with no hop to an agent: `ping` in a session; `server/discover` on
+   *  2026-07-28, which has no ping. */
+  noHop(): Promise<unknown>;
+  /** tools/list as the relay answers it, every time (the v2 client's response cache is bypassed), result checked. */
+  listTools(): Promise<{ tools: unknown[] }>;
+  close(): Promise<void>;
+}
+
+/** A client on `path` with the relay's bearer token. */
+export async function connectBenchClient(relay: Relay, path: McpPath): Promise<BenchClient> {
+  if (path === "session") {
+    const client = await connectClient(relay, "streamable-http");
+    return {
+      path,
+      callTool: client.callTool.bind(client),
+      noHop: () => client.ping(),
+      // Not client.listTools(), which also compiles a validator for every tool's output schema (ajv, some tens of
+      // milliseconds of the bench's own CPU per list): the request and the result's check are what a list costs.
+      listTools: () => client.request({ method: "tools/list", params: {} }, ListToolsResultSchema),
+      close: () => client.close(),
+    };
+  }
+  const client = await connectModernClient(relay, { headers: { Authorization: `Bearer ${relay.token}` } });
+  return {
+    path,
+    callTool: client.callTool,
+    noHop: () => client.sdk.discover(),
+    listTools: () => client.sdk.listTools(undefined, { cacheMode: "bypass" }),
+    close: () => client.close(),
+  };
+}
+
 /** A tool call that must succeed: returns its structuredContent, throws with the error text otherwise. */
-export async function callOk(client: Client, name: string, args: Record<string, unknown>): Promise<Record<string, unknown>> {
+export async function callOk(client: Pick<McpClient, "callTool">, name: string, args: Record<string, unknown>): Promise<Record<string, unknown>> {
   const result = (await client.callTool({ name, arguments: args }, undefined, { timeout: TOOL_TIMEOUT_MS })) as CallToolResult;
   if (result.isError) {
     const first = result.content?.[0];
@@ -33,14 +69,19 @@ export function writeSmallFile(dir: string): string {
 
 export interface Rig extends AsyncDisposable {
   relay: Relay;
+  /** The relay's CPU time so far (every thread), in milliseconds. */
+  relayCpu: CpuClock;
   agent: Agent;
-  /** The session most scenarios use. */
-  client: Client;
+  /** The 2025 session that the scenarios not about the MCP path use (4, 5 and 7). */
+  client: BenchClient;
+  /** The main client on `path`: `client` on the session path; on 2026-07-28 one opened on first use. */
+  clientOn(path: McpPath): Promise<BenchClient>;
   /** The agent's allowed root (a fresh temp directory) and the 1 KiB file in it. */
   root: string;
   smallFile: string;
-  /** More sessions on the same relay, opened on first use and closed with the rig. */
-  sessions(count: number): Promise<Client[]>;
+  /** `count` clients on `path` besides `client` (sessions, on the session path), opened on first use and closed
+   *  with the rig. */
+  clients(path: McpPath, count: number): Promise<BenchClient[]>;
 }
 
 /** The bench drives thousands of calls a minute with one token: lift the relay's per-client limits, which exist to
@@ -53,20 +94,24 @@ export async function startRig(): Promise<Rig> {
   const data = tempDir("cr-bench-db-");
   const relay = await startRelay({ databasePath: path.join(data.path, "audit.db"), env: UNLIMITED_CLIENT });
   const agent = await startAgent(relay, { roots: [dir.path] });
-  const client = await connectClient(relay, "streamable-http");
-  const extra: (Client & AsyncDisposable)[] = [];
+  const client = await connectBenchClient(relay, "session");
+  let modern: Promise<BenchClient> | undefined;
+  const extra: Record<McpPath, BenchClient[]> = { session: [], "2026": [] };
   return {
     relay,
+    relayCpu: cpuClock(relay.proc.pid),
     agent,
     client,
+    clientOn: (path) => (path === "session" ? Promise.resolve(client) : (modern ??= connectBenchClient(relay, path))),
     root: dir.path,
     smallFile: writeSmallFile(dir.path),
-    async sessions(count) {
-      while (extra.length < count) extra.push(await connectClient(relay, "streamable-http"));
-      return extra.slice(0, count);
+    async clients(path, count) {
+      while (extra[path].length < count) extra[path].push(await connectBenchClient(relay, path));
+      return extra[path].slice(0, count);
     },
     async [Symbol.asyncDispose]() {
-      await Promise.all([client, ...extra].map((c) => c.close()));
+      const opened = [client, ...(modern ? [await modern] : []), ...extra.session, ...extra["2026"]];
+      await Promise.all(opened.map((c) => c.close()));
       await agent[Symbol.asyncDispose]();
       await relay[Symbol.asyncDispose]();
       data[Symbol.dispose]();

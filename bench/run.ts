@@ -1,5 +1,6 @@
 // `bun run bench`: the benchmark suite of issue 7. Starts a real relay and agent on loopback (as the tests do),
-// drives them with the SDK's Client over Streamable HTTP, runs the peer (supergateway + server-filesystem) side
+// drives them with the SDKs' clients over Streamable HTTP (scenarios 1-3 and 9 on both MCP paths: a 2025 session
+// and 2026-07-28, side by side), runs the peer (supergateway + server-filesystem) side
 // by side when it is installed, prints a table and writes bench/results/latest.json (+ .md). Everything stays
 // on 127.0.0.1 and every loop is bounded in count and time. A benchmark, not a test: `bun test` only runs a
 // --quick smoke run of it (test/bench.test.ts).
@@ -14,7 +15,7 @@ import { Results, type ScenarioKey } from "./results.ts";
 import { startRig, type Rig } from "./rig.ts";
 import { bulkTransfer } from "./scenarios/bulk.ts";
 import { compiledAgent } from "./scenarios/footprint.ts";
-import { concurrentCalls, sequentialCalls, shellOverhead } from "./scenarios/latency.ts";
+import { concurrentCalls, sequentialCalls, shellOverhead, toolsList } from "./scenarios/latency.ts";
 import { scale } from "./scenarios/scale.ts";
 import { FULL, QUICK, type Settings } from "./settings.ts";
 import { checkTargets, ratios } from "./targets.ts";
@@ -24,10 +25,14 @@ const DEFAULT_OUT = path.join(import.meta.dir, "results", "latest.json");
 const USAGE = `Usage: bun run bench [--quick] [--only N,N,...] [--out FILE.json]
 
 Starts a relay and an agent on 127.0.0.1 and measures them against direct execution and a peer (see BENCHMARKS.md).
-Prints a table; writes JSON and Markdown reports. A full run takes about a minute.
+Scenarios 1-3 and 9 run on both MCP paths side by side: a 2025 session (the v1 SDK client) and 2026-07-28 (the v2
+client, no session); the others on the session. Prints a table with the ratios between the paths and the relay's
+CPU per call; writes JSON and Markdown reports. A full run takes about two minutes.
 
   --quick      a smoke run of the harness: a few iterations of everything, numbers not meaningful
-  --only       run only these scenarios (1-8); scenario 8 (the peer) needs \`bun run bench:peers\` first
+  --only       run only these scenarios (1-9); scenario 8 (the peer) needs \`bun run bench:peers\` first
+               1 ping / server/discover   2 read_file     3 read_file, 32 in flight   4 run_shell_command
+               5 bulk transfer            6 scale         7 compiled agent            8 the peer   9 tools/list
   --out        where to write the JSON report (default bench/results/latest.json; a .md goes beside it)`;
 
 interface Options {
@@ -38,7 +43,7 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  const options: Options = { help: false, quick: false, only: new Set([1, 2, 3, 4, 5, 6, 7, 8]), out: DEFAULT_OUT };
+  const options: Options = { help: false, quick: false, only: new Set([1, 2, 3, 4, 5, 6, 7, 8, 9]), out: DEFAULT_OUT };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--help" || arg === "-h") options.help = true;
@@ -47,7 +52,7 @@ function parseOptions(argv: string[]): Options {
     else if (arg === "--out") options.out = path.resolve(argv[++i] ?? DEFAULT_OUT);
     else throw new UsageError(`unknown argument '${arg}'`);
   }
-  if ([...options.only].some((n) => !Number.isInteger(n) || n < 1 || n > 8)) throw new UsageError("--only takes scenario numbers 1-8");
+  if ([...options.only].some((n) => !Number.isInteger(n) || n < 1 || n > 9)) throw new UsageError("--only takes scenario numbers 1-9");
   return options;
 }
 
@@ -72,15 +77,21 @@ interface Step {
 const STEPS: Step[] = [
   {
     scenarios: [1, 2, 8],
-    title: "1, 2, 8: ping, read_file and the peer's read_text_file, one at a time, in alternating blocks",
-    keys: ["1_ping", "2_read_file", "8_peer_read_text_file"],
+    title: "1, 2, 8: ping / server/discover and read_file on both paths, and the peer's read_text_file, one at a time, in alternating blocks",
+    keys: ["1_ping", "1_ping_2026", "2_read_file", "2_read_file_2026", "8_peer_read_text_file"],
     run: async (ctx) => sequentialCalls(await ctx.rig(), ctx.peer, ctx.settings, ctx.results),
   },
   {
     scenarios: [3, 8],
-    title: "3, 8: read_file and the peer's read_text_file, 32 in flight from 4 sessions",
-    keys: ["3_read_file_concurrent", "8_peer_read_text_file_concurrent"],
+    title: "3, 8: read_file on both paths and the peer's read_text_file, 32 in flight from 4 clients, in alternating windows",
+    keys: ["3_read_file_concurrent", "3_read_file_concurrent_2026", "8_peer_read_text_file_concurrent"],
     run: async (ctx) => concurrentCalls(await ctx.rig(), ctx.peer, ctx.settings, ctx.results),
+  },
+  {
+    scenarios: [9],
+    title: "9: tools/list on both paths, one at a time, in alternating blocks",
+    keys: ["9_tools_list", "9_tools_list_2026"],
+    run: async (ctx) => toolsList(await ctx.rig(), ctx.settings, ctx.results),
   },
   {
     scenarios: [4],
@@ -145,7 +156,12 @@ async function main(argv: string[]): Promise<number> {
   const startedAt = new Date();
   const machine = describeMachine();
   const results = new Results();
-  results.notes.units = "MB = 10^6 bytes; latencies are wall time at the client, one call at a time unless marked in flight";
+  results.notes.units =
+    "MB = 10^6 bytes; latencies are wall time at the client, one call at a time unless marked in flight; relay cpu per call is " +
+    "the relay process's CPU time (all threads) over the blocks or windows of that kind of call, divided by their calls";
+  results.notes.paths =
+    "scenarios 1-3 and 9 run on a 2025 Streamable HTTP session (@modelcontextprotocol/sdk 1.32.2 client) and, as *_2026, on 2026-07-28 " +
+    "(@modelcontextprotocol/client 2.4.0, versionNegotiation auto: no session); the others on the session";
   await using live = new AsyncDisposableStack();
   let rig: Promise<Rig> | undefined;
   const ctx: Context = {

@@ -2,7 +2,19 @@
 // (the peer and the relay measured side by side), never against numbers from another day. MB is 10^6 bytes.
 
 import { round } from "./harness.ts";
-import type { Results, ScenarioKey } from "./results.ts";
+import { onPath, type PathScenario, type Results, type ScenarioKey } from "./results.ts";
+
+/** The same figure on the 2026-07-28 path over the session path, for each path scenario: above 1 means more time
+ *  or CPU per call (or more calls/s) on 2026-07-28. */
+const PATH_RATIOS: [name: string, key: PathScenario, figure: string][] = [
+  ["read_p50_2026_over_session", "2_read_file", "p50_ms"],
+  ["read_relay_cpu_2026_over_session", "2_read_file", "relay_cpu_per_call_ms"],
+  ["no_hop_p50_2026_over_session", "1_ping", "p50_ms"],
+  ["concurrent_calls_per_s_2026_over_session", "3_read_file_concurrent", "calls_per_s"],
+  ["concurrent_relay_cpu_2026_over_session", "3_read_file_concurrent", "relay_cpu_per_call_ms"],
+  ["tools_list_p50_2026_over_session", "9_tools_list", "p50_ms"],
+  ["tools_list_relay_cpu_2026_over_session", "9_tools_list", "relay_cpu_per_call_ms"],
+];
 
 /** Differences and ratios between scenarios, as written to latest.json. */
 export function ratios(r: Results): Record<string, number> {
@@ -10,6 +22,8 @@ export function ratios(r: Results): Record<string, number> {
   const set = (name: string, value: number | undefined) => {
     if (value !== undefined && Number.isFinite(value)) out[name] = round(value, 3);
   };
+  const over = (a: number | undefined, b: number | undefined) => (a !== undefined && b !== undefined ? a / b : undefined);
+  const minus = (a: number | undefined, b: number | undefined) => (a !== undefined && b !== undefined ? a - b : undefined);
   const read = r.get("2_read_file", "p50_ms");
   const ping = r.get("1_ping", "p50_ms");
   const peer = r.get("8_peer_read_text_file", "p50_ms");
@@ -17,10 +31,12 @@ export function ratios(r: Results): Record<string, number> {
   const theirs = r.get("8_peer_read_text_file_concurrent", "calls_per_s");
   const tool = r.get("4_shell_tool", "p50_ms");
   const direct = r.get("4_shell_direct", "p50_ms");
-  set("relay_hop_p50_ms", read !== undefined && ping !== undefined ? read - ping : undefined);
-  set("read_p50_peer_over_ours", peer !== undefined && read !== undefined ? peer / read : undefined);
-  set("concurrent_calls_per_s_ours_over_peer", ours !== undefined && theirs !== undefined ? ours / theirs : undefined);
-  set("shell_overhead_p50_ms", tool !== undefined && direct !== undefined ? tool - direct : undefined);
+  set("relay_hop_p50_ms", minus(read, ping));
+  set("relay_hop_p50_ms_2026", minus(r.get("2_read_file_2026", "p50_ms"), r.get("1_ping_2026", "p50_ms")));
+  set("read_p50_peer_over_ours", over(peer, read));
+  set("concurrent_calls_per_s_ours_over_peer", over(ours, theirs));
+  set("shell_overhead_p50_ms", minus(tool, direct));
+  for (const [name, key, figure] of PATH_RATIOS) set(name, over(r.get(onPath(key, "2026"), figure), r.get(onPath(key, "session"), figure)));
   return out;
 }
 
@@ -50,6 +66,7 @@ const TARGETS: Target[] = [
   { scenario: "2. read_file p50 vs peer", target: "≥ 3× faster than the peer's p50", value: ratio("read_p50_peer_over_ours"), unit: "×", meets: (v) => v >= 3 },
   { scenario: "3. 32 concurrent read_file", target: "≥ 4× the peer's calls/s", value: ratio("concurrent_calls_per_s_ours_over_peer"), unit: "×", meets: (v) => v >= 4 },
   { scenario: "relay hop (2 minus 1)", target: "≤ 0.3 ms p50", value: ratio("relay_hop_p50_ms"), unit: "ms", meets: (v) => v <= 0.3 },
+  { scenario: "2. 2026-07-28: read_file 1 KiB p50", target: "≤ 1.0 ms", value: figure("2_read_file_2026", "p50_ms"), unit: "ms", meets: (v) => v <= 1.0 },
   { scenario: '4. run_shell_command "true"', target: "≤ direct spawn + 1.5 ms at p50", value: ratio("shell_overhead_p50_ms"), unit: "ms over direct", meets: (v) => v <= 1.5 },
   { scenario: "5. bulk 8 MiB write", target: "≥ 100 MB/s", value: figure("5_bulk", "write_mb_per_s"), unit: "MB/s", meets: (v) => v >= 100 },
   { scenario: "5. bulk 8 MiB read", target: "≥ 100 MB/s", value: figure("5_bulk", "read_mb_per_s"), unit: "MB/s", meets: (v) => v >= 100 },

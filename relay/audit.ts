@@ -36,6 +36,8 @@ interface CallStart {
   arguments: Record<string, unknown>;
   client: string;
   session: string | null;
+  /** The MCP protocol revision the call came in on (2026-07-28, a 2025 session's, 2024-11-05 on /sse). */
+  protocol: string | null;
 }
 
 interface CallEnd {
@@ -69,6 +71,8 @@ export interface CallRecord {
   machine: string | null;
   client: string | null;
   session: string | null;
+  /** Null for calls recorded before the relay noted it. */
+  protocol: string | null;
   arguments: Record<string, unknown>;
   outcome: CallOutcome;
   exit_code: number | null;
@@ -206,7 +210,7 @@ export class AuditLog {
       machine: call.machine,
       client: call.client,
       call_id,
-      data: { tool: call.tool, session: call.session, arguments: call.arguments },
+      data: { tool: call.tool, session: call.session, protocol: call.protocol, arguments: call.arguments },
     });
     return (end) => this.#finish({ call_id, machine: end.machine ?? call.machine, client: call.client }, end, Math.round(performance.now() - started));
   }
@@ -278,6 +282,7 @@ export class AuditLog {
         machine: r.machine,
         client: r.client,
         session: start.session ?? null,
+        protocol: start.protocol ?? null,
         arguments: start.arguments ?? {},
         outcome: end.outcome ?? "unfinished",
         exit_code: end.exit_code ?? null,

@@ -7,7 +7,7 @@
 // Request and return a Response when they refuse.
 
 import type { Server } from "bun";
-import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
+import type { AuthInfo } from "@modelcontextprotocol/server";
 import type { AuditLog } from "./audit.ts";
 import { secretMatches, type AgentTokens } from "./credentials.ts";
 import { OncePer, tooManyAttempts, type Penalties } from "./limits.ts";

@@ -2,6 +2,8 @@
 // ServerConfig; a setting that is missing, weak or malformed is a ConfigError whose message says what to set.
 // ENV_HELP is the table `bun run server.ts --help` prints.
 
+import { hkdfSync } from "node:crypto";
+import * as fs from "node:fs";
 import type { TrustProxy } from "./auth.ts";
 import { MachineName } from "../protocol.ts";
 import type { CallLimitOptions } from "./limits.ts";
@@ -38,6 +40,10 @@ export interface ServerConfig {
   privateNetworks?: Cidr[];
   /** An agent beside the relay (the compose sandbox) whose token the relay makes and keeps in `file` (handoff.ts). */
   provisionAgentToken?: { machine: string; file: string };
+  /** CIMD_TEST_CA_FILE's PEM: a CA trusted for client metadata documents, which may then be on loopback. Tests only. */
+  cimdTestCa?: string;
+  /** Signs the state a client brings back to a retried 2026-07-28 call (requestStateKey). */
+  requestStateKey: Uint8Array;
 }
 
 /** Environment variables the server reads; `--help` prints this table. */
@@ -57,6 +63,8 @@ export const ENV_HELP: [string, string][] = [
   ["PRIVATE_NETWORKS", `Networks agents may come from, comma-separated CIDRs (default ${TAILSCALE_NETWORKS}: Tailscale)`],
   ["AUDIT_RETENTION_DAYS", "Audit events older than this are pruned, keeping the chain verifiable; 0 keeps all (default 90)"],
   ["PROVISION_AGENT_TOKEN", "NAME:FILE: make a token for the agent NAME and keep it in FILE, readable by the relay's group (docker-compose.yml sets it for its sandbox)"],
+  ["REQUEST_STATE_KEY", `Signs the state a client brings back to a retried 2026-07-28 call, at least ${MIN_TOKEN_LENGTH} characters (default: derived from AUTH_TOKEN; give every relay serving the same clients the same one)`],
+  ["CIMD_TEST_CA_FILE", "For tests only, never in production: a PEM CA trusted for OAuth client metadata documents, which may then be served from loopback"],
 ];
 
 export class ConfigError extends Error {}
@@ -99,7 +107,28 @@ export function loadConfig(env: Record<string, string | undefined>): ServerConfi
     auditRetentionDays: wholeNumber(env, "AUDIT_RETENTION_DAYS", 90, 0, 100_000),
     privateNetworks: requirePrivateNetwork(env) ? parseNetworks("PRIVATE_NETWORKS", env.PRIVATE_NETWORKS || TAILSCALE_NETWORKS) : undefined,
     provisionAgentToken: env.PROVISION_AGENT_TOKEN ? parseProvision(env.PROVISION_AGENT_TOKEN) : undefined,
+    cimdTestCa: env.CIMD_TEST_CA_FILE ? readTestCa(env.CIMD_TEST_CA_FILE) : undefined,
+    requestStateKey: requestStateKey(env.REQUEST_STATE_KEY, authToken),
   };
+}
+
+/** REQUEST_STATE_KEY's bytes (checked like a token), or a key derived from AUTH_TOKEN by HKDF-SHA256: one-way, so it
+ *  tells nothing of the token, and the same in every relay with this configuration, so a state one relay signed
+ *  (before a restart, or on another instance) verifies in the next. */
+function requestStateKey(configured: string | undefined, authToken: string): Uint8Array {
+  if (configured) {
+    checkTokenStrength("REQUEST_STATE_KEY", configured);
+    return new TextEncoder().encode(configured);
+  }
+  return new Uint8Array(hkdfSync("sha256", authToken, "code-remote", "request state key v1", 32));
+}
+
+function readTestCa(file: string): string {
+  try {
+    return fs.readFileSync(file, "utf8");
+  } catch (e) {
+    throw new ConfigError(`CIMD_TEST_CA_FILE '${file}' cannot be read (${(e as NodeJS.ErrnoException).code}); it is for tests only: unset it in production.`);
+  }
 }
 
 

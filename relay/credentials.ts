@@ -233,6 +233,18 @@ export class OAuthStore {
     return { client_id, client_secret, created_at };
   }
 
+  /** Keeps a client identified by its metadata document (its id is the document's URL) once the owner approved it,
+   *  so its grants are listed and revoked as any other's. The metadata kept is as last read, for those lists: the
+   *  document itself, fetched again as its cache allows, is what counts at each use. */
+  rememberDocumentClient(client: OAuthClient, source: string): void {
+    this.db
+      .query(
+        `INSERT INTO oauth_clients (client_id, secret_hash, metadata, created_at, registered_from) VALUES (?, NULL, ?, ?, ?)
+         ON CONFLICT (client_id) DO UPDATE SET metadata = excluded.metadata`,
+      )
+      .run(client.client_id, JSON.stringify(client.metadata), Math.floor(Date.now() / 1000), source);
+  }
+
   client(clientId: string): OAuthClient | undefined {
     const row = this.db.query("SELECT client_id, secret_hash, metadata, created_at FROM oauth_clients WHERE client_id = ?").get(clientId) as
       | (Omit<OAuthClient, "metadata"> & { metadata: string })

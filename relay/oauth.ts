@@ -1,10 +1,12 @@
 // The OAuth 2.1 authorization server built into the relay, for clients that cannot send a static header (Claude.ai
-// connectors, ChatGPT): protected-resource metadata (RFC 9728), server metadata (RFC 8414), dynamic client
-// registration (RFC 7591), /authorize with PKCE S256 and a consent page the owner approves with the owner secret,
-// /token for authorization_code and refresh_token (refresh tokens rotate), and /revoke (RFC 7009). Tokens are bound
-// to the resource they were asked for (RFC 8707): one for /mcp is refused on /sse. The SDK's authorization-server
-// pieces are Express-only, so the endpoints are written here on web Request/Response, reusing its schemas and
-// error classes. Issued secrets are stored as hashes (credentials.ts).
+// connectors, ChatGPT): protected-resource metadata (RFC 9728), server metadata (RFC 8414), clients identified by
+// a metadata document URL (cimd.ts; public, or private_key_jwt with assertions.ts) and, as the fallback, dynamic
+// client registration (RFC 7591), /authorize with PKCE S256 and a consent page the owner approves with the owner
+// secret, answered with `iss` (RFC 9207), /token for authorization_code and refresh_token (refresh tokens rotate),
+// and /revoke (RFC 7009). Tokens are bound to the resource they were asked for (RFC 8707): one for /mcp is refused
+// on /sse. The SDK has no authorization server for web Request/Response (v2 keeps only a frozen Express one), so the
+// endpoints are written here, reusing its schemas and error class. Issued secrets are stored as hashes
+// (credentials.ts).
 //
 // The owner stays in control of what was approved: each approval is a grant the owner can list and revoke (the
 // dashboard, `oauth-clients`), revoking ends the client's sessions too, and a new owner secret revokes every grant
@@ -13,22 +15,14 @@
 // source gives way, never a quiet one (the owner's).
 
 import { createHash, randomBytes } from "node:crypto";
-import {
-  AccessDeniedError,
-  InvalidClientError,
-  InvalidClientMetadataError,
-  InvalidGrantError,
-  InvalidRequestError,
-  InvalidTargetError,
-  OAuthError,
-  UnsupportedGrantTypeError,
-} from "@modelcontextprotocol/sdk/server/auth/errors.js";
-import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
-import { OAuthClientMetadataSchema } from "@modelcontextprotocol/sdk/shared/auth.js";
+import { OAuthClientMetadataSchema } from "@modelcontextprotocol/core";
+import { OAuthError, OAuthErrorCode, type AuthInfo } from "@modelcontextprotocol/server";
+import { AssertionRefused, CLIENT_ASSERTION_TYPE, claimedClient, SIGNING_ALGORITHMS, SpentAssertions, verifyClientAssertion, type Expectations } from "./assertions.ts";
 import type { AuditLog } from "./audit.ts";
+import { CimdError, ClientMetadataDocuments, isDocumentClientId } from "./cimd.ts";
 import { hashSecret, newSecret, printableName, secretMatches, type OAuthClient, type OAuthStore } from "./credentials.ts";
 import { addressKey, Penalties, rememberLatest, tooManyAttempts } from "./limits.ts";
-import { consentPage, errorPage } from "./pages.ts";
+import { consentPage, errorPage, type ConsentDetails } from "./pages.ts";
 import { logger } from "../log.ts";
 
 const log = logger("server");
@@ -57,6 +51,11 @@ const REGISTRATION_REFILL_MS = 60_000;
 const MAX_OAUTH_BODY_BYTES = 64 * 1024;
 /** The one scope: full use of the relay's tools. */
 const SCOPE = "mcp";
+/** How clients authenticate at /token and /revoke: a registered client with its secret or none (PKCE alone); a
+ *  client identified by a metadata document with none or a signed assertion (a document can hold no secret). */
+const REGISTERED_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"];
+const DOCUMENT_AUTH_METHODS = ["private_key_jwt", "none"];
+const GRANT_TYPES = ["authorization_code", "refresh_token"];
 /** The protected endpoints; a token is bound to one of them, or to the whole origin. */
 export type ResourcePath = "/mcp" | "/sse";
 
@@ -95,6 +94,8 @@ export interface OAuthOptions {
   audit: AuditLog;
   /** Ends the open MCP sessions of a client whose access was just revoked. */
   endSessionsOf: (clientId: string) => void;
+  /** CIMD_TEST_CA_FILE's CA: for tests only (see cimd.ts). */
+  cimdTestCa?: string;
 }
 
 type Handler = (req: Request, address: string) => Response | Promise<Response>;
@@ -104,8 +105,12 @@ export class AuthorizationServer {
   readonly #codes = new Map<string, Code>();
   /** Each source's registration allowance (a token bucket); insertion order = least recently registering first. */
   readonly #registrations = new Map<string, { left: number; at: number }>();
+  readonly #documents: ClientMetadataDocuments;
+  readonly #spentAssertions = new SpentAssertions();
 
-  constructor(readonly options: OAuthOptions) {}
+  constructor(readonly options: OAuthOptions) {
+    this.#documents = new ClientMetadataDocuments({ testCa: options.cimdTestCa });
+  }
 
   /** Takes the database's grants over under this relay's owner secret, revoking every grant made under another one.
    *  Run once the port is ours (so no other relay serves this database: one started by mistake with another secret
@@ -215,7 +220,7 @@ export class AuthorizationServer {
 
   #serverMetadata(req: Request): Response {
     const base = this.base(req);
-    const authMethods = ["client_secret_basic", "client_secret_post", "none"];
+    const authMethods = [...new Set([...REGISTERED_AUTH_METHODS, ...DOCUMENT_AUTH_METHODS])];
     return Response.json({
       issuer: base,
       authorization_endpoint: `${base}/authorize`,
@@ -224,12 +229,15 @@ export class AuthorizationServer {
       revocation_endpoint: `${base}/revoke`,
       response_types_supported: ["code"],
       response_modes_supported: ["query"],
-      grant_types_supported: ["authorization_code", "refresh_token"],
+      grant_types_supported: GRANT_TYPES,
       code_challenge_methods_supported: ["S256"],
       token_endpoint_auth_methods_supported: authMethods,
+      token_endpoint_auth_signing_alg_values_supported: SIGNING_ALGORITHMS,
       revocation_endpoint_auth_methods_supported: authMethods,
+      revocation_endpoint_auth_signing_alg_values_supported: SIGNING_ALGORITHMS,
       scopes_supported: [SCOPE],
       authorization_response_iss_parameter_supported: true,
+      client_id_metadata_document_supported: true,
     });
   }
 
@@ -242,7 +250,7 @@ export class AuthorizationServer {
     const allowance = this.#allowanceOf(source);
     if (allowance.left < 1) {
       const wait = Math.ceil(((1 - allowance.left) * REGISTRATION_REFILL_MS) / 1000);
-      const refused = oauthError(new InvalidRequestError(`Too many registrations from this address; try again in ${wait} s.`), 429);
+      const refused = oauthError(new OAuthError(OAuthErrorCode.InvalidRequest, `Too many registrations from this address; try again in ${wait} s.`), 429);
       refused.headers.set("Retry-After", String(wait));
       return refused;
     }
@@ -256,13 +264,11 @@ export class AuthorizationServer {
     const body = await readBody(req, "json");
     if (body instanceof Response) return body;
     const parsed = OAuthClientMetadataSchema.safeParse(body);
-    if (!parsed.success) return oauthError(new InvalidClientMetadataError("The client metadata is not valid (RFC 7591)."), 400);
+    if (!parsed.success) return oauthError(new OAuthError(OAuthErrorCode.InvalidClientMetadata, "The client metadata is not valid (RFC 7591)."), 400);
     const metadata = { ...parsed.data, token_endpoint_auth_method: parsed.data.token_endpoint_auth_method ?? "client_secret_basic" };
-    const problem = checkClientMetadata(metadata);
-    if (problem) return oauthError(new InvalidClientMetadataError(problem), 400);
-    if (!this.#roomForClient()) {
-      return oauthError(new InvalidRequestError("This relay holds as many approved clients as it can; its owner must revoke some first (oauth-clients revoke)."), 400);
-    }
+    const problem = checkClientMetadata(metadata, REGISTERED_AUTH_METHODS);
+    if (problem) return oauthError(new OAuthError(OAuthErrorCode.InvalidClientMetadata, problem), 400);
+    if (!this.#roomForClient()) return oauthError(new OAuthError(OAuthErrorCode.InvalidRequest, NO_ROOM_FOR_CLIENTS), 400);
     const confidential = metadata.token_endpoint_auth_method !== "none";
     const { client_id, client_secret, created_at } = this.options.store.register(metadata, confidential, source);
     log("info", "oauth client registered", { client_id, name: metadata.client_name ?? null, address });
@@ -289,19 +295,55 @@ export class AuthorizationServer {
     return allowance;
   }
 
+  // --- clients identified by a metadata document ---
+
+  /** The client the metadata document at `clientId` describes, as far as this relay can use it (usableDocumentMetadata)
+   *  and held to the same rules as a registration. Throws CimdError saying what is wrong. */
+  async #documentClient(clientId: string, source: string): Promise<OAuthClient> {
+    const client = await this.#documents.client(clientId, source);
+    const metadata = usableDocumentMetadata(client.metadata);
+    const problem =
+      metadata.redirect_uris.length === 0
+        ? "it lists no redirect URI this relay answers to (https, or http on localhost, without a fragment)."
+        : metadata.grant_types?.length === 0 || metadata.response_types?.length === 0
+          ? "it lists no grant type (authorization_code) or response type (code) this relay serves."
+          : checkClientMetadata(metadata, DOCUMENT_AUTH_METHODS);
+    if (problem) throw new CimdError(`The metadata document at ${clientId} cannot be used: ${problem}`);
+    return { ...client, metadata };
+  }
+
+  /** The client an authorization request names: the one its metadata document describes, or a registered one; or
+   *  the page saying why there is none. */
+  async #requestingClient(clientId: string, source: string): Promise<OAuthClient | Response> {
+    if (!isDocumentClientId(clientId)) {
+      return this.options.store.client(clientId) ?? errorPage(400, "Unknown application", "This application is not registered with this relay (it may have been registered with another one, or was never approved and expired). Connect again from your MCP client so it registers afresh.");
+    }
+    try {
+      return await this.#documentClient(clientId, source);
+    } catch (e) {
+      if (!(e instanceof CimdError)) throw e;
+      log("info", "oauth client metadata document refused", { client_id: clientId.slice(0, 200), reason: e.message });
+      return errorPage(400, "This application's metadata document cannot be used", `${e.message} Nothing was sent back to the application. Tell its developer, or connect again from your MCP client.`);
+    }
+  }
+
   // --- authorization ---
 
-  /** GET /authorize: checks the request and shows the consent page. Every client registered itself, so nobody
-   *  vouches for its redirect URIs, an exact match included: anyone can register https://evil.example and send a
-   *  browser here. So until the owner has answered, a bad request is explained on the relay's own page and never
-   *  redirected: the relay would otherwise forward any browser, under its own name, wherever a stranger registered
-   *  (an open redirector, RFC 9700 §4.11.2). Only the owner's answer goes back to the client. */
-  #authorizeRequest(req: Request, address: string): Response {
+  /** GET /authorize: checks the request and shows the consent page. A registered client registered itself, so
+   *  nobody vouches for its redirect URIs, an exact match included: anyone can register https://evil.example and
+   *  send a browser here (or publish a metadata document listing it). So until the owner has answered, a bad request
+   *  is explained on the relay's own page and never redirected: the relay would otherwise forward any browser, under
+   *  its own name, wherever a stranger registered (an open redirector, RFC 9700 §4.11.2). Only the owner's answer
+   *  goes back to the client. */
+  async #authorizeRequest(req: Request, address: string): Promise<Response> {
     const params = new URL(req.url).searchParams;
-    const client = this.options.store.client(params.get("client_id") ?? "");
-    if (!client) return errorPage(400, "Unknown application", "This application is not registered with this relay (it may have been registered with another one, or was never approved and expired). Connect again from your MCP client so it registers afresh.");
+    const client = await this.#requestingClient(params.get("client_id") ?? "", addressKey(address));
+    if (client instanceof Response) return client;
     const redirectUri = chooseRedirectUri(client, params.get("redirect_uri"));
-    if (!redirectUri) return errorPage(400, "Wrong redirect address", "The redirect_uri is not one this application registered, so the answer will not be sent there.");
+    if (!redirectUri) {
+      const listed = isDocumentClientId(client.client_id) ? `its metadata document at ${client.client_id} lists` : "this application registered";
+      return errorPage(400, "Wrong redirect address", `The redirect_uri is not one ${listed}, so the answer will not be sent there.`);
+    }
     const refuse = (problem: string) =>
       errorPage(400, "This request cannot be approved", `${problem} Nothing was sent back to the application. Tell its developer, or connect again from your MCP client.`);
     const responseType = params.get("response_type");
@@ -327,9 +369,10 @@ export class AuthorizationServer {
   }
 
   /** What the consent page shows. Nothing about the machines: whoever sees it has not proved anything yet. */
-  #consentDetails(requestId: string, client: OAuthClient, redirectUri: string, error?: string) {
+  #consentDetails(requestId: string, client: OAuthClient, redirectUri: string, error?: string): ConsentDetails {
     const name = printableName(client.metadata.client_name) ?? "An unnamed application";
-    return { clientName: name, clientId: client.client_id, redirectUri, requestId, error };
+    const documentUrl = isDocumentClientId(client.client_id) ? client.client_id : undefined;
+    return { clientName: name, clientId: client.client_id, documentUrl, redirectUri, requestId, error };
   }
 
   /** Drops the source's oldest pending consent when it has its share; when the table is full, the oldest consent of
@@ -370,11 +413,12 @@ export class AuthorizationServer {
     if (form.get("decision") !== "approve") {
       this.#consents.delete(requestId);
       this.options.audit.event("oauth_consent_denied", { address, detail: consent.client.client_id });
-      return redirectWithError(consent.redirectUri, new AccessDeniedError("The owner denied access."), consent.state, base);
+      return redirectWithError(consent.redirectUri, new OAuthError(OAuthErrorCode.AccessDenied, "The owner denied access."), consent.state, base);
     }
     if (!secretMatches(form.get("owner_secret") ?? "", this.options.ownerSecret)) return this.#wrongSecret(req, address, requestId, consent);
     this.#consents.delete(requestId);
     this.options.ownerSecretPenalties.succeeded(address);
+    if (!this.#keepDocumentClient(consent)) return errorPage(400, "No room for another application", NO_ROOM_FOR_CLIENTS);
     const code = newSecret("code");
     this.#codes.set(hashSecret(code), { clientId: consent.client.client_id, redirectUri: consent.redirectUri, challenge: consent.challenge, resource: consent.resource, expires: Date.now() + CODE_TTL_MS });
     log("info", "oauth client approved", { client_id: consent.client.client_id, address });
@@ -384,6 +428,16 @@ export class AuthorizationServer {
     if (consent.state !== null) target.searchParams.set("state", consent.state);
     target.searchParams.set("iss", base); // RFC 9207: the client can tell which server answered
     return new Response(null, { status: 302, headers: { Location: target.toString(), "Cache-Control": "no-store" } });
+  }
+
+  /** Keeps a client identified by its metadata document in the client table once the owner approves it, so its grant
+   *  is listed and revoked like any other (a registered client is there already). False when the table is full. */
+  #keepDocumentClient(consent: Consent): boolean {
+    const { client } = consent;
+    if (!isDocumentClientId(client.client_id)) return true;
+    if (!this.options.store.client(client.client_id) && !this.#roomForClient()) return false;
+    this.options.store.rememberDocumentClient(client, consent.source);
+    return true;
   }
 
   #wrongSecret(req: Request, address: string, requestId: string, consent: Consent): Response {
@@ -416,7 +470,7 @@ export class AuthorizationServer {
   async #token(req: Request, address: string): Promise<Response> {
     const form = await readBody(req, "form");
     if (form instanceof Response) return form;
-    const client = this.#authenticateClient(req, form, address);
+    const client = await this.#authenticateClient(req, form, address);
     if (client instanceof Response) return client;
     try {
       const grantType = form.get("grant_type");
@@ -426,7 +480,7 @@ export class AuthorizationServer {
           : grantType === "refresh_token"
             ? this.#refresh(req, client, form, address)
             : undefined;
-      if (!tokens) throw new UnsupportedGrantTypeError("grant_type must be authorization_code or refresh_token.");
+      if (!tokens) throw new OAuthError(OAuthErrorCode.UnsupportedGrantType, "grant_type must be authorization_code or refresh_token.");
       return Response.json({ ...tokens, token_type: "Bearer" }, { headers: { "Cache-Control": "no-store", Pragma: "no-cache" } });
     } catch (e) {
       if (e instanceof OAuthError) return oauthError(e, 400);
@@ -434,35 +488,95 @@ export class AuthorizationServer {
     }
   }
 
-  /** The client behind a token or revoke request (HTTP Basic, or client_id/client_secret in the body), or the refusal.
+  /** The client behind a token or revoke request, or the refusal: a registered client by its secret (HTTP Basic, or
+   *  client_id/client_secret in the body) or none, a client identified by a metadata document as the document says.
    *  As for bearer tokens (auth.ts), a client that authenticates is served whatever else failed from its address;
    *  only failures wait. An unknown client gets invalid_client, status 401, which tells Claude to register again. */
-  #authenticateClient(req: Request, form: URLSearchParams, address: string): OAuthClient | Response {
+  async #authenticateClient(req: Request, form: URLSearchParams, address: string): Promise<OAuthClient | Response> {
     const basic = parseBasic(req.headers.get("authorization"));
-    const clientId = basic?.id ?? form.get("client_id") ?? "";
+    const assertion = form.get("client_assertion");
+    const clientId = basic?.id ?? form.get("client_id") ?? claimedClient(assertion ?? "") ?? "";
     const secret = basic?.secret ?? form.get("client_secret");
+    if (isDocumentClientId(clientId)) return this.#authenticateDocumentClient(req, form, address, clientId, secret !== null);
+    if (assertion !== null) return this.#refuseClient(req, address, "client assertion from a registered client", "A client_assertion (private_key_jwt) is for clients identified by a metadata document URL; a registered client sends its client_secret.");
     const client = this.options.store.client(clientId);
     const secretOk = client && (!client.secret_hash || (secret !== null && secretMatches(hashSecret(secret), client.secret_hash)));
     if (client && secretOk) return client;
-    const wait = this.options.penalties.failed(address, { path: new URL(req.url).pathname, reason: client ? "wrong client secret" : "unknown client" });
-    if (wait > 0) return tooManyAttempts(wait, (message) => oauthError(new InvalidRequestError(message), 429));
-    return oauthError(new InvalidClientError(client ? "Client authentication failed." : "Unknown client: register again."), 401);
+    return this.#refuseClient(req, address, client ? "wrong client secret" : "unknown client", client ? "Client authentication failed." : "Unknown client: register again.");
+  }
+
+  /** A client identified by its metadata document, authenticated as the document says: with `none` it sends no
+   *  credential (PKCE binds its code), with `private_key_jwt` an assertion signed by one of the document's keys. */
+  async #authenticateDocumentClient(req: Request, form: URLSearchParams, address: string, clientId: string, sentSecret: boolean): Promise<OAuthClient | Response> {
+    let client: OAuthClient;
+    try {
+      client = await this.#documentClient(clientId, addressKey(address));
+    } catch (e) {
+      if (!(e instanceof CimdError)) throw e;
+      return this.#refuseClient(req, address, "client metadata document refused", e.message);
+    }
+    const method = client.metadata.token_endpoint_auth_method;
+    const assertion = form.get("client_assertion");
+    if (method === "none" && !sentSecret && assertion === null) return client;
+    if (method === "none" || sentSecret) {
+      return this.#refuseClient(req, address, "credential its document does not name", `The metadata document at ${clientId} says token_endpoint_auth_method ${method}: send ${method === "none" ? "no client credential" : "a client_assertion, not a secret"}.`);
+    }
+    if (assertion === null || form.get("client_assertion_type") !== CLIENT_ASSERTION_TYPE) {
+      return this.#refuseClient(req, address, "no client assertion", `The metadata document at ${clientId} asks for private_key_jwt: send a client_assertion with client_assertion_type ${CLIENT_ASSERTION_TYPE}.`);
+    }
+    return this.#checkAssertion(req, address, client, assertion);
+  }
+
+  /** A private_key_jwt client's assertion checked against the keys its document publishes, for an audience of ours:
+   *  the issuer, the token endpoint, or the endpoint called. */
+  async #checkAssertion(req: Request, address: string, client: OAuthClient, assertion: string): Promise<OAuthClient | Response> {
+    const base = this.base(req);
+    const audiences = [...new Set([base, `${base}/token`, `${base}${new URL(req.url).pathname}`])];
+    try {
+      await this.#verifyAssertion(assertion, client, { clientId: client.client_id, audiences, spent: this.#spentAssertions }, addressKey(address));
+      return client;
+    } catch (e) {
+      if (e instanceof AssertionRefused) return this.#refuseClient(req, address, `client assertion refused: ${e.reason}`, e.message);
+      if (e instanceof CimdError) return this.#refuseClient(req, address, "client key set refused", e.message);
+      throw e;
+    }
+  }
+
+  /** Verifies with the client's keys. A signature that fails with keys cached from a jwks_uri is checked once more
+   *  with the set fetched afresh: the client may have rotated its keys (the jti is spent only once the signature
+   *  verifies, so the second try is no replay). */
+  async #verifyAssertion(assertion: string, client: OAuthClient, expected: Omit<Expectations, "keys">, source: string): Promise<void> {
+    try {
+      await verifyClientAssertion(assertion, { ...expected, keys: await this.#documents.keysOf(client, source) });
+    } catch (e) {
+      const rotated = e instanceof AssertionRefused && e.reason === "bad signature" && client.metadata.jwks_uri !== undefined;
+      if (!rotated) throw e;
+      await verifyClientAssertion(assertion, { ...expected, keys: await this.#documents.keysOf(client, source, true) });
+    }
+  }
+
+  /** A failed client authentication: recorded against the address (logged and audited, as counts when repeated), and
+   *  answered invalid_client, or 429 once the address must wait. */
+  #refuseClient(req: Request, address: string, reason: string, message: string): Response {
+    const wait = this.options.penalties.failed(address, { path: new URL(req.url).pathname, reason });
+    if (wait > 0) return tooManyAttempts(wait, (text) => oauthError(new OAuthError(OAuthErrorCode.InvalidRequest, text), 429));
+    return oauthError(new OAuthError(OAuthErrorCode.InvalidClient, message), 401);
   }
 
   #redeemCode(req: Request, client: OAuthClient, form: URLSearchParams, address: string) {
     const hash = hashSecret(form.get("code") ?? "");
     const code = this.#codes.get(hash);
-    if (!code || code.expires < Date.now()) throw new InvalidGrantError("The authorization code is unknown or expired.");
+    if (!code || code.expires < Date.now()) throw new OAuthError(OAuthErrorCode.InvalidGrant, "The authorization code is unknown or expired.");
     if (code.family) {
       this.options.store.revokeFamily(code.family); // a code redeemed twice may have been stolen: revoke what it gave
       this.#replayed("authorization code", client, address);
-      throw new InvalidGrantError("The authorization code was already used.");
+      throw new OAuthError(OAuthErrorCode.InvalidGrant, "The authorization code was already used.");
     }
-    if (code.clientId !== client.client_id) throw new InvalidGrantError("The authorization code was issued to another client.");
-    if (form.get("redirect_uri") !== code.redirectUri) throw new InvalidGrantError("redirect_uri does not match the authorization request.");
+    if (code.clientId !== client.client_id) throw new OAuthError(OAuthErrorCode.InvalidGrant, "The authorization code was issued to another client.");
+    if (form.get("redirect_uri") !== code.redirectUri) throw new OAuthError(OAuthErrorCode.InvalidGrant, "redirect_uri does not match the authorization request.");
     const verifier = form.get("code_verifier") ?? "";
     if (!/^[A-Za-z0-9._~-]{43,128}$/.test(verifier) || createHash("sha256").update(verifier).digest("base64url") !== code.challenge) {
-      throw new InvalidGrantError("The PKCE code_verifier does not match the code_challenge.");
+      throw new OAuthError(OAuthErrorCode.InvalidGrant, "The PKCE code_verifier does not match the code_challenge.");
     }
     this.#checkResourceUnchanged(req, form, code.resource);
     const { tokens, family } = this.options.store.approve({ client_id: client.client_id, scopes: [SCOPE], resource: code.resource });
@@ -474,9 +588,9 @@ export class AuthorizationServer {
     const spent = this.options.store.spendRefresh(form.get("refresh_token") ?? "", client.client_id);
     if (spent === "reused") {
       this.#replayed("refresh token", client, address);
-      throw new InvalidGrantError("This refresh token was already used; its tokens are revoked. Authorize again.");
+      throw new OAuthError(OAuthErrorCode.InvalidGrant, "This refresh token was already used; its tokens are revoked. Authorize again.");
     }
-    if (!spent) throw new InvalidGrantError("The refresh token is unknown, expired or revoked.");
+    if (!spent) throw new OAuthError(OAuthErrorCode.InvalidGrant, "The refresh token is unknown, expired or revoked.");
     this.#checkResourceUnchanged(req, form, spent.resource);
     return this.options.store.issue({ client_id: client.client_id, scopes: spent.scopes, resource: spent.resource }, spent.family);
   }
@@ -493,7 +607,7 @@ export class AuthorizationServer {
   #checkResourceUnchanged(req: Request, form: URLSearchParams, granted: string): void {
     const requested = form.get("resource");
     if (requested !== null && this.#canonicalResource(req, requested) !== granted) {
-      throw new InvalidTargetError("The resource differs from the one authorized.");
+      throw new OAuthError(OAuthErrorCode.InvalidTarget, "The resource differs from the one authorized.");
     }
   }
 
@@ -502,7 +616,7 @@ export class AuthorizationServer {
   async #revoke(req: Request, address: string): Promise<Response> {
     const form = await readBody(req, "form");
     if (form instanceof Response) return form;
-    const client = this.#authenticateClient(req, form, address);
+    const client = await this.#authenticateClient(req, form, address);
     if (client instanceof Response) return client;
     this.options.store.revoke(form.get("token") ?? "", client.client_id);
     return new Response(null, { status: 200, headers: { "Cache-Control": "no-store" } }); // the same whether it existed or not
@@ -532,27 +646,59 @@ export function auditClientRevoked(audit: AuditLog, client: OAuthClient, by: { a
   audit.event("oauth_client_revoked", { address: by.address, detail: `${client.client_id} (${name}) ${by.via}` });
 }
 
+const NO_ROOM_FOR_CLIENTS = "This relay holds as many approved clients as it can; its owner must revoke some first (dashboard, or oauth-clients revoke).";
+
 /** A value a request carried, quoted for a page (or "none"), cut short: it is a stranger's text. */
 const quoted = (value: string | null) => (value === null ? "none" : JSON.stringify(value.slice(0, 100)));
 
 // --- helpers ---
 
-/** A problem with registered metadata, or undefined. Redirect URIs must be HTTPS, or HTTP on a loopback host (a
- *  native app), and carry no fragment (OAuth 2.1 §2.3.1). */
-function checkClientMetadata(metadata: { redirect_uris: string[]; token_endpoint_auth_method: string; grant_types?: string[]; response_types?: string[] }): string | undefined {
+/** The metadata a client is held to, registered or published. */
+interface ClientMetadata {
+  redirect_uris: string[];
+  token_endpoint_auth_method: string;
+  grant_types?: string[];
+  response_types?: string[];
+  application_type?: string;
+  jwks?: unknown;
+  jwks_uri?: string;
+  [key: string]: unknown;
+}
+
+/** A problem with a client's metadata (registered, or published in its document), or undefined. */
+function checkClientMetadata(metadata: ClientMetadata, authMethods: string[]): string | undefined {
   if (metadata.redirect_uris.length === 0) return "redirect_uris must name at least one URI.";
-  for (const uri of metadata.redirect_uris) {
-    const url = new URL(uri);
-    const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
-    if (url.hash) return `redirect_uri ${uri} must not have a fragment.`;
-    if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) return `redirect_uri ${uri} must be https, or http on localhost.`;
-  }
-  if (!["none", "client_secret_post", "client_secret_basic"].includes(metadata.token_endpoint_auth_method)) {
-    return "token_endpoint_auth_method must be none, client_secret_post or client_secret_basic.";
-  }
-  if (metadata.grant_types?.some((g) => g !== "authorization_code" && g !== "refresh_token")) return "grant_types may only be authorization_code and refresh_token.";
+  const redirectProblem = metadata.redirect_uris.map(redirectUriProblem).find((problem) => problem !== undefined);
+  if (redirectProblem) return redirectProblem;
+  if (!authMethods.includes(metadata.token_endpoint_auth_method)) return `token_endpoint_auth_method must be ${orList(authMethods)}, not ${quoted(metadata.token_endpoint_auth_method)}.`;
+  if (metadata.token_endpoint_auth_method === "private_key_jwt" && metadata.jwks === undefined && !metadata.jwks_uri) return "private_key_jwt needs the client's public keys: jwks or jwks_uri.";
+  if (metadata.application_type !== undefined && !["web", "native"].includes(metadata.application_type)) return `application_type must be web or native, not ${quoted(metadata.application_type)}.`;
+  if (metadata.grant_types?.some((g) => !GRANT_TYPES.includes(g))) return "grant_types may only be authorization_code and refresh_token.";
   if (metadata.response_types?.some((r) => r !== "code")) return "response_types may only be code.";
   return undefined;
+}
+
+/** What is wrong with a redirect URI, or undefined: it must be HTTPS, or HTTP on a loopback host (a native app), and
+ *  carry no fragment (OAuth 2.1 §2.3.1). */
+function redirectUriProblem(uri: string): string | undefined {
+  const url = new URL(uri);
+  const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
+  if (url.hash) return `redirect_uri ${uri} must not have a fragment.`;
+  if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) return `redirect_uri ${uri} must be https, or http on localhost.`;
+  return undefined;
+}
+
+/** A metadata document's metadata narrowed to what this relay can use. A document serves every authorization server
+ *  its client meets, so the redirect URIs, grant and response types this one cannot use are left out, not refused (a
+ *  request must still name a redirect URI that is left); the authentication method is none when it names none. */
+function usableDocumentMetadata(metadata: OAuthClient["metadata"]): ClientMetadata {
+  return {
+    ...metadata,
+    token_endpoint_auth_method: metadata.token_endpoint_auth_method ?? "none",
+    redirect_uris: metadata.redirect_uris.filter((uri) => redirectUriProblem(uri) === undefined),
+    grant_types: (metadata.grant_types as string[] | undefined)?.filter((g) => GRANT_TYPES.includes(g)),
+    response_types: (metadata.response_types as string[] | undefined)?.filter((r) => r === "code"),
+  };
 }
 
 /** The redirect URI to answer to: exactly one the client registered (the only one, when it names none). */
@@ -561,9 +707,11 @@ function chooseRedirectUri(client: OAuthClient, requested: string | null): strin
   return client.metadata.redirect_uris.includes(requested) ? requested : undefined;
 }
 
+const orList = (items: string[]) => `${items.slice(0, -1).join(", ")} or ${items.at(-1)}`;
+
 function redirectWithError(redirectUri: string, error: OAuthError, state: string | null, issuer: string): Response {
   const target = new URL(redirectUri);
-  target.searchParams.set("error", error.errorCode);
+  target.searchParams.set("error", error.code);
   target.searchParams.set("error_description", error.message);
   if (state !== null) target.searchParams.set("state", state);
   target.searchParams.set("iss", issuer);
@@ -593,13 +741,14 @@ async function readBody(req: Request, kind: "form"): Promise<URLSearchParams | R
 async function readBody(req: Request, kind: "json"): Promise<unknown>;
 async function readBody(req: Request, kind: "form" | "json"): Promise<unknown> {
   const declared = Number(req.headers.get("content-length") ?? 0);
-  if (declared > MAX_OAUTH_BODY_BYTES) return oauthError(new InvalidRequestError("The request body is too large."), 413);
+  const tooLarge = () => oauthError(new OAuthError(OAuthErrorCode.InvalidRequest, "The request body is too large."), 413);
+  if (declared > MAX_OAUTH_BODY_BYTES) return tooLarge();
   const text = await req.text();
-  if (text.length > MAX_OAUTH_BODY_BYTES) return oauthError(new InvalidRequestError("The request body is too large."), 413);
+  if (text.length > MAX_OAUTH_BODY_BYTES) return tooLarge();
   if (kind === "form") return new URLSearchParams(text);
   try {
     return JSON.parse(text);
   } catch {
-    return oauthError(new InvalidClientMetadataError("The body is not JSON."), 400);
+    return oauthError(new OAuthError(OAuthErrorCode.InvalidClientMetadata, "The body is not JSON."), 400);
   }
 }

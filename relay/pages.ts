@@ -82,6 +82,8 @@ ${body}
 export interface ConsentDetails {
   clientName: string;
   clientId: string;
+  /** The client_id of a client identified by its metadata document: the URL its name was read from. */
+  documentUrl?: string;
   redirectUri: string;
   requestId: string;
   /** Shown above the form after a wrong owner secret. */
@@ -92,14 +94,14 @@ export interface ConsentDetails {
  *  opens it has proved nothing yet. */
 export function consentPage(details: ConsentDetails, extraHeaders: Record<string, string>, status = 200): Response {
   const target = new URL(details.redirectUri);
-  const warnings = redirectWarnings(target).map((warning) => `<p class="warning danger">${warning}</p>`);
+  const warnings = [...redirectWarnings(target), ...documentWarnings(details, target)].map((warning) => `<p class="warning danger">${warning}</p>`);
   const body = `
 <h1>Allow ${escapeHtml(details.clientName)} to use Code Remote?</h1>
 <p class="warning">It will be able to <strong>run any command</strong> and read and write files on every machine
 connected to this relay, now and later, as the users those agents run as.</p>
 ${warnings.join("\n")}
 <dl>
-  <dt>Application</dt><dd>${escapeHtml(details.clientName)} <span class="small">(client ${escapeHtml(details.clientId)}; the name is whatever the application chose to call itself)</span></dd>
+  <dt>Application</dt><dd>${applicationHtml(details)}</dd>
   <dt>Answer goes to</dt><dd class="address">${addressHtml(target)}</dd>
 </dl>
 <p class="small">Approve only if the part in bold is the site of the application you are connecting (claude.ai for Claude).</p>
@@ -118,6 +120,24 @@ ${details.error ? `<p class="error" role="alert">${escapeHtml(details.error)}</p
     status,
     headers: { ...pageHeaders(new URL(details.redirectUri).origin), ...extraHeaders },
   });
+}
+
+/** Who the application is: a registered one by the name it chose, one identified by a metadata document by the name
+ *  that document gives, with the site publishing it in bold (only that site can publish at its URL). */
+function applicationHtml(details: ConsentDetails): string {
+  const name = escapeHtml(details.clientName);
+  if (!details.documentUrl) return `${name} <span class="small">(client ${escapeHtml(details.clientId)}; the name is whatever the application chose to call itself)</span>`;
+  const document = new URL(details.documentUrl);
+  return `${name} <span class="small">from</span> <span class="publisher">${hostHtml(document)}</span> <span class="small">(named so by its metadata document, ${addressHtml(document)})</span>`;
+}
+
+/** The warning the MCP authorization spec asks for: a metadata document cannot stop a program on this computer from
+ *  presenting a well-known application's client_id when the answer goes to localhost. */
+function documentWarnings(details: ConsentDetails, target: URL): string[] {
+  if (!details.documentUrl || !["localhost", "127.0.0.1", "[::1]"].includes(target.hostname)) return [];
+  return [
+    `<strong>The answer stays on this computer:</strong> it goes to a program on ${escapeHtml(target.host)}, and any program on this computer can use the client ID ${escapeHtml(new URL(details.documentUrl).host)} publishes. Approve only if you just started ${escapeHtml(details.clientName)} here yourself.`,
+  ];
 }
 
 /** Second-level labels that belong to a registry under a two-letter country code (co.uk, com.au, or.jp, …), so the
@@ -146,9 +166,13 @@ function splitRegistrableDomain(hostname: string): [before: string, domain: stri
 /** A redirect address as the browser will really reach it: the host as `new URL` resolves it (punycode), its
  *  registrable domain in bold, the rest small. A user name before an "@" is left out here: a warning names it. */
 function addressHtml(url: URL): string {
+  return `<span class="small">${escapeHtml(url.protocol)}//</span>${hostHtml(url)}<span class="small">${escapeHtml(url.pathname + url.search)}</span>`;
+}
+
+/** A URL's host and port as the browser reaches it, its registrable domain in bold. */
+function hostHtml(url: URL): string {
   const [before, domain] = splitRegistrableDomain(url.hostname);
-  const port = url.port ? `:${url.port}` : "";
-  return `<span class="small">${escapeHtml(url.protocol)}//</span>${escapeHtml(before)}<strong>${escapeHtml(domain)}</strong>${escapeHtml(port)}<span class="small">${escapeHtml(url.pathname + url.search)}</span>`;
+  return `${escapeHtml(before)}<strong>${escapeHtml(domain)}</strong>${escapeHtml(url.port ? `:${url.port}` : "")}`;
 }
 
 /** Plain warnings about a redirect address that may not be what it seems (HTML, values escaped). */

@@ -4,8 +4,15 @@
 // model never sees a stack, a token or relay internals.
 
 import { createHash } from "node:crypto";
-import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
-import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import {
+  createRequestStateCodec,
+  McpServer,
+  type AuthInfo,
+  type CallToolResult,
+  type RequestStateCodec,
+  type ServerContext,
+  type StandardSchemaWithJSON,
+} from "@modelcontextprotocol/server";
 import {
   DEFAULT_COMMAND_TIMEOUT_S,
   DEFAULT_OUTPUT_WAIT_S,
@@ -228,16 +235,62 @@ const RENDERERS: { [N in ToolName]: (r: Shaped<N>, noMachine: string) => string 
 
 const toolError = (message: string): CallToolResult => ({ isError: true, content: [{ type: "text", text: message }] });
 
-/** Who is calling, for the audit log and for binding sessions. */
-export interface CallerContext {
+/** What every tool call needs of the relay, the same for every client and request: made once per process. */
+export interface ToolServices {
   relay: Relay;
   audit: AuditLog;
   /** Per-client concurrency and rate limits. */
   limits: CallLimits;
+  calls: CallsInFlight;
+}
+
+/** Tool calls in flight by client, so that revoking a client ends its calls on every transport: a 2026-07-28 call
+ *  belongs to no session whose closing would end it. */
+export class CallsInFlight {
+  readonly #byClient = new Map<string, Set<AbortController>>();
+
+  /** A call's signal: aborted when the SDK's is, or when its client is revoked; `end` forgets the call. */
+  begin(client: string, signal: AbortSignal): { signal: AbortSignal; end: () => void } {
+    const revocation = new AbortController();
+    const calls = this.#byClient.get(client) ?? new Set();
+    this.#byClient.set(client, calls.add(revocation));
+    const end = () => {
+      calls.delete(revocation);
+      if (calls.size === 0 && this.#byClient.get(client) === calls) this.#byClient.delete(client);
+    };
+    return { signal: AbortSignal.any([signal, revocation.signal]), end };
+  }
+
+  /** Cancels every call of the clients `revoked` names (asked once per client). */
+  closeRevoked(revoked: (client: string) => boolean): void {
+    for (const [client, calls] of this.#byClient) {
+      if (revoked(client)) for (const call of calls) call.abort();
+    }
+  }
+}
+
+/** Where a request's AuthInfo carries the protocol revision it came in on (the transports write it, for the audit). */
+const PROTOCOL_KEY = "protocol";
+
+/** The principal as the transports hand it to the SDK, with the protocol revision of this request. */
+export function withProtocol(auth: AuthInfo, protocol: string): AuthInfo {
+  return { ...auth, extra: { ...auth.extra, [PROTOCOL_KEY]: protocol } };
+}
+
+/** Who is calling: the authenticated principal, its session if it has one, and the protocol revision. */
+interface Caller {
   client: string;
-  session: () => string | null;
-  /** Counts calls in flight, so an idle-session sweep never closes a session that is waiting on a machine. */
-  inflight: { count: number };
+  session: string | null;
+  protocol: string | null;
+}
+
+/** The caller, read from the request's own context: an McpServer may live for one request only, so nothing about
+ *  the caller is kept in it. Undefined when the transport passed no principal (then the call is refused). */
+function callerOf(ctx: ServerContext): Caller | undefined {
+  const auth = ctx.http?.authInfo;
+  if (!auth) return undefined;
+  const protocol = auth.extra?.[PROTOCOL_KEY];
+  return { client: auth.clientId, session: ctx.sessionId ?? null, protocol: typeof protocol === "string" ? protocol : null };
 }
 
 /** What the SDK hands a tool handler that we use: the cancel signal, and a way to send progress. */
@@ -285,36 +338,38 @@ const SERVER_TOOLS: Partial<{ [N in ToolName]: (relay: Relay, machine: string | 
 };
 
 /** Runs one tool call: audit row, routing, the agent round trip, and a result with both renderings. */
-async function callTool(name: ToolName, input: Record<string, unknown>, extra: CallExtra, ctx: CallerContext): Promise<CallToolResult> {
+async function callTool(name: ToolName, input: Record<string, unknown>, extra: CallExtra, caller: Caller, services: ToolServices): Promise<CallToolResult> {
+  const { relay, audit, limits, calls } = services;
   const { machine, ...args } = input as { machine?: string } & Record<string, unknown>;
-  const finish = ctx.audit.begin({ tool: name, machine: machine ?? null, arguments: redactArguments(name, args), client: ctx.client, session: ctx.session() });
+  const finish = audit.begin({ tool: name, machine: machine ?? null, arguments: redactArguments(name, args), ...caller });
   let target = machine; // the machine the call went to, once known
-  const release = ctx.limits.acquire(ctx.client);
+  const release = limits.acquire(caller.client);
   if (typeof release === "string") {
     finish({ outcome: "error", error: release });
     return toolError(release);
   }
-  ctx.inflight.count++;
+  const call = calls.begin(caller.client, extra.signal);
   try {
     const serverTool = SERVER_TOOLS[name];
     if (serverTool) {
-      const result = await serverTool(ctx.relay, machine, args as never);
-      return respond(name, result, ctx.relay, (outputBytes) => finish({ outcome: "ok", outputBytes }));
+      const result = await serverTool(relay, machine, args as never);
+      return respond(name, result, relay, (outputBytes) => finish({ outcome: "ok", outputBytes }));
     }
-    const conn = ctx.relay.pick(routeTo(machine, args));
+    const conn = relay.pick(routeTo(machine, args));
     target = conn.machine;
-    const value = await ctx.relay.call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: extra.signal, onProgress: extra.progress });
+    const value = await relay.call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: call.signal, onProgress: extra.progress });
     const shell = name === "run_shell_command" ? (value as ToolResult<"run_shell_command">) : undefined;
     const outcome = shell?.timed_out ? "timed_out" : "ok";
-    return respond(name, { ...(value as object), machine: conn.machine }, ctx.relay, (outputBytes) => finish({ outcome, machine: target, exitCode: shell?.exit_code, outputBytes }));
+    return respond(name, { ...(value as object), machine: conn.machine }, relay, (outputBytes) => finish({ outcome, machine: target, exitCode: shell?.exit_code, outputBytes }));
   } catch (e) {
     const error = e instanceof ToolError ? e : new ToolError("The relay hit an unexpected error; its log has the details.");
     if (!(e instanceof ToolError)) log("error", "tool call failed unexpectedly", { tool: name, error: String(e) });
-    finish({ outcome: extra.signal.aborted ? "cancelled" : error.outcome, machine: target, error: error.message });
-    if (error.code === "path_denied") ctx.audit.event("path_denied", { machine: target, client: ctx.client, detail: `${name}: ${error.message}` });
+    // Decided while the call is still open: on 2026-07-28 the SDK also aborts the signal just after every answer.
+    finish({ outcome: call.signal.aborted ? "cancelled" : error.outcome, machine: target, error: error.message });
+    if (error.code === "path_denied") audit.event("path_denied", { machine: target, client: caller.client, detail: `${name}: ${error.message}` });
     return toolError(error.quote ? `${error.message} ${error.quote}` : error.message);
   } finally {
-    ctx.inflight.count--;
+    call.end();
     release();
   }
 }
@@ -339,32 +394,96 @@ const INSTRUCTIONS =
   "machines are connected; pass `machine` when more than one is. File tools are limited to each machine's allowed " +
   "roots. Long commands come back with a command_id while they run: follow them with get_command_output.";
 
-/** One McpServer per session (the SDK allows one transport per server), with every tool of the table. */
-export function buildMcpServer(ctx: CallerContext): McpServer {
-  const server = new McpServer({ name: "code-remote", version: VERSION }, { instructions: INSTRUCTIONS });
-  for (const name of Object.keys(TOOLS) as ToolName[]) {
-    const def = TOOLS[name];
-    server.registerTool(
-      name,
-      {
-        title: def.title,
-        description: def.description,
-        inputSchema: toolInputSchema(name),
-        outputSchema: toolOutputSchema(name),
-        annotations: { title: def.title, ...def.annotations },
-      },
-      (args: Record<string, unknown>, extra) => {
-        const token = extra._meta?.progressToken;
-        const progress =
-          token === undefined
-            ? undefined
-            : (p: ProgressFrame) =>
-                void extra
-                  .sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: p.elapsed_ms / 1000, message: progressMessage(p) } })
-                  .catch(() => {}); // the client went away; the call itself decides what happens
-        return callTool(name, args, { signal: extra.signal, progress }, ctx);
-      },
-    );
+// --- the McpServer ---
+
+/** A schema whose JSON Schema is converted once per process. The SDK converts a tool's schemas again for every
+ *  tools/list and once per McpServer for tools/call, and the relay makes an McpServer per session, and on 2026-07-28
+ *  per request: converting all twelve tools costs about 2 ms, which every request would otherwise pay. The JSON is
+ *  frozen because every McpServer shares it: a change by one would show in all. */
+export function convertedOnce<T>(schema: StandardSchemaWithJSON<T>): StandardSchemaWithJSON<T> {
+  const standard = schema["~standard"];
+  const converted = new Map<string, Record<string, unknown>>();
+  const converter = (io: "input" | "output") => (options: JsonSchemaOptions) => {
+    const key = `${io} ${options.target}`;
+    let json = converted.get(key);
+    if (!json) converted.set(key, (json = deepFreeze(standard.jsonSchema[io](options))));
+    return json;
+  };
+  return { "~standard": { ...standard, jsonSchema: { input: converter("input"), output: converter("output") } } };
+}
+
+type JsonSchemaOptions = Parameters<StandardSchemaWithJSON["~standard"]["jsonSchema"]["input"]>[0];
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === "object" && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
   }
-  return server;
+  return value;
+}
+
+/** A tool as registered with the SDK. */
+function toolConfig(name: ToolName) {
+  const def = TOOLS[name];
+  return {
+    title: def.title,
+    description: def.description,
+    inputSchema: convertedOnce<Record<string, unknown>>(toolInputSchema(name)),
+    outputSchema: convertedOnce<Record<string, unknown>>(toolOutputSchema(name)),
+    annotations: { title: def.title, ...def.annotations },
+  };
+}
+
+/** Every tool's registration, made once per process. */
+const TOOL_CONFIGS = (Object.keys(TOOLS) as ToolName[]).map((name) => ({ name, config: toolConfig(name) }));
+
+/** A tool's handler: one per tool and process, shared by every McpServer; whatever differs per request (the caller,
+ *  its cancel signal, its progress token) comes from the SDK's context. */
+function toolHandler(name: ToolName, services: ToolServices) {
+  return (args: Record<string, unknown>, ctx: ServerContext): Promise<CallToolResult> => {
+    const caller = callerOf(ctx);
+    if (!caller) {
+      log("error", "a tool call reached the SDK without its principal; refused", { tool: name });
+      return Promise.resolve(toolError("The relay could not tell who sent this call; it was refused."));
+    }
+    const token = ctx.mcpReq._meta?.progressToken;
+    const progress =
+      token === undefined
+        ? undefined
+        : (p: ProgressFrame) =>
+            void ctx.mcpReq
+              .notify({ method: "notifications/progress", params: { progressToken: token, progress: p.elapsed_ms / 1000, message: progressMessage(p) } })
+              .catch(() => {}); // the client went away; the call itself decides what happens
+    return callTool(name, args, { signal: ctx.mcpReq.signal, progress }, caller, services);
+  };
+}
+
+/** How long a client may take to bring back a state the relay handed it. */
+const REQUEST_STATE_TTL_S = 600;
+
+/** Signs what the relay hands a client to bring back with a retried 2026-07-28 call (`requestState`, HMAC with the
+ *  relay's key, bound to the method and the principal, for ten minutes) and checks it on the way back, before any
+ *  handler runs: a forged, altered, expired or another client's state gets -32602. No tool asks for input yet, so
+ *  the relay mints none today; the check stands so that nothing a client makes up reaches a handler as the relay's. */
+export function requestStateCodec(key: Uint8Array): RequestStateCodec {
+  return createRequestStateCodec({ key, ttlSeconds: REQUEST_STATE_TTL_S, bind: (ctx) => `${ctx.mcpReq.method}\n${ctx.http?.authInfo?.clientId ?? ""}` });
+}
+
+/** What makes the relay's McpServers: one per session (the SDK allows one transport per server), and on 2026-07-28
+ *  one per request. The schemas and handlers are made here once, so each McpServer costs only its registration
+ *  (about 20 us). */
+export function mcpServerFactory(services: ToolServices, requestState: RequestStateCodec): () => McpServer {
+  const tools = TOOL_CONFIGS.map(({ name, config }) => ({ name, config, handler: toolHandler(name, services) }));
+  // Shared by every McpServer, so frozen like the schemas.
+  const options = deepFreeze({
+    instructions: INSTRUCTIONS,
+    // The tool list never changes while the relay runs, so no client needs to watch it.
+    capabilities: { tools: { listChanged: false } },
+    requestState: { verify: requestState.verify },
+  });
+  return () => {
+    const server = new McpServer({ name: "code-remote", version: VERSION }, options);
+    for (const { name, config, handler } of tools) server.registerTool(name, config, handler);
+    return server;
+  };
 }

@@ -1,24 +1,34 @@
-// The MCP transports: Streamable HTTP with sessions (one McpServer per Mcp-Session-Id) and the legacy HTTP+SSE
-// transport (GET /sse + POST /messages, protocol 2024-11-05) on web streams. Both hand each message to the same
-// McpServer built by tools.ts, after the relay's own screening (screenMessage), so both transports refuse batches
-// and reused request ids the same way. server.ts authenticates a request before it reaches anything here.
+// The MCP transports, by protocol revision. At /mcp (McpEndpoint), a 2026-07-28 request stands alone and is served by
+// the v2 SDK's stateless handler with an McpServer of its own; a 2025 client keeps a Streamable HTTP session (one
+// McpServer per Mcp-Session-Id). The legacy HTTP+SSE transport (GET /sse + POST /messages, 2024-11-05) runs on web
+// streams. Every McpServer comes from tools.ts; in sessions and on /sse the relay screens each message itself first
+// (screenMessage), so both refuse batches and reused request ids the same way. server.ts authenticates a request
+// before it reaches anything here.
 
 import { randomUUID } from "node:crypto";
-import { WebStandardStreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/webStandardStreamableHttp.js";
-import type { AuthInfo } from "@modelcontextprotocol/sdk/server/auth/types.js";
-import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
+import { ClientRequestSchema, JSONRPCMessageSchema } from "@modelcontextprotocol/core";
 import {
-  ClientRequestSchema,
+  createMcpHandler,
   isInitializeRequest,
   isJSONRPCErrorResponse,
   isJSONRPCNotification,
   isJSONRPCRequest,
   isJSONRPCResultResponse,
-  JSONRPCMessageSchema,
+  isLegacyRequest,
+  ProtocolError,
+  WebStandardStreamableHTTPServerTransport,
+  type AuthInfo,
   type JSONRPCMessage,
-} from "@modelcontextprotocol/sdk/types.js";
+  type JSONRPCRequest,
+  type McpHttpHandler,
+  type McpServer,
+  type Transport,
+} from "@modelcontextprotocol/server";
 import { jsonRpcError } from "./auth.ts";
-import { buildMcpServer, type CallerContext } from "./tools.ts";
+import { withProtocol } from "./tools.ts";
+import { logger } from "../log.ts";
+
+const log = logger("server");
 
 /** Bun.serve closes a connection after this many idle seconds (its default of 10 s would cut SSE streams and
  *  long calls). Streams stay busier than this: the SDK's keep-alive and ours fire every SSE_KEEPALIVE_MS. */
@@ -29,7 +39,7 @@ export const MAX_REQUEST_BODY_BYTES = 8 * 1024 * 1024;
 /** A Streamable HTTP session unused this long (and with no call in flight) is closed; its client re-initializes. */
 const SESSION_IDLE_MS = 60 * 60 * 1000;
 export const SESSION_SWEEP_MS = 60 * 1000;
-/** Sessions one client (token holder) may keep on each transport; each holds an McpServer (~120 KB). A new one
+/** Sessions one client (token holder) may keep on each transport; each holds an McpServer (~16 KiB). A new one
  *  beyond this closes the client's least recently used session that has nothing in flight. */
 const MAX_SESSIONS_PER_CLIENT = 256;
 
@@ -39,16 +49,15 @@ interface CappedSession {
   clientId: string;
   /** When its client last sent it a message (or opened it). */
   lastSeen: number;
-  /** Tool calls running in it. */
-  inflight: { count: number };
+  /** Ids of requests received and not answered yet (see screenMessage): a session with any is busy, so it is
+   *  never closed as idle while a call waits on a machine. */
+  pending: Set<string>;
   /** Ends it and forgets it at once. */
   close(): Promise<void>;
 }
 
 interface McpSession extends CappedSession {
   transport: WebStandardStreamableHTTPServerTransport;
-  /** Ids of requests sent and not answered yet (see screenMessage). */
-  pending: Set<string>;
 }
 
 /** Makes room for one more session of `clientId` by closing its least recently used idle one when it is at the cap
@@ -57,7 +66,7 @@ interface McpSession extends CappedSession {
 function roomForSession(sessions: Iterable<CappedSession>, clientId: string): boolean {
   const own = [...sessions].filter((s) => s.clientId === clientId);
   if (own.length < MAX_SESSIONS_PER_CLIENT) return true;
-  const idle = own.filter((s) => s.inflight.count === 0).sort((a, b) => a.lastSeen - b.lastSeen)[0];
+  const idle = own.filter((s) => s.pending.size === 0).sort((a, b) => a.lastSeen - b.lastSeen)[0];
   if (!idle) return false;
   void idle.close();
   return true;
@@ -76,40 +85,45 @@ function closeRevoked(sessions: Iterable<CappedSession>, revoked: (clientId: str
 const tooManySessions = (howToClose: string) =>
   jsonRpcError(429, -32000, `Too many sessions: this client has ${MAX_SESSIONS_PER_CLIENT} with calls in flight. ${howToClose}`);
 
-/** What a tool handler learns about its caller: made once per session, for the session's McpServer. */
-export type ContextMaker = (client: string, session: () => string | null, inflight: { count: number }) => CallerContext;
+/** Makes an McpServer with every tool (tools.ts); tool handlers learn their caller from each request. */
+export type ServerFactory = () => McpServer;
+
+/** The stateless revision, served without sessions. */
+const MODERN_PROTOCOL = "2026-07-28";
+/** The protocol revision of a request to /mcp, as its header says: required on 2026-07-28 (the SDK refuses a request
+ *  whose header and _meta disagree) and on a session's requests since 2025-06-18; 2025-03-26 did not have it yet. */
+const protocolOf = (req: Request) => req.headers.get("mcp-protocol-version") ?? "2025-03-26";
+/** The legacy HTTP+SSE transport's only revision. */
+const SSE_PROTOCOL = "2024-11-05";
 
 /** Stateful Streamable HTTP: one transport and one McpServer per Mcp-Session-Id. */
 export class StreamableSessions {
   readonly #sessions = new Map<string, McpSession>();
-  constructor(readonly newContext: ContextMaker) {}
+  constructor(readonly newServer: ServerFactory) {}
 
   get size() {
     return this.#sessions.size;
   }
 
-  async handle(req: Request, auth: AuthInfo): Promise<Response> {
+  /** A 2025 client's request (isLegacyRequest): `body` is the POST's, already read. */
+  handle(req: Request, auth: AuthInfo, body: unknown): Promise<Response> | Response {
     const id = req.headers.get("mcp-session-id");
     if (id) {
       const session = this.#sessions.get(id);
       if (!session || session.clientId !== auth.clientId) return jsonRpcError(404, -32001, "Session not found; initialize a new one.");
       session.lastSeen = Date.now();
-      return req.method === "POST" ? this.#post(req, session, auth) : session.transport.handleRequest(req, { authInfo: auth });
+      return req.method === "POST" ? this.#post(req, body, session, auth) : session.transport.handleRequest(req, { authInfo: withProtocol(auth, protocolOf(req)) });
     }
     if (req.method !== "POST") return jsonRpcError(400, -32000, "Bad request: Mcp-Session-Id header is required.");
-    const body = await readJson(req);
-    if (body instanceof Response) return body;
-    if (!isInitializeRequest(body)) return jsonRpcError(400, -32000, "Bad request: start a session with initialize.");
+    if (!isInitializeRequest(body)) return jsonRpcError(400, -32000, `Bad request: start a session with initialize, or speak ${MODERN_PROTOCOL} (the protocol version in each request's _meta).`);
     return this.#open(req, body, auth);
   }
 
   /** A message in a session: the relay's own checks first (screenMessage), then the SDK's transport. */
-  async #post(req: Request, session: McpSession, auth: AuthInfo): Promise<Response> {
-    const body = await readJson(req);
-    if (body instanceof Response) return body;
+  async #post(req: Request, body: unknown, session: McpSession, auth: AuthInfo): Promise<Response> {
     const screened = screenMessage(body, session.pending);
     if (screened) return "refuse" in screened ? screened.refuse : Response.json(screened.answer);
-    const response = await session.transport.handleRequest(req, { parsedBody: body, authInfo: auth });
+    const response = await session.transport.handleRequest(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req)) });
     // Refused by the transport (a bad header, say): the request will get no answer, so it is not pending.
     if (response.status >= 400 && isJSONRPCRequest(body)) session.pending.delete(requestKey(body.id));
     return response;
@@ -117,7 +131,6 @@ export class StreamableSessions {
 
   async #open(req: Request, body: unknown, auth: AuthInfo): Promise<Response> {
     if (!roomForSession(this.#sessions.values(), auth.clientId)) return tooManySessions("Close some (DELETE /mcp) first.");
-    const inflight = { count: 0 };
     const pending = new Set<string>();
     const transport: WebStandardStreamableHTTPServerTransport = new WebStandardStreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
@@ -125,7 +138,7 @@ export class StreamableSessions {
       keepAliveMs: SSE_KEEPALIVE_MS,
       onsessioninitialized: (id) => {
         const close = () => (this.#sessions.delete(id), transport.close());
-        this.#sessions.set(id, { transport, pending, clientId: auth.clientId, lastSeen: Date.now(), inflight, close });
+        this.#sessions.set(id, { transport, pending, clientId: auth.clientId, lastSeen: Date.now(), close });
       },
     });
     transport.onclose = () => {
@@ -137,14 +150,14 @@ export class StreamableSessions {
       noteAnswered(message, pending);
       return send(message, options);
     };
-    await buildMcpServer(this.newContext(auth.clientId, () => transport.sessionId ?? null, inflight)).connect(transport);
-    return transport.handleRequest(req, { parsedBody: body, authInfo: auth });
+    await this.newServer().connect(transport);
+    return transport.handleRequest(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req)) });
   }
 
   /** Closes sessions idle past SESSION_IDLE_MS with nothing in flight (clients that vanished without DELETE). */
   sweep(now = Date.now()): void {
     for (const session of this.#sessions.values()) {
-      if (now - session.lastSeen > SESSION_IDLE_MS && session.inflight.count === 0) void session.transport.close();
+      if (now - session.lastSeen > SESSION_IDLE_MS && session.pending.size === 0) void session.transport.close();
     }
   }
 
@@ -156,6 +169,47 @@ export class StreamableSessions {
   closeRevoked(revoked: (clientId: string) => boolean): void {
     closeRevoked(this.#sessions.values(), revoked);
   }
+}
+
+/** POST, GET and DELETE /mcp for every revision that has them. A request carrying its protocol version in _meta
+ *  (2026-07-28) stands alone: one SDK handler for the relay's lifetime serves it with a fresh McpServer (tools.ts
+ *  makes that cheap), and holds nothing for the client between requests. Everything else (initialize, a session's
+ *  requests, its GET stream and DELETE) is a 2025 client's, served in its session. The body is read once. */
+export class McpEndpoint {
+  readonly sessions: StreamableSessions;
+  readonly #modern: McpHttpHandler;
+
+  constructor(newServer: ServerFactory) {
+    this.sessions = new StreamableSessions(newServer);
+    this.#modern = createMcpHandler(newServer, {
+      legacy: "reject",
+      keepAliveMs: SSE_KEEPALIVE_MS,
+      maxRequestBodySize: MAX_REQUEST_BODY_BYTES,
+      onerror: reportModernError,
+    });
+  }
+
+  async handle(req: Request, auth: AuthInfo): Promise<Response> {
+    const body = req.method === "POST" ? await readJson(req) : undefined;
+    if (body instanceof Response) return body;
+    if (await isLegacyRequest(req, body, { maxRequestBodySize: MAX_REQUEST_BODY_BYTES })) return this.sessions.handle(req, auth, body);
+    const invalid = isJSONRPCRequest(body) && TOOL_METHODS.has(body.method) ? invalidParams(body) : undefined;
+    if (invalid) return Response.json(invalid);
+    return this.#modern.fetch(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req)) });
+  }
+
+  /** Ends every session and every 2026-07-28 request in flight. */
+  async close(): Promise<void> {
+    await this.sessions.closeAll();
+    await this.#modern.close();
+  }
+}
+
+/** The SDK's handler reports each request it refuses (a bad header, an unknown revision: the client gets the error)
+ *  and its own failures; only the failures are the relay's to log. */
+function reportModernError(error: Error): void {
+  if (error instanceof ProtocolError || error.message.startsWith("Rejected ") || error.message.startsWith("Unsupported Media Type")) return;
+  log("error", "the 2026-07-28 handler failed", { error: error.message });
 }
 
 /** Reads a request's JSON body, or answers the JSON-RPC parse error. */
@@ -174,6 +228,10 @@ const REQUEST_SCHEMAS = new Map(
   ),
 );
 
+/** The methods whose params the relay words itself on 2026-07-28. Only these: the 2025 schemas also know methods the
+ *  new revision removed (initialize, logging/setLevel, resources/subscribe), which must get the SDK's 404 -32601. */
+const TOOL_METHODS = new Set(["tools/call", "tools/list"]);
+
 const requestKey = (id: string | number) => `${typeof id}:${id}`;
 
 /** An answer going out ends its request's time as pending (an error to an unparseable request names none). */
@@ -182,11 +240,11 @@ function noteAnswered(message: JSONRPCMessage, pending: Set<string>): void {
   if (answered !== undefined) pending.delete(requestKey(answered));
 }
 
-/** Messages the relay deals with itself, on both transports, where the SDK would get them wrong: it refuses a batch
- *  (MCP dropped batching in 2025-06-18, but the SDK still runs each message of one) and a request reusing the id of
- *  one still in flight (the SDK would send the first one's answer to the second, and lose track of the first: its
- *  cancel and its client's departure would no longer reach it); it answers a request whose params do not fit its
- *  method (the SDK says -32603 with a raw dump; JSON-RPC says -32602). Otherwise it notes the request as pending. */
+/** Messages the relay deals with itself in sessions, where the SDK would get them wrong: it refuses a batch (MCP
+ *  dropped batching in 2025-06-18, but the SDK still runs each message of one) and a request reusing the id of one
+ *  still in flight (the SDK would send the first one's answer to the second, and lose track of the first: its cancel
+ *  and its client's departure would no longer reach it); it answers a request whose params do not fit its method
+ *  (invalidParams). Otherwise it notes the request as pending. */
 function screenMessage(body: unknown, pending: Set<string>): { refuse: Response } | { answer: JSONRPCMessage } | undefined {
   if (Array.isArray(body)) return { refuse: jsonRpcError(400, -32600, "Invalid Request: send one JSON-RPC message per request (MCP has no batches).") };
   if (isJSONRPCNotification(body) && body.method === "notifications/cancelled") {
@@ -196,14 +254,20 @@ function screenMessage(body: unknown, pending: Set<string>): { refuse: Response 
   if (!isJSONRPCRequest(body)) return undefined;
   const key = requestKey(body.id);
   if (pending.has(key)) return { refuse: jsonRpcError(400, -32600, `Invalid Request: request id ${JSON.stringify(body.id)} is still in flight; use a new id.`) };
-  const invalid = REQUEST_SCHEMAS.get(body.method)?.safeParse({ method: body.method, params: body.params });
-  if (invalid && !invalid.success) {
-    const issue = invalid.error!.issues[0]!;
-    const message = `Invalid params: ${issue.path.map(String).join(".") || "params"}: ${issue.message}`;
-    return { answer: { jsonrpc: "2.0", id: body.id, error: { code: -32602, message } } };
-  }
+  const invalid = invalidParams(body);
+  if (invalid) return { answer: invalid };
   pending.add(key);
   return undefined;
+}
+
+/** The answer to a request whose params do not fit its method, in a sentence: the SDK says -32603 with a raw dump in a
+ *  session, and -32602 with the dump on 2026-07-28; JSON-RPC says -32602. */
+function invalidParams(body: JSONRPCRequest): JSONRPCMessage | undefined {
+  const invalid = REQUEST_SCHEMAS.get(body.method)?.safeParse({ method: body.method, params: body.params });
+  if (!invalid || invalid.success) return undefined;
+  const issue = invalid.error!.issues[0]!;
+  const message = `Invalid params: ${issue.path.map(String).join(".") || "params"}: ${issue.message}`;
+  return { jsonrpc: "2.0", id: body.id, error: { code: -32602, message } };
 }
 
 /** The legacy HTTP+SSE transport (protocol 2024-11-05) on web streams: the SDK's SSEServerTransport needs Node's
@@ -212,15 +276,13 @@ class SseTransport implements Transport, CappedSession {
   readonly sessionId = randomUUID();
   readonly response: Response;
   lastSeen = Date.now();
-  readonly inflight = { count: 0 };
   onclose?: () => void;
   onerror?: (error: Error) => void;
   onmessage?: Transport["onmessage"];
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   #keepAlive?: ReturnType<typeof setInterval>;
   #closed = false;
-  /** Ids of requests received and not answered yet (see screenMessage). */
-  readonly #pending = new Set<string>();
+  readonly pending = new Set<string>();
   readonly #encoder = new TextEncoder();
 
   constructor(
@@ -246,7 +308,7 @@ class SseTransport implements Transport, CappedSession {
 
   async send(message: JSONRPCMessage): Promise<void> {
     if (this.#closed) throw new Error("SSE stream closed");
-    noteAnswered(message, this.#pending);
+    noteAnswered(message, this.pending);
     this.#write(`event: message\ndata: ${JSON.stringify(message)}\n\n`);
   }
 
@@ -263,10 +325,10 @@ class SseTransport implements Transport, CappedSession {
     }
     const parsed = JSONRPCMessageSchema.safeParse(body);
     if (!parsed.success) return jsonRpcError(400, -32600, "Invalid Request: not a JSON-RPC 2.0 message.");
-    const screened = screenMessage(parsed.data, this.#pending);
+    const screened = screenMessage(parsed.data, this.pending);
     if (screened && "refuse" in screened) return screened.refuse;
     if (screened) await this.send(screened.answer); // on the stream, where this transport's answers go
-    else this.onmessage?.(parsed.data, { authInfo: auth, requestInfo: { headers: Object.fromEntries(req.headers) } });
+    else this.onmessage?.(parsed.data, { authInfo: withProtocol(auth, SSE_PROTOCOL), request: req });
     return new Response("Accepted", { status: 202 });
   }
 
@@ -300,7 +362,7 @@ class SseTransport implements Transport, CappedSession {
 /** Legacy HTTP+SSE sessions: one SseTransport and one McpServer per open GET /sse stream. */
 export class SseSessions {
   readonly #sessions = new Map<string, SseTransport>();
-  constructor(readonly newContext: ContextMaker) {}
+  constructor(readonly newServer: ServerFactory) {}
 
   get size() {
     return this.#sessions.size;
@@ -312,7 +374,7 @@ export class SseSessions {
     const transport = new SseTransport("/messages", auth.clientId);
     this.#sessions.set(transport.sessionId, transport);
     transport.onclose = () => this.#sessions.delete(transport.sessionId);
-    await buildMcpServer(this.newContext(auth.clientId, () => transport.sessionId, transport.inflight)).connect(transport);
+    await this.newServer().connect(transport);
     return transport.response;
   }
 

@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { ROOT, tempDir } from "./helpers/processes.ts";
 
 /** Every scenario but the peer: compiling the agent (scenario 7) takes about a second of this. */
-const SCENARIOS = "1,2,3,4,5,6,7";
+const SCENARIOS = "1,2,3,4,5,6,7,9";
 const SMOKE_TIMEOUT_MS = 60_000;
 
 interface BenchJson {
@@ -37,14 +37,19 @@ test(
     const report = JSON.parse(fs.readFileSync(out, "utf8")) as BenchJson;
     expect(report.mode).toBe("quick");
     expect(report.skipped).toEqual({});
-    const expected = ["1_ping", "2_read_file", "3_read_file_concurrent", "4_shell_tool", "4_shell_direct", "5_bulk", "6_scale", "7_compiled_agent"];
+    // Scenarios 1-3 and 9 on both MCP paths: the 2025 session and 2026-07-28 (_2026).
+    const onBothPaths = ["1_ping", "2_read_file", "3_read_file_concurrent", "9_tools_list"].flatMap((key) => [key, `${key}_2026`]);
+    const expected = [...onBothPaths, "4_shell_tool", "4_shell_direct", "5_bulk", "6_scale", "7_compiled_agent"];
     expect(Object.keys(report.scenarios).sort()).toEqual(expected.sort());
     for (const [key, figures] of Object.entries(report.scenarios)) {
       for (const [name, value] of Object.entries(figures)) expect(Number.isFinite(value), `${key}.${name} = ${value}`).toBe(true);
     }
     expect(report.scenarios["2_read_file"]!.p50_ms).toBeGreaterThan(0);
+    for (const key of onBothPaths) expect(report.scenarios[key]!.relay_cpu_per_call_ms, `${key}.relay_cpu_per_call_ms`).toBeGreaterThan(0);
     expect(report.scenarios["6_scale"]!.still_registered).toBe(report.scenarios["6_scale"]!.agents);
-    expect(Object.keys(report.ratios)).toEqual(expect.arrayContaining(["relay_hop_p50_ms", "shell_overhead_p50_ms"]));
+    expect(Object.keys(report.ratios)).toEqual(
+      expect.arrayContaining(["relay_hop_p50_ms", "shell_overhead_p50_ms", "read_relay_cpu_2026_over_session", "concurrent_calls_per_s_2026_over_session", "tools_list_relay_cpu_2026_over_session"]),
+    );
     // Every target but the two that compare with the peer has a measured value (pass or fail is not our business).
     const unmeasured = report.targets.filter((t) => t.pass === undefined).map((t) => t.scenario);
     expect(unmeasured).toEqual(["2. read_file p50 vs peer", "3. 32 concurrent read_file"]);

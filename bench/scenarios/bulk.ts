@@ -4,26 +4,25 @@
 
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { MB, median, progress, round } from "../harness.ts";
 import type { Results } from "../results.ts";
-import { callOk, type Rig } from "../rig.ts";
+import { callOk, type BenchClient, type Rig } from "../rig.ts";
 import { BULK_READ_CHUNK_BYTES, BULK_READ_WINDOW, BULK_WRITE_CHUNK_BYTES, type Settings } from "../settings.ts";
 
-async function writeInChunks(client: Client, file: string, data: Buffer): Promise<void> {
+async function writeInChunks(client: BenchClient, file: string, data: Buffer): Promise<void> {
   for (let offset = 0; offset < data.length; offset += BULK_WRITE_CHUNK_BYTES) {
     const chunk = data.subarray(offset, offset + BULK_WRITE_CHUNK_BYTES);
     await callOk(client, "write_file", { path: file, content: chunk.toString("base64"), encoding: "base64", append: offset > 0 });
   }
 }
 
-async function readRange(client: Client, file: string, offset: number): Promise<Buffer> {
+async function readRange(client: BenchClient, file: string, offset: number): Promise<Buffer> {
   const result = await callOk(client, "read_file", { path: file, offset, limit: BULK_READ_CHUNK_BYTES, encoding: "base64" });
   return Buffer.from(result.content as string, "base64");
 }
 
 /** Reads `size` bytes as byte ranges, `window` calls in flight; the ranges are known in advance from the size. */
-async function readInChunks(client: Client, file: string, size: number, window: number): Promise<Buffer> {
+async function readInChunks(client: BenchClient, file: string, size: number, window: number): Promise<Buffer> {
   const offsets = Array.from({ length: Math.ceil(size / BULK_READ_CHUNK_BYTES) }, (_, i) => i * BULK_READ_CHUNK_BYTES);
   const chunks: Buffer[] = new Array(offsets.length);
   let next = 0;

@@ -1,64 +1,105 @@
-// Scenarios 1 to 4 and 8: small calls one at a time and many at once, through the relay and through the peer.
-// Calls being compared alternate block by block (sequential) or window by window (concurrent), so both
-// sides of each ratio meet the same machine noise.
+// Scenarios 1 to 4, 8 and 9: small calls one at a time and many at once, through the relay on each MCP path (a
+// 2025 session and 2026-07-28) and through the peer. Calls being compared alternate block by block (sequential)
+// or window by window (concurrent), so every side of each ratio meets the same machine noise; the relay's CPU
+// time is charged to the blocks and windows it was spent in.
 
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { measureThroughput, round, sampleAlternating, type Op, type Throughput } from "../harness.ts";
+import { measureThroughput, round, sampleAlternating, type Latency, type Op, type Throughput } from "../harness.ts";
 import type { Peer } from "../peer.ts";
-import type { Results } from "../results.ts";
-import { callOk, type Rig } from "../rig.ts";
+import { MCP_PATHS, onPath, type Figures, type Results, type ScenarioKey } from "../results.ts";
+import { callOk, connectBenchClient, type Rig } from "../rig.ts";
 import { CONCURRENT_CALLS, CONCURRENT_SESSIONS, type Settings } from "../settings.ts";
+import type { McpClient } from "../../test/helpers/processes.ts";
+
+type ToolCaller = Pick<McpClient, "callTool">;
 
 /** read_file of the small file, checked once for the right content before it is timed. */
-async function readFileOp(client: Client, file: string, expected: string): Promise<Op> {
+async function readFileOp(client: ToolCaller, file: string, expected: string): Promise<Op> {
   const result = await callOk(client, "read_file", { path: file });
   if (result.content !== expected) throw new Error("read_file returned other content than the file holds");
   return () => callOk(client, "read_file", { path: file });
 }
 
 /** The peer's read_text_file of the same file, checked the same way. */
-async function peerReadOp(client: Client, file: string, expected: string): Promise<Op> {
+async function peerReadOp(client: ToolCaller, file: string, expected: string): Promise<Op> {
   const result = await callOk(client, "read_text_file", { path: file });
   if (result.content !== expected) throw new Error("the peer's read_text_file returned other content than the file holds");
   return () => callOk(client, "read_text_file", { path: file });
 }
 
-/** Scenarios 1, 2 and 8 (sequential): ping, read_file and the peer's read_text_file, in alternating blocks. */
+const PEER_SEQUENTIAL: ScenarioKey = "8_peer_read_text_file";
+const PEER_CONCURRENT: ScenarioKey = "8_peer_read_text_file_concurrent";
+
+/** The relay's CPU is the relay's: the peer's figures do not carry it (the relay sits idle while the peer works). */
+function withoutRelayCpu({ relay_cpu_per_call_ms: _, ...latency }: Latency): Figures {
+  return latency;
+}
+
+/** Scenarios 1, 2 and 8 (sequential): on each path a request the relay answers itself (ping; server/discover on
+ *  2026-07-28) and read_file, and the peer's read_text_file, all in alternating blocks. */
 export async function sequentialCalls(rig: Rig, peer: Peer | undefined, settings: Settings, results: Results): Promise<void> {
   const expected = await Bun.file(rig.smallFile).text();
-  const ops: Record<string, Op> = {
-    ping: () => rig.client.ping(),
-    read_file: await readFileOp(rig.client, rig.smallFile, expected),
-  };
-  if (peer) ops.peer = await peerReadOp(await peer.connect(), rig.smallFile, expected);
-  const measured = await sampleAlternating(ops, settings.sequential);
-  results.record("1_ping", { ...measured.ping! });
-  results.record("2_read_file", { ...measured.read_file! });
-  if (measured.peer) results.record("8_peer_read_text_file", { ...measured.peer });
+  const ops: Partial<Record<ScenarioKey, Op>> = {};
+  for (const path of MCP_PATHS) {
+    const client = await rig.clientOn(path);
+    ops[onPath("1_ping", path)] = () => client.noHop();
+    ops[onPath("2_read_file", path)] = await readFileOp(client, rig.smallFile, expected);
+  }
+  if (peer) ops[PEER_SEQUENTIAL] = await peerReadOp(await peer.connect(), rig.smallFile, expected);
+  const measured = await sampleAlternating(ops as Record<ScenarioKey, Op>, settings.sequential, rig.relayCpu);
+  for (const [key, latency] of Object.entries(measured) as [ScenarioKey, Latency][]) {
+    results.record(key, key === PEER_SEQUENTIAL ? withoutRelayCpu(latency) : { ...latency });
+  }
 }
 
-/** Scenarios 3 and 8 (concurrent): 32 calls in flight from 4 sessions, the relay and the peer in alternating
- *  windows; calls/s is the total over all windows of each side. */
+/** Scenarios 3 and 8 (concurrent): 32 calls in flight from 4 clients (sessions, but on 2026-07-28), the relay on
+ *  each path and the peer in alternating windows; calls/s is the total over all windows of each side. */
 export async function concurrentCalls(rig: Rig, peer: Peer | undefined, settings: Settings, results: Results): Promise<void> {
   const expected = await Bun.file(rig.smallFile).text();
-  const ours = await Promise.all((await rig.sessions(CONCURRENT_SESSIONS)).map((c) => readFileOp(c, rig.smallFile, expected)));
-  const theirs = peer
-    ? await Promise.all(Array.from({ length: CONCURRENT_SESSIONS }, async () => peerReadOp(await peer.connect(), rig.smallFile, expected)))
-    : [];
-  const sessionOf = (ops: Op[]) => (worker: number) => ops[worker % ops.length]!();
-  const windows = { ours: [] as Throughput[], theirs: [] as Throughput[] };
-  for (let round = 0; round < settings.concurrent.rounds; round++) {
-    windows.ours.push(await measureThroughput(sessionOf(ours), CONCURRENT_CALLS, settings.concurrent));
-    if (peer) windows.theirs.push(await measureThroughput(sessionOf(theirs), CONCURRENT_CALLS, settings.concurrent));
+  const clientOf = (ops: Op[]) => (worker: number) => ops[worker % ops.length]!();
+  const sides: Partial<Record<ScenarioKey, (worker: number) => Promise<unknown>>> = {};
+  for (const path of MCP_PATHS) {
+    const ops = await Promise.all((await rig.clients(path, CONCURRENT_SESSIONS)).map((c) => readFileOp(c, rig.smallFile, expected)));
+    sides[onPath("3_read_file_concurrent", path)] = clientOf(ops);
   }
-  results.record("3_read_file_concurrent", total(windows.ours));
-  if (peer) results.record("8_peer_read_text_file_concurrent", total(windows.theirs));
+  if (peer) {
+    const ops = await Promise.all(Array.from({ length: CONCURRENT_SESSIONS }, async () => peerReadOp(await peer.connect(), rig.smallFile, expected)));
+    sides[PEER_CONCURRENT] = clientOf(ops);
+  }
+  const entries = Object.entries(sides) as [ScenarioKey, (worker: number) => Promise<unknown>][];
+  const windows = new Map(entries.map(([key]) => [key, [] as Throughput[]]));
+  for (let round = 0; round < settings.concurrent.rounds; round++) {
+    for (const [key, op] of entries) {
+      windows.get(key)!.push(await measureThroughput(op, CONCURRENT_CALLS, settings.concurrent, key === PEER_CONCURRENT ? undefined : rig.relayCpu));
+    }
+  }
+  for (const [key, measured] of windows) results.record(key, total(measured, key === "3_read_file_concurrent_2026" ? "clients" : "sessions"));
 }
 
-function total(windows: Throughput[]) {
+function total(windows: Throughput[], clientsAre: "sessions" | "clients"): Figures {
   const calls = windows.reduce((sum, w) => sum + w.calls, 0);
   const seconds = windows.reduce((sum, w) => sum + w.seconds, 0);
-  return { calls, seconds: round(seconds), calls_per_s: Math.round(calls / seconds), in_flight: CONCURRENT_CALLS, sessions: CONCURRENT_SESSIONS };
+  const figures: Figures = { calls, seconds: round(seconds), calls_per_s: Math.round(calls / seconds), in_flight: CONCURRENT_CALLS, [clientsAre]: CONCURRENT_SESSIONS };
+  const cpu = windows.map((w) => w.relay_cpu_ms);
+  if (cpu.every((ms) => ms !== undefined)) figures.relay_cpu_per_call_ms = round(cpu.reduce((sum, ms) => sum + ms, 0) / calls);
+  return figures;
+}
+
+/** Scenario 9: tools/list (12 tools with their JSON Schemas) on each path, in alternating blocks, each from a
+ *  client of its own (a v1 client that has listed the tools validates every later call's output against them). */
+export async function toolsList(rig: Rig, settings: Settings, results: Results): Promise<void> {
+  const clients = await Promise.all(MCP_PATHS.map((path) => connectBenchClient(rig.relay, path)));
+  try {
+    const ops: Partial<Record<ScenarioKey, Op>> = {};
+    for (const client of clients) {
+      const { tools } = await client.listTools();
+      if (tools.length === 0) throw new Error(`tools/list on the ${client.path} path listed no tools`);
+      ops[onPath("9_tools_list", client.path)] = () => client.listTools();
+    }
+    const measured = await sampleAlternating(ops as Record<ScenarioKey, Op>, settings.list, rig.relayCpu);
+    for (const [key, latency] of Object.entries(measured) as [ScenarioKey, Latency][]) results.record(key, { ...latency });
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+  }
 }
 
 /** Scenario 4: run_shell_command "true" against Bun.spawn of the same shell with the same arguments, here. The

@@ -8,10 +8,9 @@ import { expect, setDefaultTimeout, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { auditCli, callsOf } from "../helpers/audit.ts";
 import { ageEvents, auditedCalls, callsWith, integrityCheck } from "../helpers/audit-db.ts";
-import { connectClient, eventually, freePort, pidsMatching, startAgent, startRelay, TRANSPORTS, type Agent, type Relay, type TransportKind } from "../helpers/processes.ts";
+import { connectClient, eventually, freePort, pidsMatching, startAgent, startRelay, TRANSPORTS, type Agent, type McpClient, type Relay, type TransportKind } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
 
 setDefaultTimeout(90_000);
@@ -35,7 +34,7 @@ type Answer = { marker: string; phase: "before" | "restart" | "settled"; kind: "
 /** One client calling in a loop, reconnecting (a new session) whenever a call throws. Every call carries a fresh
  *  marker in its arguments, so its audit row can be found. */
 async function clientLoop(relay: Pick<Relay, "url" | "token">, transport: TransportKind, machines: Agent[], state: { phase: Answer["phase"]; stop: boolean }, answers: Answer[], sessions: string[]) {
-  let client: (Client & AsyncDisposable) | undefined;
+  let client: (McpClient & AsyncDisposable) | undefined;
   const started = Date.now();
   for (let i = 0; i < MAX_CALLS_PER_CLIENT && !state.stop && Date.now() - started < MAX_LOAD_MS; i++) {
     const phase = state.phase;

@@ -4,9 +4,8 @@
 
 import { describe, expect, test } from "bun:test";
 import { callsOf } from "../helpers/audit.ts";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
-import { connectClient, eventually, pidsMatching, startAgent, tempDir, TRANSPORTS } from "../helpers/processes.ts";
+import { connectClient, eventually, pidsMatching, startAgent, tempDir, TRANSPORTS, type McpClient } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 
@@ -16,7 +15,7 @@ const stack = useStack({ agent: { machine: "worker", env: { MAX_BACKGROUND_COMMA
 const marker = () => String(3_000_000 + Math.floor(Math.random() * 6_000_000));
 
 /** Follows a command with get_command_output until it is final; returns all its output and the last answer. */
-async function follow(client: Client, commandId: string): Promise<{ output: string; last: Record<string, any>; calls: number }> {
+async function follow(client: McpClient, commandId: string): Promise<{ output: string; last: Record<string, any>; calls: number }> {
   let output = "";
   let offset = 0;
   for (let calls = 1; calls <= 50; calls++) {

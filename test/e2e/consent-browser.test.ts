@@ -1,13 +1,15 @@
 // The OAuth consent page in a real browser (Debian's Chromium driven by playwright-core), at phone width: the right
-// owner secret redirects with a code; a wrong one is refused and the page asks again. (What repeated wrong secrets
-// lead to is in consent-lockout.test.ts.) A screenshot is saved in test-output/ for a person to look at.
+// owner secret redirects with a code; a wrong one is refused and the page asks again; a client identified by its
+// metadata document is named by it, with the site that publishes it. (What repeated wrong secrets lead to is in
+// consent-lockout.test.ts.) Screenshots are saved in test-output/ for a person to look at.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { closeBrowser, HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS, submitForm, textsOf, type Landing } from "../helpers/browser.ts";
-import { newAuthorizationUrl } from "../helpers/oauth.ts";
+import { startDocumentSite, type DocumentSite } from "../helpers/cimd.ts";
+import { authorizationUrl as documentAuthorizationUrl, newAuthorizationUrl } from "../helpers/oauth.ts";
 import { useStack } from "../helpers/stack.ts";
 
 const OWNER_PASSWORD = "a long owner passphrase";
@@ -25,11 +27,16 @@ async function submit(page: Page, secret: string): Promise<Landing> {
 describe.skipIf(!HAS_CHROMIUM)("the consent page in Chromium at phone width (skipped without /usr/bin/chromium: apt-get install chromium)", () => {
   // The relay, the agent and the browser start here, not for the whole file: a skipped describe runs none of its hooks.
   // This afterAll is made before the stack's, so the browser closes before the agent and the relay stop.
+  let site: DocumentSite;
   afterAll(async () => {
     await closeBrowser(browser);
+    await site?.[Symbol.asyncDispose]();
+  });
+  beforeAll(() => {
+    site = startDocumentSite();
   });
 
-  const stack = useStack({ relay: { env: { OWNER_PASSWORD } }, agent: { machine: "phone-test-box" } });
+  const stack = useStack(() => ({ relay: { env: { OWNER_PASSWORD, CIMD_TEST_CA_FILE: site.caFile } }, agent: { machine: "phone-test-box" } }));
 
   beforeAll(async () => {
     browser = await launchChromium();
@@ -76,6 +83,19 @@ describe.skipIf(!HAS_CHROMIUM)("the consent page in Chromium at phone width (ski
     await expect(page.locator(".warning.danger").textContent()).resolves.toContain("The browser will really go to xn--laude-0ye.ai.");
     expect(await pageWidth(page)).toBeLessThanOrEqual(PHONE.width);
     await page.screenshot({ path: path.join(SCREENSHOTS, "consent-lookalike-phone.png"), fullPage: true });
+    await page.context().close();
+  });
+
+  test("a client identified by its metadata document is named by it, with its site in bold, and a localhost answer is warned about", async () => {
+    const clientId = site.publish("/oauth/claude-code-client-metadata", { client_name: "Claude Code", redirect_uris: [REDIRECT], token_endpoint_auth_method: "none" });
+    const page = await phonePage();
+    await page.goto(documentAuthorizationUrl(stack.relay.url, clientId, REDIRECT));
+    await expect(page.locator("h1").textContent()).resolves.toBe("Allow Claude Code to use Code Remote?");
+    await expect(page.locator(".publisher").textContent()).resolves.toBe(new URL(clientId).host);
+    await expect(page.locator(".publisher strong").isVisible()).resolves.toBe(true);
+    await expect(page.locator(".warning.danger").textContent()).resolves.toContain("The answer stays on this computer");
+    expect(await pageWidth(page)).toBeLessThanOrEqual(PHONE.width);
+    await page.screenshot({ path: path.join(SCREENSHOTS, "consent-document-phone.png"), fullPage: true });
     await page.context().close();
   });
 

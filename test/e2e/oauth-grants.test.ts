@@ -8,22 +8,16 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { eventsOf } from "../helpers/audit.ts";
+import { eventsOf, relayCommand } from "../helpers/audit.ts";
 import { obtainGrant, refreshGrant } from "../helpers/oauth.ts";
-import { freePort, NEUTRAL_CWD, newToken, ROOT, startRelay } from "../helpers/processes.ts";
+import { freePort, newToken, startRelay } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 
 const OWNER_PASSWORD = "owner passphrase for grants";
 const PROTOCOL_VERSION = "2025-11-25";
 
 /** `bun run server.ts oauth-clients …` on a relay's database, as the owner would run it. */
-function oauthClientsCli(databasePath: string, ...args: string[]) {
-  const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "oauth-clients", ...args], {
-    cwd: NEUTRAL_CWD,
-    env: { PATH: process.env.PATH!, DATABASE_PATH: databasePath },
-  });
-  return { code: result.exitCode, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
-}
+const oauthClientsCli = (databasePath: string, ...args: string[]) => relayCommand(databasePath, "oauth-clients", ...args);
 
 const mcpHeaders = (token: string, extra: Record<string, string> = {}) => ({
   Authorization: `Bearer ${token}`,

@@ -1,9 +1,12 @@
 // OAuth 2.1 against a real relay: the SDK's own OAuth client end to end (register, consent, token, tool call,
-// refresh) over both transports, and each bad input of the flow getting the right OAuth error and no token.
+// refresh) over both transports, the v1 client (1.32.2, as 2025 clients run) and the v2 one, which registers as the
+// fallback when it has no metadata document (those are in cimd.test.ts), and each bad input of the flow getting
+// the right OAuth error and no token.
 
 import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
+import { Client as ModernClient, StreamableHTTPClientTransport as ModernTransport, UnauthorizedError as ModernUnauthorizedError } from "@modelcontextprotocol/client";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { UnauthorizedError } from "@modelcontextprotocol/sdk/client/auth.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
@@ -57,6 +60,22 @@ describe.each(["streamable-http", "sse"] as const)("the SDK's OAuth client over 
     expect(after.refresh_token).not.toBe(before.refresh_token);
     await again.close();
   });
+});
+
+test("the v2 SDK client without a metadata document registers (the fallback), checks iss, and calls a tool", async () => {
+  const provider = new TestOAuthProvider("none");
+  const transport = () => new ModernTransport(new URL("/mcp", stack.relay.url), { authProvider: provider });
+  const first = transport();
+  await expect(new ModernClient({ name: "t", version: "1" }).connect(first)).rejects.toThrow(ModernUnauthorizedError);
+  const consent = await openConsent(provider.authorizationUrl!);
+  const answer = await answerConsent(stack.relay.url, consent, { secret: OWNER_PASSWORD });
+  await first.finishAuth(new URL(answer.headers.get("location")!).searchParams); // refused without the right iss
+  const client = new ModernClient({ name: "t", version: "1" });
+  await client.connect(transport());
+  expect(provider.clientInformation()!.client_id).not.toContain(":"); // a registered id, not a URL
+  const result = (await client.callTool({ name: "run_shell_command", arguments: { command: "echo v2-registered" } })) as any;
+  expect(result.structuredContent.stdout).toBe("v2-registered\n");
+  await client.close();
 });
 
 test("a public client (token_endpoint_auth_method none, PKCE only) completes the flow too", async () => {
@@ -168,6 +187,17 @@ describe("bad inputs get the right error and no token", () => {
       expect(response.headers.get("location")).toBeNull();
       expect(await response.text()).toContain("Wrong redirect address");
     }
+  });
+
+  test("registration takes application_type web or native (2026-07-28 clients send it) and refuses anything else", async () => {
+    for (const type of ["web", "native"]) expect((await register({ application_type: type }) as any).application_type).toBe(type);
+    const response = await fetch(new URL("/register", stack.relay.url), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ redirect_uris: [REDIRECT], application_type: "desktop" }),
+    });
+    expect(response.status).toBe(400);
+    expect(await response.json()).toEqual({ error: "invalid_client_metadata", error_description: 'application_type must be web or native, not "desktop".' });
   });
 
   test("registration refuses a non-https redirect URI to another host", async () => {
@@ -324,7 +354,9 @@ describe("bad inputs get the right error and no token", () => {
     expect(await wrong.text()).toContain("Wrong owner secret");
     const again = await openConsent(authorizeUrl(client.client_id));
     const denied = await answerConsent(stack.relay.url, again, { decision: "deny" });
-    expect(new URL(denied.headers.get("location")!).searchParams.get("error")).toBe("access_denied");
+    const answer = new URL(denied.headers.get("location")!).searchParams;
+    expect(answer.get("error")).toBe("access_denied");
+    expect(answer.get("iss")).toBe(stack.relay.url.origin); // RFC 9207: on errors too
   });
 
   test("the consent form without its cookie (a cross-site post) is refused", async () => {

@@ -1,10 +1,14 @@
-// The audit log as a user reads it: `bun run server.ts audit …` against a relay's database.
+// The audit log as a user reads it: `bun run server.ts audit …` against a relay's database (and the relay's other
+// subcommands, run the same way).
 
 import * as path from "node:path";
 import { NEUTRAL_CWD, ROOT } from "./processes.ts";
 
-export function auditCli(databasePath: string, ...args: string[]) {
-  const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "audit", ...args], {
+export const auditCli = (databasePath: string, ...args: string[]) => relayCommand(databasePath, "audit", ...args);
+
+/** One of the relay's subcommands (audit, oauth-clients, …) against the database at `databasePath`, as the owner runs it. */
+export function relayCommand(databasePath: string, ...argv: string[]) {
+  const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), ...argv], {
     cwd: NEUTRAL_CWD,
     env: { PATH: process.env.PATH!, DATABASE_PATH: databasePath },
   });

@@ -5,8 +5,7 @@
 
 import * as fs from "node:fs";
 import type { Socket } from "bun";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { tempDir } from "./processes.ts";
+import { tempDir, type McpClient } from "./processes.ts";
 import { call } from "./tools.ts";
 
 // --- a proxy that can cut the link without closing it ---
@@ -226,7 +225,7 @@ export const MiB = 1024 * 1024;
 
 /** Follows a command with get_command_output until it is final and all output is read (at most `maxCalls`
  *  calls); returns its whole output and the last answer. */
-export async function followCommand(client: Client, commandId: string, maxCalls = 30): Promise<{ output: string; last: Record<string, any> }> {
+export async function followCommand(client: McpClient, commandId: string, maxCalls = 30): Promise<{ output: string; last: Record<string, any> }> {
   let output = "";
   let offset = 0;
   for (let i = 0; i < maxCalls; i++) {

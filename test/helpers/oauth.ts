@@ -1,19 +1,37 @@
-// OAuth from the client's side, for tests: an OAuthClientProvider for the SDK's own client (what Claude-like clients
-// run), and the owner's part of the flow (open the consent page, type the owner secret, approve) done with fetch.
+// OAuth from the client's side, for tests: an OAuthClientProvider for the SDKs' own clients (what Claude-like clients
+// run; the v1 and v2 clients take the same shape), and the owner's part of the flow (open the consent page, type the
+// owner secret, approve) done with fetch.
 
 import { createHash, randomBytes } from "node:crypto";
-import type { OAuthClientProvider } from "@modelcontextprotocol/sdk/client/auth.js";
-import type { OAuthClientInformationMixed, OAuthClientMetadata, OAuthTokens } from "@modelcontextprotocol/sdk/shared/auth.js";
+import type { AddClientAuthentication, OAuthClientInformationMixed, OAuthClientMetadata, OAuthClientProvider, OAuthDiscoveryState, OAuthTokens } from "@modelcontextprotocol/client";
+
+/** How a TestOAuthProvider identifies itself: by registering (DCR), or by the URL of its metadata document (CIMD),
+ *  signing its token requests when the document asks for private_key_jwt. */
+export interface TestClientIdentity {
+  authMethod?: "none" | "client_secret_post" | "client_secret_basic";
+  clientMetadataUrl?: string;
+  addClientAuthentication?: AddClientAuthentication;
+}
 
 /** Keeps what the SDK client stores in memory, and remembers where it wanted to send the user to log in. */
 export class TestOAuthProvider implements OAuthClientProvider {
   readonly redirectUrl = "http://127.0.0.1:1/callback"; // never opened: the test reads the code from Location
+  readonly authMethod: NonNullable<TestClientIdentity["authMethod"]>;
+  readonly clientMetadataUrl?: string;
+  readonly addClientAuthentication?: AddClientAuthentication;
   authorizationUrl?: URL;
   #client?: OAuthClientInformationMixed;
   #tokens?: OAuthTokens;
   #verifier = "";
+  /** What the v2 client discovered before redirecting, so that finishAuth checks the answer came from that server. */
+  #discovery?: OAuthDiscoveryState;
 
-  constructor(readonly authMethod: "none" | "client_secret_post" | "client_secret_basic" = "client_secret_post") {}
+  constructor(identity: TestClientIdentity["authMethod"] | TestClientIdentity = "client_secret_post") {
+    const given = typeof identity === "string" ? { authMethod: identity } : identity;
+    this.authMethod = given.authMethod ?? "client_secret_post";
+    this.clientMetadataUrl = given.clientMetadataUrl;
+    this.addClientAuthentication = given.addClientAuthentication;
+  }
 
   get clientMetadata(): OAuthClientMetadata {
     return {
@@ -46,6 +64,12 @@ export class TestOAuthProvider implements OAuthClientProvider {
   codeVerifier() {
     return this.#verifier;
   }
+  saveDiscoveryState(state: OAuthDiscoveryState) {
+    this.#discovery = state;
+  }
+  discoveryState() {
+    return this.#discovery;
+  }
 }
 
 /** Registers a new public client named "Claude" and returns the authorization URL it would open in the browser. */
@@ -56,9 +80,15 @@ export async function newAuthorizationUrl(origin: URL, redirectUri: string): Pro
     body: JSON.stringify({ client_name: "Claude", redirect_uris: [redirectUri], token_endpoint_auth_method: "none" }),
   });
   const { client_id } = (await registration.json()) as { client_id: string };
+  return authorizationUrl(origin, client_id, redirectUri);
+}
+
+/** The authorization URL a client with `clientId` (registered, or a metadata document's URL) would open in the
+ *  browser, with a PKCE challenge whose verifier nobody keeps (for pages that are looked at, not redeemed). */
+export function authorizationUrl(origin: URL, clientId: string, redirectUri: string): string {
   const challenge = createHash("sha256").update(randomBytes(32).toString("base64url")).digest("base64url");
   const url = new URL("/authorize", origin);
-  const params = { response_type: "code", client_id, redirect_uri: redirectUri, code_challenge: challenge, code_challenge_method: "S256", state: "xyz" };
+  const params = { response_type: "code", client_id: clientId, redirect_uri: redirectUri, code_challenge: challenge, code_challenge_method: "S256", state: "xyz" };
   for (const [key, value] of Object.entries(params)) url.searchParams.set(key, value);
   return url.toString();
 }

@@ -1,11 +1,12 @@
 // Real processes for end-to-end tests: the relay (server.ts) and agents (agent.ts) as child processes on
-// loopback, and MCP clients from the SDK over either transport. Everything returned is AsyncDisposable, so a
+// loopback, and MCP clients from the SDKs over each transport. Everything returned is AsyncDisposable, so a
 // test writes `await using relay = await startRelay()` and the processes die with the scope.
 
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { Client as ModernClient, StreamableHTTPClientTransport as ModernHTTPTransport, type FetchLike } from "@modelcontextprotocol/client";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -205,16 +206,21 @@ export async function startAgent(relay: Relay, options: AgentOptions = {}): Prom
   return { ...child, machine, roots };
 }
 
-export type TransportKind = "streamable-http" | "sse";
-export const TRANSPORTS: TransportKind[] = ["streamable-http", "sse"];
+/** How a test client reaches the relay: the v1 SDK client (1.32.2) in a 2025 session over Streamable HTTP or over the
+ *  legacy SSE transport, or the v2 client negotiating by itself, which speaks 2026-07-28 (no session). */
+export type TransportKind = "streamable-http" | "sse" | "modern";
+export const TRANSPORTS: TransportKind[] = ["streamable-http", "sse", "modern"];
 
-/** An MCP client from the SDK, connected to the relay over the given transport with the bearer token. */
-export async function connectClient(
-  relay: Pick<Relay, "url" | "token">,
-  kind: TransportKind,
-  token = relay.token,
-): Promise<Client & AsyncDisposable> {
+/** What tests use of an MCP client, whichever SDK made it, in the v1 client's shape (callTool takes a result
+ *  schema before its options). */
+export type McpClient = Pick<Client, "callTool" | "listTools" | "close"> & { transport?: { sessionId?: string } };
+
+/** An MCP client from an SDK, connected to the relay over the given transport with the bearer token. */
+export async function connectClient(relay: Pick<Relay, "url" | "token">, kind: "streamable-http" | "sse", token?: string): Promise<Client & AsyncDisposable>;
+export async function connectClient(relay: Pick<Relay, "url" | "token">, kind: TransportKind, token?: string): Promise<McpClient & AsyncDisposable>;
+export async function connectClient(relay: Pick<Relay, "url" | "token">, kind: TransportKind, token = relay.token): Promise<McpClient & AsyncDisposable> {
   const headers = { Authorization: `Bearer ${token}` };
+  if (kind === "modern") return connectModernClient(relay, { headers });
   const transport =
     kind === "streamable-http"
       ? new StreamableHTTPClientTransport(new URL("/mcp", relay.url), { requestInit: { headers } })
@@ -225,6 +231,30 @@ export async function connectClient(
   const client = new Client({ name: "code-remote-test", version: "1.0.0" });
   await client.connect(transport);
   return Object.assign(client, { [Symbol.asyncDispose]: () => client.close() });
+}
+
+export interface ModernClientOptions {
+  headers: Record<string, string>;
+  /** "auto" (default) probes with server/discover and speaks 2026-07-28; "legacy" opens a 2025 session. */
+  mode?: "auto" | "legacy";
+  /** Sees every HTTP request the client makes (to count round trips). */
+  fetch?: FetchLike;
+}
+
+/** The v2 SDK's client (2.4.0) on /mcp, as an McpClient; `sdk` is the client itself. */
+export async function connectModernClient(
+  relay: Pick<Relay, "url">,
+  options: ModernClientOptions,
+): Promise<McpClient & AsyncDisposable & { sdk: ModernClient }> {
+  const client = new ModernClient({ name: "code-remote-test", version: "1.0.0" }, { versionNegotiation: { mode: options.mode ?? "auto" } });
+  await client.connect(new ModernHTTPTransport(new URL("/mcp", relay.url), { requestInit: { headers: options.headers }, fetch: options.fetch }));
+  return {
+    sdk: client,
+    callTool: ((params, _resultSchema, requestOptions) => client.callTool(params, requestOptions)) as Client["callTool"],
+    listTools: ((params, requestOptions) => client.listTools(params, requestOptions)) as Client["listTools"],
+    close: () => client.close(),
+    [Symbol.asyncDispose]: () => client.close(),
+  };
 }
 
 /** The process ids of every process whose command line contains `marker` (ps, as a user would look). */

@@ -4,7 +4,7 @@
 import { expect } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import type { McpClient } from "./processes.ts";
 import { call } from "./tools.ts";
 
 /** Every name under `dir`, recursively and without following symlinks, with its mode and mtime, the contents of
@@ -26,7 +26,7 @@ export function snapshot(dir: string): string {
 
 /** Calls `tool`, expects a tool error matching `message`, and that nothing under `tree` changed; returns the error
  *  text for further checks. */
-export async function expectRefusedLeavingTreeUnchanged(client: Client, tree: string, tool: string, args: Record<string, unknown>, message: RegExp): Promise<string> {
+export async function expectRefusedLeavingTreeUnchanged(client: McpClient, tree: string, tool: string, args: Record<string, unknown>, message: RegExp): Promise<string> {
   const before = snapshot(tree);
   const r = await call(client, tool, args);
   expect(r.isError).toBe(true);

@@ -3,8 +3,7 @@
 // `useStack` gives one to every test of a file, through beforeAll and afterAll.
 
 import { afterAll, beforeAll } from "bun:test";
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { connectClient, startAgent, startRelay, type Agent, type AgentOptions, type Relay, type RelayOptions, type TransportKind } from "./processes.ts";
+import { connectClient, startAgent, startRelay, type Agent, type AgentOptions, type McpClient, type Relay, type RelayOptions, type TransportKind } from "./processes.ts";
 
 export interface StackOptions {
   relay?: RelayOptions;
@@ -17,7 +16,7 @@ export interface StackOptions {
 export interface Stack {
   relay: Relay;
   agent: Agent;
-  client: Client & AsyncDisposable;
+  client: McpClient & AsyncDisposable;
 }
 
 /** Starts the relay, then the agent, then the client; disposing stops them in the opposite order. When a later

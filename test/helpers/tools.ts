@@ -1,7 +1,7 @@
 // Small readers for tool results, so tests state what they expect instead of digging through content arrays.
 
-import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import type { McpClient } from "./processes.ts";
 
 export interface ToolCall {
   result: CallToolResult;
@@ -12,7 +12,7 @@ export interface ToolCall {
   isError: boolean;
 }
 
-export async function call(client: Client, name: string, args: Record<string, unknown> = {}, options: { timeout?: number } = {}): Promise<ToolCall> {
+export async function call(client: McpClient, name: string, args: Record<string, unknown> = {}, options: { timeout?: number } = {}): Promise<ToolCall> {
   const result = (await client.callTool({ name, arguments: args }, undefined, { timeout: options.timeout ?? 60_000 })) as CallToolResult;
   const first = result.content?.[0];
   return {

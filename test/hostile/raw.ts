@@ -87,6 +87,26 @@ export async function openSession(relay: Pick<Relay, "url" | "token">, token = r
   return session;
 }
 
+/** The stateless revision: no initialize and no session; each request carries its version in _meta. */
+export const MODERN_PROTOCOL_VERSION = "2026-07-28";
+
+/** A 2026-07-28 request as a conforming client sends it: its protocol version and capabilities in _meta, and the
+ *  standard headers that must agree with the body (MCP-Protocol-Version, Mcp-Method, and Mcp-Name on a tools/call). */
+export function modernRequest(method: string, params: Record<string, unknown> = {}, id: number | string = nextId++) {
+  const meta = { "io.modelcontextprotocol/protocolVersion": MODERN_PROTOCOL_VERSION, "io.modelcontextprotocol/clientCapabilities": {}, ...(params._meta as object) };
+  const named = method === "tools/call" && typeof params.name === "string" ? { "Mcp-Name": params.name } : {};
+  return {
+    body: { jsonrpc: "2.0", id, method, params: { ...params, _meta: meta } as Record<string, any> },
+    headers: { ...MCP_HEADERS, "MCP-Protocol-Version": MODERN_PROTOCOL_VERSION, "Mcp-Method": method, ...named } as Record<string, string>,
+  };
+}
+
+/** POSTs a 2026-07-28 request to /mcp with `token`; `headers` change or add to its standard ones. */
+export function postModern(relay: Pick<Relay, "url">, token: string, method: string, params?: Record<string, unknown>, headers: Record<string, string> = {}): Promise<Reply> {
+  const sent = modernRequest(method, params);
+  return post(relay, "/mcp", sent.body, { ...sent.headers, ...bearer(token), ...headers });
+}
+
 /** The text of a tools/call answer, and whether it is a tool error. */
 export function toolAnswer(reply: Reply): { isError: boolean; text: string; data: any } {
   const result = reply.messages[0]?.result;

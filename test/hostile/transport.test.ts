@@ -8,7 +8,22 @@ import * as path from "node:path";
 import { eventually, pidsMatching } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { obtainGrant } from "../helpers/oauth.ts";
-import { bearer, INITIALIZE, MCP_HEADERS, oauthAccessToken, openSession, openSseStream, post, PROTOCOL_VERSION, request, toolAnswer, type RawSession } from "./raw.ts";
+import {
+  bearer,
+  INITIALIZE,
+  MCP_HEADERS,
+  MODERN_PROTOCOL_VERSION,
+  modernRequest,
+  oauthAccessToken,
+  openSession,
+  openSseStream,
+  post,
+  postModern,
+  PROTOCOL_VERSION,
+  request,
+  toolAnswer,
+  type RawSession,
+} from "./raw.ts";
 
 const stack = useStack({ agent: { machine: "target" } });
 let session: RawSession;
@@ -187,10 +202,10 @@ describe("parameters", () => {
     const deepEnv = '{"a":'.repeat(100_000) + '"x"' + "}".repeat(100_000);
     const env = toolAnswer(await session.post(`{"jsonrpc":"2.0","id":17,"method":"tools/call","params":{"name":"run_shell_command","arguments":{"command":"true","env":${deepEnv}}}}`));
     expect(env.isError).toBe(true);
-    expect(env.text).toContain("at env.a");
+    expect(env.text).toContain("env.a: Invalid input");
     const argv = toolAnswer(await session.post(`{"jsonrpc":"2.0","id":18,"method":"tools/call","params":{"name":"run_shell_command","arguments":{"argv":${"[".repeat(100_000)}${"]".repeat(100_000)}}}}`));
     expect(argv.isError).toBe(true);
-    expect(argv.text).toContain("argv[0]");
+    expect(argv.text).toContain("argv.0: ");
     await stillServes();
   });
 
@@ -232,7 +247,7 @@ describe("sizes", () => {
     envelope.params.arguments.content = "a".repeat(8 * 1024 * 1024 - JSON.stringify(envelope).length);
     const reply = toolAnswer(await session.post(JSON.stringify(envelope)));
     expect(reply.isError).toBe(true);
-    expect(reply.text).toContain("Invalid arguments for tool write_file: Too big");
+    expect(reply.text).toContain("Invalid arguments for tool write_file: content: Too big");
     expect(fs.existsSync(path.join(root, "big"))).toBe(false);
   });
 
@@ -426,6 +441,70 @@ describe("sessions", () => {
     expect([reused.status, reused.error?.code]).toEqual([400, -32600]);
     stream.abort(); // the client leaves: its calls are cancelled and their commands killed
     await eventually(() => pidsMatching(mark).length === 0, 10_000);
+  });
+});
+
+describe("the 2026-07-28 leg (each request stands alone)", () => {
+  const modern = (method: string, params?: Record<string, unknown>, headers?: Record<string, string>) => postModern(stack.relay, stack.relay.token, method, params, headers);
+  const runs = (command: string) => ({ name: "run_shell_command", arguments: { command } });
+
+  test.each([
+    ["2026-07-28 requests", false],
+    ["both revisions", true],
+  ])("a batch of %s is refused with 400 and -32600, and none of its calls runs", async (_, mixed) => {
+    const m = marker(mixed ? "mixed-batch" : "modern-batch");
+    const toolCall = modernRequest("tools/call", runs(m.command)).body;
+    const batch = mixed ? [INITIALIZE, toolCall] : [toolCall, modernRequest("server/discover").body];
+    const reply = await post(stack.relay, "/mcp", batch, { ...bearer(stack.relay.token), "MCP-Protocol-Version": MODERN_PROTOCOL_VERSION, "Mcp-Method": "tools/call" });
+    expect([reply.status, reply.error?.code]).toEqual([400, -32600]);
+    expect(reply.headers.get("mcp-session-id")).toBeNull();
+    await Bun.sleep(200);
+    expect(m.ran()).toBe(false);
+  });
+
+  test.each(["MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"])("a tools/call without %s gets 400 and -32020, and nothing runs", async (header) => {
+    const m = marker(`no-${header}`);
+    const sent = modernRequest("tools/call", runs(m.command));
+    delete sent.headers[header];
+    const reply = await post(stack.relay, "/mcp", sent.body, { ...sent.headers, ...bearer(stack.relay.token) });
+    expect([reply.status, reply.error?.code]).toEqual([400, -32020]);
+    expect(m.ran()).toBe(false);
+  });
+
+  test("_meta that names the revision but not the client's capabilities gets 400 and -32602 naming what is missing", async () => {
+    const m = marker("no-capabilities");
+    const sent = modernRequest("tools/call", runs(m.command));
+    delete sent.body.params._meta["io.modelcontextprotocol/clientCapabilities"];
+    const reply = await post(stack.relay, "/mcp", sent.body, { ...sent.headers, ...bearer(stack.relay.token) });
+    expect([reply.status, reply.error?.code]).toEqual([400, -32602]);
+    expect(reply.error!.message).toContain("clientCapabilities");
+    expect(m.ran()).toBe(false);
+  });
+
+  test("a body over 8 MiB gets 413; one of exactly 8 MiB is read, and write_file's schema refuses content that long", async () => {
+    const tooBig = await post(stack.relay, "/mcp", "a".repeat(8 * 1024 * 1024 + 1), { ...bearer(stack.relay.token), ...modernRequest("tools/call", { name: "write_file" }).headers });
+    expect(tooBig.status).toBe(413);
+    const sent = modernRequest("tools/call", { name: "write_file", arguments: { path: path.join(root, "big-modern"), content: "" } });
+    sent.body.params.arguments.content = "a".repeat(8 * 1024 * 1024 - JSON.stringify(sent.body).length);
+    const reply = toolAnswer(await post(stack.relay, "/mcp", JSON.stringify(sent.body), { ...sent.headers, ...bearer(stack.relay.token) }));
+    expect(reply.isError).toBe(true);
+    expect(reply.text).toContain("Invalid arguments for tool write_file: content: Too big");
+    expect(fs.existsSync(path.join(root, "big-modern"))).toBe(false);
+  });
+
+  test("a body that is not application/json gets 415, an unknown method 404 and -32601, and the leg goes on", async () => {
+    const notJson = await modern("server/discover", {}, { "Content-Type": "text/plain" });
+    expect(notJson.status).toBe(415);
+    const unknown = await modern("tools/delete_everything");
+    expect([unknown.status, unknown.error?.code]).toEqual([404, -32601]);
+    const echo = toolAnswer(await modern("tools/call", runs("echo still-here")));
+    expect(echo.data.stdout).toBe("still-here\n");
+  });
+
+  test("a forged Mcp-Session-Id on a 2026-07-28 request opens nothing and reaches no session", async () => {
+    const reply = toolAnswer(await modern("tools/call", runs("echo no-session"), { "Mcp-Session-Id": session.id }));
+    expect(reply.data.stdout).toBe("no-session\n");
+    await stillServes();
   });
 });
 

@@ -27,7 +27,7 @@ const USAGE = `Usage: bun run bench [--quick] [--only N,N,...] [--out FILE.json]
 Starts a relay and an agent on 127.0.0.1 and measures them against direct execution and a peer (see BENCHMARKS.md).
 Scenarios 1-3 and 9 run on both MCP paths side by side: a 2025 session (the v1 SDK client) and 2026-07-28 (the v2
 client, no session); the others on the session. Prints a table with the ratios between the paths and the relay's
-CPU per call; writes JSON and Markdown reports. A full run takes about two minutes.
+CPU per call; writes JSON and Markdown reports. A full run takes about a minute.
 
   --quick      a smoke run of the harness: a few iterations of everything, numbers not meaningful
   --only       run only these scenarios (1-9); scenario 8 (the peer) needs \`bun run bench:peers\` first

@@ -10,6 +10,7 @@
 import { lookup } from "node:dns/promises";
 import { OAuthClientMetadataSchema } from "@modelcontextprotocol/core";
 import type { OAuthClient } from "./credentials.ts";
+import { rememberLatest } from "./limits.ts";
 import { addressBytes, inNetworks, parseCidr } from "./networks.ts";
 import { logger } from "../log.ts";
 
@@ -101,10 +102,11 @@ export class BoundedCache<V> {
 
   /** Keeps `value` for `ttlMs` (not at all when 0), dropping the least recently used beyond maxEntries. */
   set(key: string, value: V, ttlMs: number): void {
-    this.#entries.delete(key);
-    if (ttlMs <= 0) return;
-    this.#entries.set(key, { value, expires: this.now() + ttlMs });
-    while (this.#entries.size > this.maxEntries) this.#entries.delete(this.#entries.keys().next().value!);
+    if (ttlMs <= 0) {
+      this.#entries.delete(key);
+      return;
+    }
+    rememberLatest(this.#entries, key, { value, expires: this.now() + ttlMs }, this.maxEntries);
   }
 }
 

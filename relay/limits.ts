@@ -44,11 +44,11 @@ export function addressKey(address: string): string {
 }
 
 /** Sets `key` as the most recent entry of `map` (insertion order = least recent first), dropping the least recent
- *  one beyond MAX_TRACKED_ADDRESSES, so memory stays bounded whatever addresses come. */
-export function rememberLatest<V>(map: Map<string, V>, key: string, value: V): void {
+ *  ones beyond `maxEntries` (MAX_TRACKED_ADDRESSES by default), so memory stays bounded whatever keys come. */
+export function rememberLatest<V>(map: Map<string, V>, key: string, value: V, maxEntries = MAX_TRACKED_ADDRESSES): void {
   map.delete(key);
   map.set(key, value);
-  if (map.size > MAX_TRACKED_ADDRESSES) map.delete(map.keys().next().value!);
+  while (map.size > maxEntries) map.delete(map.keys().next().value!);
 }
 
 interface Record {

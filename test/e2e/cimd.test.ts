@@ -8,13 +8,12 @@
 
 import { afterAll, describe, expect, test } from "bun:test";
 import { createHash, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
-import * as path from "node:path";
 import { Client, createPrivateKeyJwtAuth, StreamableHTTPClientTransport, UnauthorizedError } from "@modelcontextprotocol/client";
-import { eventsOf } from "../helpers/audit.ts";
+import { eventsOf, relayCommand } from "../helpers/audit.ts";
 import { textsOf } from "../helpers/browser.ts";
 import { startDocumentSite } from "../helpers/cimd.ts";
 import { answerConsent, approve, openConsent, TestOAuthProvider, type TestClientIdentity } from "../helpers/oauth.ts";
-import { NEUTRAL_CWD, ROOT, startRelay } from "../helpers/processes.ts";
+import { startRelay } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { MAX_CACHED } from "../../relay/cimd.ts";
 
@@ -90,10 +89,7 @@ async function connectWithDocument(identity: TestClientIdentity): Promise<{ clie
 }
 
 /** `bun run server.ts oauth-clients …` on the relay's database, as the owner would run it. */
-function oauthClientsCli(...args: string[]): { code: number; stdout: string } {
-  const run = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "oauth-clients", ...args], { cwd: NEUTRAL_CWD, env: { PATH: process.env.PATH!, DATABASE_PATH: stack.relay.databasePath } });
-  return { code: run.exitCode, stdout: run.stdout.toString() };
-}
+const oauthClientsCli = (...args: string[]) => relayCommand(stack.relay.databasePath, "oauth-clients", ...args);
 
 test("the authorization server metadata advertises metadata documents, private_key_jwt and iss", async () => {
   const metadata = (await (await fetch(new URL("/.well-known/oauth-authorization-server", stack.relay.url))).json()) as any;

@@ -5,15 +5,11 @@ import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { connectClient, newToken, ROOT, startAgent, startRelay, type Relay } from "../helpers/processes.ts";
+import { relayCommand } from "../helpers/audit.ts";
 import { call } from "../helpers/tools.ts";
 
 /** Runs `bun run server.ts agent-token …` against the relay's database. */
-function agentToken(relay: Relay, ...args: string[]) {
-  const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", ...args], {
-    env: { PATH: process.env.PATH!, HOME: process.env.HOME!, DATABASE_PATH: relay.databasePath },
-  });
-  return { code: result.exitCode, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
-}
+const agentToken = (relay: Relay, ...args: string[]) => relayCommand(relay.databasePath, "agent-token", ...args);
 
 describe("per-machine agent tokens", () => {
   test("a token admits only its machine, is stored as a hash, and revoking it cuts the agent off at once", async () => {

@@ -7,9 +7,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Browser, Page } from "playwright-core";
 import { closeBrowser, HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage as newPhonePage, SCREENSHOTS, submitForm, textsOf, type Landing } from "../helpers/browser.ts";
-import { eventsOf } from "../helpers/audit.ts";
+import { eventsOf, relayCommand } from "../helpers/audit.ts";
 import { obtainGrant } from "../helpers/oauth.ts";
-import { connectClient, ROOT, startAgent, type Agent } from "../helpers/processes.ts";
+import { connectClient, startAgent, type Agent } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 
@@ -35,8 +35,8 @@ describe.skipIf(!HAS_CHROMIUM)("the dashboard in Chromium at phone width (skippe
   const stack = useStack({ relay: { env: { OWNER_PASSWORD } }, agent: { machine: "laptop" } });
 
   beforeAll(async () => {
-    const made = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", "create", "ci"], { env: { ...process.env, DATABASE_PATH: stack.relay.databasePath } });
-    ciToken = /crm_[A-Za-z0-9_-]{43}/.exec(made.stdout.toString())![0];
+    const made = relayCommand(stack.relay.databasePath, "agent-token", "create", "ci");
+    ciToken = /crm_[A-Za-z0-9_-]{43}/.exec(made.stdout)![0];
     ci = await startAgent(stack.relay, { machine: "ci", token: ciToken });
     browser = await launchChromium();
   });

@@ -1,8 +1,7 @@
 // Clients nobody here wrote (the Python SDK, the MCP Inspector CLI, the conformance suite), run as programs to
-// their end against a real relay, and the probe that tells which MCP revisions that relay serves.
+// their end against a real relay.
 
-import * as os from "node:os";
-import { NEUTRAL_CWD } from "./processes.ts";
+import { minimalEnv, NEUTRAL_CWD } from "./processes.ts";
 
 export interface ClientRun {
   /** The exit code; null when the run was killed (see timedOut). */
@@ -26,7 +25,7 @@ export async function runClient(argv: string[], options: ClientRunOptions): Prom
   const started = performance.now();
   const proc = Bun.spawn(argv, {
     cwd: NEUTRAL_CWD,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? os.homedir(), NO_COLOR: "1", ...options.env },
+    env: minimalEnv({ NO_COLOR: "1", ...options.env }),
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",

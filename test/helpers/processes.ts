@@ -92,12 +92,16 @@ export interface ProgramOptions {
   cwd?: string;
 }
 
+/** A minimal PATH and HOME plus `extra`: nothing else of this process's environment (no token of the developer's)
+ *  reaches a program a test starts. */
+export const minimalEnv = (extra: Record<string, string> = {}) => ({ PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? os.homedir(), ...extra });
+
 /** Any program as a child process with piped stdout and stderr (a compiled agent binary, a peer server on node, a
  *  load generator); dispose (or stop) sends SIGTERM and waits for the exit. */
 export function spawnProgram(argv: string[], options: ProgramOptions = {}): ChildProcess {
   const proc = Bun.spawn(argv, {
     cwd: options.cwd ?? NEUTRAL_CWD,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? os.homedir(), ...options.env },
+    env: minimalEnv(options.env),
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",

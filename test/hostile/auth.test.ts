@@ -9,11 +9,10 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { createHash } from "node:crypto";
-import * as path from "node:path";
-import { eventsOf } from "../helpers/audit.ts";
+import { eventsOf, relayCommand } from "../helpers/audit.ts";
 import { hello } from "./frames.ts";
 import { answerConsent, newAuthorizationUrl, openConsent } from "../helpers/oauth.ts";
-import { newToken, ROOT, startAgent, startRelay } from "../helpers/processes.ts";
+import { newToken, startAgent, startRelay } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { bearer, INITIALIZE, MCP_HEADERS, oauthGrant, openSession, post, rawSocket, request, toolAnswer, whereLeaked, type Grant } from "./raw.ts";
 
@@ -29,11 +28,9 @@ const fromNewAddress = () => ({ "X-Forwarded-For": `127.0.${Math.floor(addresses
 
 /** Runs `bun run server.ts agent-token …` on the relay's database, as the owner would. */
 function agentTokenCli(...args: string[]): string {
-  const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", ...args], {
-    env: { PATH: process.env.PATH!, HOME: process.env.HOME!, DATABASE_PATH: stack.relay.databasePath },
-  });
-  if (result.exitCode !== 0) throw new Error(result.stderr.toString());
-  return result.stdout.toString();
+  const result = relayCommand(stack.relay.databasePath, "agent-token", ...args);
+  if (result.code !== 0) throw new Error(result.stderr);
+  return result.stdout;
 }
 
 beforeAll(async () => {

@@ -9,8 +9,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { CloseCode, identityTranscript } from "../../protocol.ts";
 import { loadIdentity, type Identity } from "../../agent/identity.ts";
-import { eventsOf } from "../helpers/audit.ts";
-import { NEUTRAL_CWD, ROOT, newToken, startAgent, tempDir, type AgentOptions } from "../helpers/processes.ts";
+import { eventsOf, relayCommand } from "../helpers/audit.ts";
+import { newToken, startAgent, tempDir, type AgentOptions } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
 import { call } from "../helpers/tools.ts";
 import { hello } from "./frames.ts";
@@ -29,13 +29,7 @@ async function pidOf(machine: string): Promise<number | undefined> {
 }
 
 /** `bun run server.ts machine-key …` on the relay's database, as the owner runs it. */
-function machineKeyCli(...args: string[]) {
-  const result = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "machine-key", ...args], {
-    cwd: NEUTRAL_CWD,
-    env: { PATH: process.env.PATH!, DATABASE_PATH: stack.relay.databasePath },
-  });
-  return { code: result.exitCode, stdout: result.stdout.toString(), stderr: result.stderr.toString() };
-}
+const machineKeyCli = (...args: string[]) => relayCommand(stack.relay.databasePath, "machine-key", ...args);
 
 const publicKeyIn = (stateDir: string): string => JSON.parse(fs.readFileSync(path.join(stateDir, "identity.key"), "utf8")).x;
 const identityEvents = (machine: string, kind: string) => eventsOf(stack.relay.databasePath, "--machine", machine).filter((e) => e.kind === kind);
@@ -283,11 +277,8 @@ describe("agents older than keys (no key in their hello)", () => {
   });
 
   test("an agent with a token of its own gets no compatibility notice", async () => {
-    const created = Bun.spawnSync([process.execPath, "run", path.join(ROOT, "server.ts"), "agent-token", "create", "owned"], {
-      cwd: NEUTRAL_CWD,
-      env: { PATH: process.env.PATH!, DATABASE_PATH: stack.relay.databasePath },
-    });
-    const token = /crm_\S+/.exec(created.stdout.toString())![0];
+    const created = relayCommand(stack.relay.databasePath, "agent-token", "create", "owned");
+    const token = /crm_\S+/.exec(created.stdout)![0];
     const key = await freshKey();
     const socket = await rawHello("owned", key, token);
     sendProof(socket, await key.prove("owned", await challengeOf(socket)));

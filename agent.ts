@@ -8,6 +8,7 @@
 // live in agent/ (its README.md lists them in reading order).
 
 import { CloseCode, VERSION } from "./protocol.ts";
+import { Gatekeeper } from "./agent/approvals.ts";
 import { Cancelled, describeArg, UsageError } from "./agent/cli.ts";
 import { CommandRunner } from "./agent/commands.ts";
 import { ConfigError, ENV_HELP, isLocalOrPrivate, loadConfig, type AgentConfig } from "./agent/config.ts";
@@ -16,6 +17,7 @@ import { loadIdentity, type Identity } from "./agent/identity.ts";
 import { runForever, type Runtime } from "./agent/link.ts";
 import { installService, uninstallService } from "./agent/service.ts";
 import { setup } from "./agent/setup.ts";
+import { PolicySource } from "./agent/policy.ts";
 import { lockStateDir, recordStatus } from "./agent/state.ts";
 import { status } from "./agent/status.ts";
 import { logToFile, logger } from "./log.ts";
@@ -45,9 +47,14 @@ Identity: at its first start the agent makes a key, identity.key in its state di
 relay pins it to the machine name, and no other agent can take that name. If the key is lost (a reinstall), the
 relay's owner gives the name back with: bun run server.ts machine-key unpin NAME
 
-Security: run_shell_command runs anything this user can run. Only the file tools are confined to
-ALLOWED_ROOTS. Commands can read this agent's own credentials like any secret of this user; for real
-isolation run the sandboxed Docker agent.`;
+Policy: the owner decides here what an assistant may do: POLICY_FILE (policy.toml beside the settings file) says for
+each call allow, ask (wait for the owner's approval on the relay's dashboard or API) or deny, by tool, by path and
+by command; a file holding only preset = "ask-to-change" ("open", "read-only") is a whole policy. No file: open,
+everything runs. setup writes one; it is re-read when it changes. docs/SETUP.md explains the format.
+
+Security: run_shell_command runs anything this user can run, unless the policy holds it for approval or refuses
+it. Only the file tools are confined to ALLOWED_ROOTS. Commands can read this agent's own credentials like any
+secret of this user; for real isolation run the sandboxed Docker agent.`;
 
 // --- subcommands ---
 
@@ -158,7 +165,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   let commands: CommandRunner;
   let identity: Identity;
+  let gate: Gatekeeper;
   try {
+    gate = new Gatekeeper(new PolicySource(config.policyFile, config.home), config.machine);
     lockStateDir(config);
     identity = await loadIdentity(config.stateDir);
     commands = new CommandRunner({
@@ -173,13 +182,13 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (identity.created) log("info", "made this machine's identity key; the relay pins it to the machine name at the first connection", { state_dir: config.stateDir });
-  log("info", "starting", { version: VERSION, machine: config.machine, roots: config.roots, shell: config.shell, public_key: identity.publicKey });
+  log("info", "starting", { version: VERSION, machine: config.machine, roots: config.roots, shell: config.shell, policy: gate.summary().preset, public_key: identity.publicKey });
   recordStatus(config, "connecting");
   const recovered = commands.recover();
   if (recovered.commandsLost > 0) {
     log("warn", "commands left running by a previous agent were killed", { commands: recovered.commandsLost, processes: recovered.orphansKilled });
   }
-  const rt: Runtime = { config, identity, commands, stopping: new AbortController() };
+  const rt: Runtime = { config, identity, commands, gate, stopping: new AbortController() };
   process.on("SIGINT", () => void shutdown(rt, "SIGINT"));
   process.on("SIGTERM", () => void shutdown(rt, "SIGTERM"));
   stopWithParent(rt, Number(process.env.CODE_REMOTE_PARENT_PID));

@@ -73,6 +73,8 @@ export const ErrorCode = z.enum([
   "io_error",
   "busy", // the agent is shutting down
   "internal",
+  "policy_denied", // the machine's policy refuses this call (the message names the rule)
+  "not_approved", // the policy asked the owner, who denied it or did not answer in time
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 
@@ -443,6 +445,17 @@ const ListDirectoryResult = z.object({
 
 const CheckAgentStatusArgs = z.object({}).strict();
 
+/** A machine's policy in short, as the owner set it on the machine: what runs at once, what waits for the owner's
+ *  approval, what is refused. */
+export const PolicySummary = z.object({
+  preset: z.string().max(64),
+  file: z.string().max(4096).nullable().describe("The policy file, or null when there is none (preset open)."),
+  allows: z.string().max(2000).describe("What runs at once."),
+  asks: z.string().max(2000).describe("What waits for the owner's approval."),
+  denies: z.string().max(2000).describe("What is refused."),
+});
+export type PolicySummary = z.infer<typeof PolicySummary>;
+
 /** What an agent reports about itself; answered live to the `status` op. */
 export const AgentStatus = z.object({
   agent_version: z.string(),
@@ -459,6 +472,7 @@ export const AgentStatus = z.object({
   uptime_s: z.number().int(),
   running_commands: z.number().int(),
   queued_commands: z.number().int(),
+  policy: PolicySummary.optional().describe("What the machine's owner lets an assistant do there. Absent from older agents."),
 });
 export type AgentStatus = z.infer<typeof AgentStatus>;
 
@@ -719,6 +733,10 @@ export function identityTranscript(machine: string, publicKey: string, nonce: st
   return new TextEncoder().encode(`code-remote agent identity v1\n${machine}\n${publicKey}\n${nonce}`);
 }
 
+/** What a relay can do beyond the first protocol, named in its welcome: "approvals" = it carries `ask` frames to the
+ *  owner and their `decision` back. An agent whose policy asks refuses such calls on a relay without it. */
+export const RELAY_FEATURES = ["approvals"] as const;
+
 /** Server → agent, answer to hello: the agent is registered and may expect requests. `notice` is a warning for the
  *  agent's log (its token is the shared one, kept only for compatibility). */
 export const WelcomeFrame = z.object({
@@ -726,6 +744,7 @@ export const WelcomeFrame = z.object({
   machine: MachineName,
   server_version: z.string(),
   notice: z.string().max(1000).optional(),
+  features: z.array(z.string().max(64)).max(64).optional(),
 });
 
 /** Server → agent: do `op` with `args` (validated by the agent against opSchemas(op).args). With `progress`,
@@ -741,6 +760,49 @@ export type RequestFrame = z.infer<typeof RequestFrame>;
 
 /** Server → agent: stop the request `id` (its caller gave up or its deadline passed). No result is expected. */
 export const CancelFrame = z.object({ type: z.literal("cancel"), id: RequestId });
+
+/** What a call waiting for the owner's approval would do, as the agent that will run it describes it: the exact
+ *  command with its working directory and the names (never the values) of the variables it adds, or the path and,
+ *  for a change, its diff against what is there; and the policy rule that asked. */
+export const ApprovalSubject = z.object({
+  tool: AgentOpName,
+  summary: z.string().max(500).describe("One line: what would happen, and where."),
+  rule: z.string().max(500).describe("The policy rule that asked."),
+  command: z.string().max(100_000).optional(),
+  working_dir: z.string().max(4096).optional(),
+  env_names: z.array(z.string().max(256)).max(1000).optional(),
+  stdin: z.string().max(64_000).optional().describe("What the command would read on stdin (a script, for a shell), cut if long."),
+  path: z.string().max(4096).optional(),
+  diff: z.string().max(64_000).optional().describe("For a change: a unified diff against what is there, cut if long."),
+});
+export type ApprovalSubject = z.infer<typeof ApprovalSubject>;
+
+/** Agent → server: request `id` waits for the owner's approval until `expires_in_ms` from now; the agent runs it only
+ *  on a `decision` that approves it, and fails it itself when the time is up. */
+export const AskFrame = z.object({
+  type: z.literal("ask"),
+  id: RequestId,
+  subject: ApprovalSubject,
+  expires_in_ms: z.number().int().min(1).max(24 * 60 * 60 * 1000),
+});
+export type AskFrame = z.infer<typeof AskFrame>;
+
+/** The longest "approve the same call for a while" an owner may give. */
+export const MAX_APPROVAL_FOR_S = 24 * 60 * 60;
+
+/** Server → agent: the owner's answer to an `ask`. `for_seconds` approves the same call on this machine for that
+ *  long; `by` says which owner session decided (for the agent's log). */
+export const DecisionFrame = z.object({
+  type: z.literal("decision"),
+  id: RequestId,
+  approve: z.boolean(),
+  reason: z.string().max(1000).optional(),
+  for_seconds: z.number().int().min(1).max(MAX_APPROVAL_FOR_S).optional(),
+  by: z.string().max(200),
+});
+export type DecisionFrame = z.infer<typeof DecisionFrame>;
+/** The owner's decision as the relay passes it on (a DecisionFrame without its type and request id). */
+export type Decision = Omit<DecisionFrame, "type" | "id">;
 
 /** Agent → server, about once a second while a request with `progress` runs (also when nothing is printed). */
 export const ProgressFrame = z.object({
@@ -764,12 +826,12 @@ export type ResultFrame = z.infer<typeof ResultFrame>;
 export const PingFrame = z.object({ type: z.literal("ping"), t: z.number() });
 export const PongFrame = z.object({ type: z.literal("pong"), t: z.number() });
 
-export const AgentFrame = z.union([HelloFrame, ProofFrame, ResultFrame, ProgressFrame, PingFrame, PongFrame]);
+export const AgentFrame = z.union([HelloFrame, ProofFrame, ResultFrame, ProgressFrame, AskFrame, PingFrame, PongFrame]);
 export type AgentFrame = z.infer<typeof AgentFrame>;
-export const ServerFrame = z.union([WelcomeFrame, ChallengeFrame, RequestFrame, CancelFrame, PingFrame, PongFrame]);
+export const ServerFrame = z.union([WelcomeFrame, ChallengeFrame, RequestFrame, CancelFrame, DecisionFrame, PingFrame, PongFrame]);
 export type ServerFrame = z.infer<typeof ServerFrame>;
 
-const FRAME_TYPES = ["hello", "challenge", "proof", "welcome", "request", "cancel", "progress", "result", "ping", "pong"];
+const FRAME_TYPES = ["hello", "challenge", "proof", "welcome", "request", "cancel", "progress", "result", "ask", "decision", "ping", "pong"];
 
 /** Parses one text frame; returns the frame or a short reason (never echoing the frame, which may hold secrets). */
 export function parseFrame<S extends z.ZodType>(

@@ -12,6 +12,7 @@ import type { Database } from "bun:sqlite";
 import type { AuthInfo } from "@modelcontextprotocol/server";
 import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
 import { Relay, type SocketData } from "./relay/agents.ts";
+import { Approvals, approvalRoutes } from "./relay/approvals.ts";
 import { AuditLog, auditFilter } from "./relay/audit.ts";
 import { bearerToken, ClientAddresses, Guards, jsonRpcError } from "./relay/auth.ts";
 import { ConfigError, ENV_HELP, loadConfig, type ServerConfig } from "./relay/config.ts";
@@ -24,6 +25,7 @@ import { CallLimits, FAILURE_SUMMARY_MS, FailureRecords, OWNER_SECRET_GLOBAL_LIM
 import { TAILSCALE_NETWORKS } from "./relay/networks.ts";
 import { AuthorizationServer, type ResourcePath } from "./relay/oauth.ts";
 import { agentTokenCommand, auditCommand, machineKeyCommand, oauthClientsCommand } from "./relay/operator.ts";
+import { errorPage, loginPage } from "./relay/pages.ts";
 import { openDatabase } from "./relay/storage.ts";
 import { CallsInFlight, mcpServerFactory, requestStateCodec } from "./relay/tools.ts";
 import { IDLE_TIMEOUT_S, MAX_REQUEST_BODY_BYTES, McpEndpoint, SESSION_SWEEP_MS, SseSessions } from "./relay/transports.ts";
@@ -71,8 +73,9 @@ export function startServer(config: ServerConfig): RunningServer {
     cimdTestCa: config.cimdTestCa,
   });
   const calls = new CallsInFlight();
-  const newServer = mcpServerFactory({ relay, audit, limits: callLimits, calls }, requestStateCodec(config.requestStateKey));
-  const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, oauth, ownerSecretPenalties });
+  const approvals = new Approvals(audit, { publicUrl: config.publicUrl, webhook: config.approvalWebhook });
+  const newServer = mcpServerFactory({ relay, audit, limits: callLimits, calls, approvals }, requestStateCodec(config.requestStateKey));
+  const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, oauth, ownerSecretPenalties, approvals });
   const mcpEndpoint = new McpEndpoint(newServer);
   const streamable = mcpEndpoint.sessions;
   const sse = new SseSessions(newServer);
@@ -124,18 +127,31 @@ export function startServer(config: ServerConfig): RunningServer {
     return Response.json({ ...base, machines: [...relay.agents.keys()].sort(), sessions: streamable.size + sse.size });
   };
 
-  /** The owner by the dashboard's cookie (with its pages' Host and Origin checks) or by AUTH_TOKEN, else a refusal. */
-  const refuseAllButOwner = (req: Request, server: Server<SocketData>): Response | undefined => {
+  /** The owner by the dashboard's cookie (with its pages' Host and Origin checks) or by AUTH_TOKEN, else a refusal
+   *  saying that `what` is the owner's. */
+  const refuseAllButOwner = (req: Request, server: Server<SocketData>, what: string): Response | undefined => {
     if (dashboard.isOwner(req)) return guards.checkHost(req) ?? guards.checkOrigin(req);
     const auth = authorize(req, server, "/mcp");
     if (auth instanceof Response) return auth;
-    return auth.clientId === "owner" ? undefined : jsonRpcError(403, -32000, "The audit log is for the owner: use the relay's AUTH_TOKEN.");
+    return auth.clientId === "owner" ? undefined : jsonRpcError(403, -32000, `${what} is for the owner: use the relay's AUTH_TOKEN.`);
+  };
+
+  /** The owner deciding on an approval: a dashboard session (whose CSRF token the decision must carry) or AUTH_TOKEN;
+   *  never an OAuth client (it is the one asking) nor an agent (its token is not accepted here at all). */
+  const approver = (req: Request, server: Server<SocketData>) => {
+    const session = dashboard.ownerSession(req);
+    // A dashboard form whose session ended (12 h) gets the login form, not a JSON refusal.
+    const fromForm = (req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded");
+    if (!session && fromForm && !bearerToken(req)) return loginPage("Your session has ended: sign in, then decide again.", 401);
+    const refused = refuseAllButOwner(req, server, "Approving calls");
+    if (refused) return refused;
+    return session ? { by: session.label, proves: session.proves } : { by: "owner token" };
   };
 
   /** GET /audit: the audit log as JSON, for the owner only: a dashboard session or the static token (an OAuth
    *  client the owner approved uses the tools, but is not the owner). */
   const auditRoute = (req: Request, server: Server<SocketData>) => {
-    const refused = refuseAllButOwner(req, server);
+    const refused = refuseAllButOwner(req, server, "The audit log");
     if (refused) return refused;
     const filter = auditFilter(new URL(req.url).searchParams);
     if (typeof filter === "string") return jsonRpcError(400, -32602, filter);
@@ -164,6 +180,7 @@ export function startServer(config: ServerConfig): RunningServer {
     ...pageRoutes,
     "/health": { GET: health },
     "/audit": { GET: auditRoute },
+    ...approvalRoutes(approvals, approver, errorPage),
     "/mcp": { GET: mcp, POST: mcp, DELETE: mcp },
     "/sse": { GET: openSse },
     "/messages": { POST: postSse },

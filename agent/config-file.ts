@@ -3,20 +3,14 @@
 // users can read is refused, and no error message ever shows a value.
 
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { shellQuote } from "./cli.ts";
-import { ConfigError, ENV_HELP } from "./config.ts";
+import { ConfigError, ENV_HELP, configFilePath, type Env } from "./config.ts";
 
-export type Env = Record<string, string | undefined>;
+// Where the file is (configFilePath) is decided in config.ts, which also places the policy beside it; it is
+// exported from here too, with the file's other helpers.
+export { configFilePath, xdgConfigHome, xdgStateHome, type Env } from "./config.ts";
 export type Settings = Record<string, string>;
-
-/** XDG_CONFIG_HOME when it is set and absolute (the XDG spec ignores a relative one), else ~/.config. */
-export const xdgConfigHome = (env: Env) => (env.XDG_CONFIG_HOME && path.isAbsolute(env.XDG_CONFIG_HOME) ? env.XDG_CONFIG_HOME : path.join(os.homedir(), ".config"));
-export const xdgStateHome = (env: Env) => (env.XDG_STATE_HOME && path.isAbsolute(env.XDG_STATE_HOME) ? env.XDG_STATE_HOME : path.join(os.homedir(), ".local", "state"));
-
-/** Where setup saves the agent's settings and the daemon reads them: ~/.config/code-remote/agent.env. */
-export const configFilePath = (env: Env) => path.join(xdgConfigHome(env), "code-remote", "agent.env");
 
 /** Settings the file may hold: the agent's own (ENV_HELP in config.ts), and AUTH_TOKEN, AGENT_TOKEN's older name. */
 const knownSettings = () => [...ENV_HELP.map(([name]) => name), "AUTH_TOKEN"];
@@ -98,11 +92,16 @@ export function withConfigFile(env: Env): Env {
 /** Writes the file so that it is never readable by others and never half-written: the directory 0700, a fresh
  *  temp file created 0600 beside it (O_EXCL), flushed to disk, then renamed over the old file. */
 export function writeSettingsFile(file: string, settings: Settings): void {
-  const text = formatSettings(settings);
   const dir = path.dirname(file);
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   fs.chmodSync(dir, 0o700); // our own directory: an older, looser one is tightened
-  const temp = path.join(dir, `.${path.basename(file)}.${process.pid}.tmp`);
+  writePrivately(file, formatSettings(settings));
+}
+
+/** Replaces `file` with `text` as one step: a fresh temp file created 0600 beside it (O_EXCL), flushed to disk, then
+ *  renamed over the old file, so a reader sees the old file or the new one, never half of it. The directory must exist. */
+export function writePrivately(file: string, text: string): void {
+  const temp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.tmp`);
   try {
     const fd = fs.openSync(temp, "wx", 0o600);
     try {

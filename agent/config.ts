@@ -14,6 +14,15 @@ const log = logger("agent");
 const LOG_MAX_BYTES = 10 * 1024 * 1024;
 const LOG_FILES = 5;
 
+export type Env = Record<string, string | undefined>;
+
+/** XDG_CONFIG_HOME when it is set and absolute (the XDG spec ignores a relative one), else ~/.config. */
+export const xdgConfigHome = (env: Env) => (env.XDG_CONFIG_HOME && path.isAbsolute(env.XDG_CONFIG_HOME) ? env.XDG_CONFIG_HOME : path.join(os.homedir(), ".config"));
+export const xdgStateHome = (env: Env) => (env.XDG_STATE_HOME && path.isAbsolute(env.XDG_STATE_HOME) ? env.XDG_STATE_HOME : path.join(os.homedir(), ".local", "state"));
+
+/** Where setup saves the agent's settings and the daemon reads them: ~/.config/code-remote/agent.env. */
+export const configFilePath = (env: Env) => path.join(xdgConfigHome(env), "code-remote", "agent.env");
+
 export interface AgentConfig {
   relayUrl: string;
   token: string;
@@ -28,6 +37,8 @@ export interface AgentConfig {
   stateDir: string;
   /** The log file (absolute), rotated by size while running; unset: stderr. */
   log: { file?: string; maxBytes: number; files: number };
+  /** The owner's policy (absolute; policy.ts), which may not exist: then everything runs, as before policies. */
+  policyFile: string;
 }
 
 /** Settings the agent reads, from the environment or its configuration file; `--help` prints this table. */
@@ -43,6 +54,7 @@ export const ENV_HELP: [string, string][] = [
   ["LOG_FILE", "Log to this file instead of stderr, rotated by size (the service sets it; --log-file FILE too)"],
   ["LOG_MAX_BYTES", `Size at which LOG_FILE is rotated, in bytes (default ${LOG_MAX_BYTES}, at least ${MIN_LOG_BYTES})`],
   ["LOG_FILES", `Log files kept, LOG_FILE included: LOG_FILE.1 is the newest old one (default ${LOG_FILES})`],
+  ["POLICY_FILE", "What an assistant may do here: a preset, rules, approvals (default policy.toml beside agent.env; none: everything runs)"],
 ];
 
 export class ConfigError extends Error {}
@@ -73,6 +85,7 @@ export function loadConfig(env: Record<string, string | undefined>): AgentConfig
       maxBytes: positiveInteger(env, "LOG_MAX_BYTES", LOG_MAX_BYTES, MIN_LOG_BYTES),
       files: positiveInteger(env, "LOG_FILES", LOG_FILES),
     },
+    policyFile: env.POLICY_FILE ? path.resolve(expandHome(env.POLICY_FILE, home)) : path.join(path.dirname(configFilePath(env)), "policy.toml"),
   };
 }
 

@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { FIELD_BUDGET_CHARS, fail, Failure, jsonCost, MAX_READ_BASE64_BYTES, MAX_WRITE_BYTES, takeWithinCost, type OpArgs, type OpResult } from "../protocol.ts";
-import { errnoOf, expandPath, fdPath, type FileScope, isOwnFile, O_APPEND, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
+import { errnoOf, expandPath, fdPath, type FileScope, isOutOfSight, O_APPEND, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, openChecked, resolveExisting, resolveForWrite } from "./paths.ts";
 
 // --- constants ---
 
@@ -565,7 +565,7 @@ class Listing {
         this.hiddenSkipped++;
         continue;
       }
-      if (isOwnFile(path.join(this.base, prefix + name), this.scope)) continue;
+      if (isOutOfSight(path.join(this.base, prefix + name), this.scope)) continue;
       const stat = lstatIn(dirPath, name);
       if (!stat) continue; // removed while we listed
       this.seen++;

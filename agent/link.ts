@@ -16,6 +16,7 @@ import {
   type AgentFrame,
   type RequestFrame,
 } from "../protocol.ts";
+import { OwnerQuestions, type Gatekeeper } from "./approvals.ts";
 import type { CommandRunner } from "./commands.ts";
 import type { AgentConfig } from "./config.ts";
 import { IDENTITY_FILE, loadIdentity, type Identity } from "./identity.ts";
@@ -43,6 +44,8 @@ export interface Runtime {
   config: AgentConfig;
   identity: Identity;
   commands: CommandRunner;
+  /** The machine's policy, and what the owner approved for a while. */
+  gate: Gatekeeper;
   /** Aborted once, on SIGINT/SIGTERM: wakes the backoff sleep and ends the loop. */
   stopping: AbortController;
   /** Closes the live connection, if any. */
@@ -101,12 +104,16 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
     const ws = dial(config, rt.identity);
     const inflight = new Map<string, AbortController>();
     let registered = false;
+    let relayFeatures: readonly string[] = [];
     let lastHeard = Date.now();
     let ended = false;
     let failure = "";
-    const send = (frame: AgentFrame) => {
-      if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+    const send = (frame: AgentFrame): boolean => {
+      if (ws.readyState !== WebSocket.OPEN) return false;
+      ws.send(JSON.stringify(frame));
+      return true;
     };
+    const questions = new OwnerQuestions(config.machine, send, () => relayFeatures.includes("approvals"));
     const end = (code: number, reason: string) => {
       if (ended) return;
       ended = true;
@@ -114,6 +121,7 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       // Calls in flight are left to finish: the relay has failed them for their clients, but a command keeps
       // running (to its timeout) and stays reachable by its command_id once the link is back.
       rt.closeConnection = undefined;
+      questions.dropAll(); // a call waiting for approval cannot get one any more: it fails, nothing runs
       resolve({ registered, code, reason, failure });
     };
     const heartbeat = setInterval(() => {
@@ -129,6 +137,8 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       receivedAt: Date.now(),
       config,
       commands: rt.commands,
+      gate: rt.gate,
+      askOwner: questions.askerFor(frame.id),
       onProgress: frame.progress ? (progress) => send({ type: "progress", id: frame.id, ...progress }) : undefined,
     });
 
@@ -143,6 +153,7 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       switch (frame.type) {
         case "welcome":
           registered = true;
+          relayFeatures = frame.features ?? [];
           log("info", "connected", { relay: config.relayUrl, machine: frame.machine });
           logNotice(frame.notice);
           recordStatus(config, "connected");
@@ -156,6 +167,9 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
         case "cancel":
           inflight.get(frame.id)?.abort();
           return;
+        case "decision":
+          log("info", "the owner decided", { id: frame.id, approve: frame.approve, for_seconds: frame.for_seconds, by: frame.by });
+          return questions.decided(frame);
         case "ping":
           return send({ type: "pong", t: frame.t });
         case "pong":

@@ -16,23 +16,27 @@ import {
   type OpResult,
   type RequestFrame,
 } from "../protocol.ts";
+import type { AskOwner, Gatekeeper } from "./approvals.ts";
 import type { CommandRunner } from "./commands.ts";
 import type { AgentConfig } from "./config.ts";
 import { editFile } from "./edit.ts";
 import { fileInfo, listDirectory, readFile, writeFile } from "./files.ts";
 import { fileScope } from "./own-files.ts";
+import type { FileScope } from "./paths.ts";
 import { searchFiles } from "./search.ts";
 import { logger } from "../log.ts";
 
 const log = logger("agent");
 
-/** What every operation gets: the request's abort signal and arrival time, the configuration, the commands,
- *  and where to report progress when the client asked for it. */
+/** What every operation gets: the request's abort signal and arrival time, the configuration, the commands, the
+ *  policy's gatekeeper and how to ask the owner, and where to report progress when the client asked for it. */
 export interface OpContext {
   signal: AbortSignal;
   receivedAt: number;
   config: AgentConfig;
   commands: CommandRunner;
+  gate: Gatekeeper;
+  askOwner: AskOwner;
   onProgress?: (progress: { elapsed_ms: number; output_bytes: number; tail: string }) => void;
 }
 
@@ -49,23 +53,28 @@ function agentStatus(ctx: OpContext): AgentStatus {
     uptime_s: Math.round(process.uptime()),
     running_commands: ctx.commands.running,
     queued_commands: ctx.commands.queued,
+    policy: ctx.gate.summary(),
   };
 }
 
 type Handler<O extends AgentOp> = (args: OpArgs<O>, ctx: OpContext) => Promise<OpResult<O>> | OpResult<O>;
 
+/** What the file tools of one request may reach: the roots minus the agent's own files, and minus what the policy in
+ *  force hides from listings and searches. */
+const scopeOf = (ctx: OpContext): FileScope => ({ ...fileScope(ctx.config), hidden: (real) => ctx.gate.policy.current().hides(real) });
+
 const HANDLERS: { [O in AgentOp]: Handler<O> } = {
-  run_shell_command: (args, ctx) => ctx.commands.run(args, { ...ctx, ...fileScope(ctx.config), shell: ctx.config.shell }),
+  run_shell_command: (args, ctx) => ctx.commands.run(args, { ...ctx, ...scopeOf(ctx), shell: ctx.config.shell }),
   get_command_output: (args, ctx) => ctx.commands.output(args, ctx.signal),
   send_command_input: (args, ctx) => ctx.commands.input(args),
   kill_command: (args, ctx) => ctx.commands.kill(args),
   list_commands: (args, ctx) => ctx.commands.list(args),
-  read_file: (args, ctx) => readFile(args, fileScope(ctx.config)),
-  write_file: (args, ctx) => writeFile(args, fileScope(ctx.config)),
-  edit_file: (args, ctx) => editFile(args, fileScope(ctx.config)),
-  list_directory: (args, ctx) => listDirectory(args, fileScope(ctx.config)),
-  search_files: (args, ctx) => searchFiles(args, fileScope(ctx.config)),
-  file_info: (args, ctx) => fileInfo(args, fileScope(ctx.config)),
+  read_file: (args, ctx) => readFile(args, scopeOf(ctx)),
+  write_file: (args, ctx) => writeFile(args, scopeOf(ctx)),
+  edit_file: (args, ctx) => editFile(args, scopeOf(ctx)),
+  list_directory: (args, ctx) => listDirectory(args, scopeOf(ctx)),
+  search_files: (args, ctx) => searchFiles(args, scopeOf(ctx)),
+  file_info: (args, ctx) => fileInfo(args, scopeOf(ctx)),
   status: (_args, ctx) => agentStatus(ctx),
 };
 
@@ -81,7 +90,8 @@ function failureFrame(e: Failure): AgentError {
   return { code: e.code, message: shorten(e.message), ...(e.quote && { quote: shorten(e.quote) }) };
 }
 
-/** Validates a request's arguments with the op's schema, runs it, and builds the one result frame. */
+/** Validates a request's arguments with the op's schema, lets the machine's policy (and through it the owner) judge
+ *  it, runs it, and builds the one result frame. */
 export async function execute(frame: RequestFrame, ctx: OpContext): Promise<AgentFrame> {
   const parsed = opSchemas(frame.op).args.safeParse(frame.args);
   if (!parsed.success) {
@@ -89,8 +99,11 @@ export async function execute(frame: RequestFrame, ctx: OpContext): Promise<Agen
     return errorResult(frame.id, { code: "invalid_arguments", message: issues.slice(0, 1000) });
   }
   try {
+    const waited = await ctx.gate.admit(frame.op, parsed.data as Record<string, unknown>, scopeOf(ctx), ctx.signal, ctx.askOwner);
+    // A command's timeout and wait count from the owner's approval, not from the question.
+    const runCtx = waited ? { ...ctx, receivedAt: Date.now() } : ctx;
     const handler = HANDLERS[frame.op] as Handler<AgentOp>;
-    return { type: "result", id: frame.id, ok: true, value: await handler(parsed.data as never, ctx) };
+    return { type: "result", id: frame.id, ok: true, value: await handler(parsed.data as never, runCtx) };
   } catch (e) {
     if (e instanceof Failure) return errorResult(frame.id, failureFrame(e));
     log("error", "operation failed unexpectedly", { op: frame.op, error: String(e) });

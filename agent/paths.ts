@@ -27,10 +27,15 @@ export interface FileScope {
   roots: readonly string[];
   home: string;
   ownFiles: readonly string[];
+  /** Paths the machine's policy forbids reading (paths.read deny rules): left out of listings and searches. */
+  hidden?: (real: string) => boolean;
 }
 
 /** True when `real` is, or lies in, one of the agent's own files or directories. Pure. */
 export const isOwnFile = (real: string, scope: FileScope) => isInsideRoots(real, scope.ownFiles);
+
+/** Whether a listing or search leaves `real` out: the agent's own files, and what the machine's policy hides. */
+export const isOutOfSight = (real: string, scope: FileScope) => isOwnFile(real, scope) || scope.hidden?.(real) === true;
 
 /** True when the file tools may touch the real path `real`. Pure. */
 export const isReachable = (real: string, scope: FileScope) => isInsideRoots(real, scope.roots) && !isOwnFile(real, scope);

@@ -7,7 +7,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { FIELD_BUDGET_CHARS, fail, type OpArgs, type OpResult } from "../protocol.ts";
-import { fdPath, type FileScope, isOwnFile, O_DIRECTORY, O_NONBLOCK, O_RDONLY, openChecked, resolveExisting } from "./paths.ts";
+import { fdPath, type FileScope, isOutOfSight, O_DIRECTORY, O_NONBLOCK, O_RDONLY, openChecked, resolveExisting } from "./paths.ts";
 
 /** Directories never entered (unless the search starts inside one): VCS data and dependencies. */
 const SKIPPED_DIRS = new Set([".git", "node_modules"]);
@@ -176,7 +176,7 @@ async function walk(
     if (search.stopped) return;
     if (Date.now() > search.deadline) return search.stop("time");
     if (search.skips(entry.name, entry.isDirectory())) continue;
-    if (isOwnFile(path.join(where.root, prefix + entry.name), where.scope)) continue;
+    if (isOutOfSight(path.join(where.root, prefix + entry.name), where.scope)) continue;
     const full = `${dirPath}/${entry.name}`;
     if (entry.isDirectory()) await walkInto(search, full, `${prefix}${entry.name}/`, where, visit);
     else if (entry.isFile()) {

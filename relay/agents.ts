@@ -9,11 +9,14 @@ import {
   CloseCode,
   HEARTBEAT_TIMEOUT_MS,
   PROTOCOL_VERSION,
+  RELAY_FEATURES,
   VERSION,
   opSchemas,
   parseFrame,
   type AgentError,
   type AgentOp,
+  type AskFrame,
+  type Decision,
   type ErrorCode,
   type HelloFrame,
   type OpArgs,
@@ -58,6 +61,8 @@ interface PendingCall {
   resolve: (value: unknown) => void;
   reject: (error: Error) => void;
   onProgress?: (progress: ProgressFrame) => void;
+  /** The agent's policy sent the call to the owner: `ask` is what it would do. */
+  onAsk: (ask: AskFrame) => void;
 }
 
 export interface AgentConn {
@@ -71,12 +76,15 @@ export interface AgentConn {
   pending: Map<string, PendingCall>;
 }
 
-/** How long to wait for an agent's answer, what may cancel it, and where its progress goes. */
+/** How long to wait for an agent's answer, what may cancel it, where its progress goes, and who takes the question
+ *  when the machine's policy asks the owner first (without one, such a call is refused at once). */
 interface CallOptions {
   deadlineMs: number;
   signal?: AbortSignal;
   onProgress?: (progress: ProgressFrame) => void;
+  onAsk?: (ask: AskFrame) => void;
 }
+
 
 /** A failure the model should read as is: the message says what happened and what to do. */
 export class ToolError extends Error {
@@ -133,6 +141,7 @@ export class Relay {
     if (challenge) return this.#refuse(ws, CloseCode.protocolError, "the proof must follow hello");
     if (!conn) return this.#refuse(ws, CloseCode.protocolError, "the first frame must be hello");
     if (frame.type === "progress") return conn.pending.get(frame.id)?.onProgress?.(frame);
+    if (frame.type === "ask") return conn.pending.get(frame.id)?.onAsk(frame);
     if (frame.type === "result") this.#settle(conn, frame.id, frame.ok ? { value: frame.value } : { error: frame.error });
   }
 
@@ -163,7 +172,7 @@ export class Relay {
   /** Sends one request and resolves with the agent's validated result. Never re-sent (at most once): if the
    *  socket goes, the deadline passes or `signal` aborts, the call fails and the agent is told to cancel. */
   call<O extends AgentOp>(conn: AgentConn, op: O, args: OpArgs<O>, options: CallOptions): Promise<OpResult<O>> {
-    const { deadlineMs, signal, onProgress } = options;
+    const { deadlineMs, signal, onProgress, onAsk } = options;
     const id = randomUUID();
     return new Promise<OpResult<O>>((resolve, reject) => {
       const cleanup = () => {
@@ -177,22 +186,40 @@ export class Relay {
         reject(error);
       };
       const onAbort = () => giveUp(new ToolError("The call was cancelled.", "cancelled"));
-      const timer = setTimeout(
-        () => giveUp(new ToolError(`Machine '${conn.machine}' did not answer within ${Math.round(deadlineMs / 1000)} s.`)),
-        deadlineMs,
-      );
+      const armDeadline = (ms: number) =>
+        setTimeout(() => giveUp(new ToolError(`Machine '${conn.machine}' did not answer within ${Math.round(ms / 1000)} s.`)), ms);
+      let timer = armDeadline(deadlineMs);
+      // A question to the owner stops the clock: the call then has until the question expires, and its own time after.
+      // One question per call: an agent that asks again (a bug, or a hostile agent flooding the owner) is not heard.
+      let askedAlready = false;
+      const asked = (ask: AskFrame) => {
+        if (askedAlready) return;
+        askedAlready = true;
+        if (!onAsk) return void this.decide(conn, id, { approve: false, reason: "this call cannot wait for an approval", by: "the relay" });
+        clearTimeout(timer);
+        timer = armDeadline(ask.expires_in_ms + deadlineMs);
+        onAsk(ask);
+      };
       signal?.addEventListener("abort", onAbort, { once: true });
       conn.pending.set(id, {
         op,
         resolve: (value) => (cleanup(), resolve(value as OpResult<O>)),
         reject: (error) => (cleanup(), reject(error)),
         onProgress,
+        onAsk: asked,
       });
       if (signal?.aborted) return onAbort();
       if (!send(conn.ws, { type: "request", id, op, args, progress: onProgress !== undefined })) {
         conn.pending.get(id)?.reject(new ToolError(`Could not send to machine '${conn.machine}'; it may be disconnecting.`));
       }
     });
+  }
+
+  /** Passes the owner's decision on a call to its agent; false when the call is no longer waiting on that link
+   *  (answered, cancelled, or the agent went away), so nothing was sent. */
+  decide(conn: AgentConn, id: string, decision: Decision): boolean {
+    if (!conn.pending.has(id) || this.agents.get(conn.machine) !== conn) return false;
+    return send(conn.ws, { type: "decision", id, ...decision });
   }
 
   /** Closes sockets that fell silent or never said hello. Run every few seconds. */
@@ -297,7 +324,7 @@ export class Relay {
       log("info", "machine key pinned: from now on only this agent may use the name", { machine: hello.machine, public_key: publicKey });
       this.audit.event("machine_key_pinned", { machine: hello.machine, address: ws.data.address, detail: publicKey });
     }
-    send(ws, { type: "welcome", machine: hello.machine, server_version: VERSION, notice: this.#sharedTokenNotice(credential, hello.machine) });
+    send(ws, { type: "welcome", machine: hello.machine, server_version: VERSION, notice: this.#sharedTokenNotice(credential, hello.machine), features: [...RELAY_FEATURES] });
     const how = credential.kind === "machine" ? "machine token" : "shared token (compatibility)";
     log("info", "agent connected", { machine: hello.machine, version: hello.agent_version, os: hello.os, address: ws.data.address, credential: how, key: publicKey ? "proved" : "none (older agent)" });
     this.audit.event("agent_connected", { machine: hello.machine, address: ws.data.address, detail: `${hello.agent_version} ${hello.os} ${hello.arch}` });
@@ -325,7 +352,10 @@ export class Relay {
   #settle(conn: AgentConn, id: string, outcome: { value: unknown } | { error: AgentError }): void {
     const call = conn.pending.get(id);
     if (!call) return; // cancelled or timed out already; a late answer is dropped
-    if ("error" in outcome) return call.reject(new ToolError(outcome.error.message, "error", outcome.error.code, outcome.error.quote));
+    if ("error" in outcome) {
+      const { code, message, quote } = outcome.error;
+      return call.reject(new ToolError(message, code === "policy_denied" || code === "not_approved" ? "refused" : "error", code, quote));
+    }
     const parsed = opSchemas(call.op).result.safeParse(outcome.value);
     if (!parsed.success) {
       log("warn", "agent sent a malformed result", { machine: conn.machine, op: call.op });

@@ -25,7 +25,8 @@ export const MAX_QUERY_ROWS = 500;
 
 /** "unfinished": no end recorded yet; "interrupted": the relay stopped (a crash, kill -9) before the call ended, so
  *  its result is unknown, and the next relay to start recorded that. */
-export type CallOutcome = "unfinished" | "ok" | "error" | "timed_out" | "cancelled" | "interrupted";
+/** "refused": the machine's policy refused the call, or the owner did not approve it. */
+export type CallOutcome = "unfinished" | "ok" | "error" | "timed_out" | "cancelled" | "interrupted" | "refused";
 
 /** The error an interrupted call is closed with: what is known, and what is not. */
 const INTERRUPTED_ERROR = "the relay stopped (crashed or was killed) before this call ended; whether it completed is unknown";

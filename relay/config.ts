@@ -44,6 +44,8 @@ export interface ServerConfig {
   cimdTestCa?: string;
   /** Signs the state a client brings back to a retried 2026-07-28 call (requestStateKey). */
   requestStateKey: Uint8Array;
+  /** Where the owner is told that a call waits for approval (APPROVAL_WEBHOOK_URL), and in which body format. */
+  approvalWebhook?: { url: string; format: "json" | "text" };
 }
 
 /** Environment variables the server reads; `--help` prints this table. */
@@ -64,6 +66,8 @@ export const ENV_HELP: [string, string][] = [
   ["AUDIT_RETENTION_DAYS", "Audit events older than this are pruned, keeping the chain verifiable; 0 keeps all (default 90)"],
   ["PROVISION_AGENT_TOKEN", "NAME:FILE: make a token for the agent NAME and keep it in FILE, readable by the relay's group (docker-compose.yml sets it for its sandbox)"],
   ["REQUEST_STATE_KEY", `Signs the state a client brings back to a retried 2026-07-28 call, at least ${MIN_TOKEN_LENGTH} characters (default: derived from AUTH_TOKEN; give every relay serving the same clients the same one)`],
+  ["APPROVAL_WEBHOOK_URL", "Posted to when a call waits for your approval (one POST each): a URL of yours, or an ntfy topic (https://ntfy.sh/<secret topic>) for a phone notification"],
+  ["APPROVAL_WEBHOOK_FORMAT", "json (default: the approval as JSON) or text (one line, with ntfy's Title and Click headers: for ntfy and similar push services)"],
   ["CIMD_TEST_CA_FILE", "For tests only, never in production: a PEM CA trusted for OAuth client metadata documents, which may then be served from loopback"],
 ];
 
@@ -109,7 +113,23 @@ export function loadConfig(env: Record<string, string | undefined>): ServerConfi
     provisionAgentToken: env.PROVISION_AGENT_TOKEN ? parseProvision(env.PROVISION_AGENT_TOKEN) : undefined,
     cimdTestCa: env.CIMD_TEST_CA_FILE ? readTestCa(env.CIMD_TEST_CA_FILE) : undefined,
     requestStateKey: requestStateKey(env.REQUEST_STATE_KEY, authToken),
+    approvalWebhook: env.APPROVAL_WEBHOOK_URL ? approvalWebhook(env.APPROVAL_WEBHOOK_URL, env.APPROVAL_WEBHOOK_FORMAT) : undefined,
   };
+}
+
+/** APPROVAL_WEBHOOK_URL and its format, checked. The URL may hold a secret (an ntfy topic), so an error never
+ *  repeats it. */
+function approvalWebhook(raw: string, format: string | undefined): { url: string; format: "json" | "text" } {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError("APPROVAL_WEBHOOK_URL is not a URL: give the full address, e.g. https://ntfy.sh/<your secret topic>.");
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") throw new ConfigError("APPROVAL_WEBHOOK_URL must be an https:// (or http://) URL.");
+  if (url.username || url.password) throw new ConfigError("APPROVAL_WEBHOOK_URL must not carry a user or password; put a secret in the path (an ntfy topic) instead.");
+  if (format !== undefined && format !== "" && format !== "json" && format !== "text") throw new ConfigError("APPROVAL_WEBHOOK_FORMAT must be json or text.");
+  return { url: url.href, format: format === "text" ? "text" : "json" };
 }
 
 /** REQUEST_STATE_KEY's bytes (checked like a token), or a key derived from AUTH_TOKEN by HKDF-SHA256: one-way, so it

@@ -1,11 +1,13 @@
-// The owner's dashboard at `/`: connected machines, approved OAuth applications, running commands and recent tool
-// calls, and three actions (disconnect a machine, revoke its agent token, revoke an application's access), each
-// behind a confirmation page and audited. A visitor without
-// a session sees only the login form. The session is a signed cookie (HMAC with a key derived from the owner
-// secret, so changing the secret signs everyone out), HttpOnly, SameSite=Strict, Secure over https; every form
-// also carries a token derived from the session. Plain HTML, no script, no external asset (pages.ts).
+// The owner's dashboard at `/`: calls waiting for the owner's approval (first, each with its decision forms, which
+// post to the approvals API in approvals.ts), connected machines, approved OAuth applications, running commands and
+// recent tool calls, and three actions (disconnect a machine, revoke its agent token, revoke an application's
+// access), each behind a confirmation page and audited. A visitor without a session sees only the login form. The
+// session is a signed cookie (HMAC with a key derived from the owner secret, so changing the secret signs everyone
+// out), HttpOnly, SameSite=Strict, Secure over https; every form also carries a token derived from the session.
+// Plain HTML, no script, no external asset (pages.ts).
 
-import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import type { Approvals } from "./approvals.ts";
 import type { AuditLog } from "./audit.ts";
 import type { AgentTokens } from "./credentials.ts";
 import { secretMatches } from "./credentials.ts";
@@ -33,6 +35,8 @@ export interface DashboardOptions {
   oauth: Pick<AuthorizationServer, "approvedClients" | "revokeClient">;
   /** Wrong owner secrets at /login (shared with the OAuth consent page). */
   ownerSecretPenalties: Penalties;
+  /** Calls waiting for the owner's approval, shown first. */
+  approvals: Approvals;
 }
 
 type Handler = (req: Request, address: string) => Response | Promise<Response>;
@@ -59,6 +63,16 @@ export class Dashboard {
   /** Whether the request carries a valid owner session. */
   isOwner(req: Request): boolean {
     return this.#session(req) !== undefined;
+  }
+
+  /** The owner's session on this request, if any: a label for the audit (a short digest of its nonce, so the log
+   *  tells sessions apart without holding any part of a cookie) and
+   *  whether `csrf` is this session's token (a cross-site request cannot know it). */
+  ownerSession(req: Request): { label: string; proves: (csrf: string) => boolean } | undefined {
+    const nonce = this.#session(req);
+    if (!nonce) return undefined;
+    const label = `dashboard session ${createHash("sha256").update(nonce).digest("base64url").slice(0, 8)}`;
+    return { label, proves: (csrf) => this.#csrfMatches(csrf, nonce) };
   }
 
   // --- session ---
@@ -129,6 +143,7 @@ export class Dashboard {
       calls: audit.calls({ machine, limit: RECENT_CALLS }),
       events: audit.events({ machine, limit: RECENT_EVENTS }),
       clients: this.options.oauth.approvedClients(),
+      approvals: this.options.approvals.list(),
     };
   }
 
@@ -174,7 +189,11 @@ export class Dashboard {
   }
 
   #formIsOurs(form: URLSearchParams, nonce: string): boolean {
-    const given = Buffer.from(form.get("csrf") ?? "");
+    return this.#csrfMatches(form.get("csrf") ?? "", nonce);
+  }
+
+  #csrfMatches(csrf: string, nonce: string): boolean {
+    const given = Buffer.from(csrf);
     const expected = Buffer.from(this.#csrf(nonce));
     return given.length === expected.length && timingSafeEqual(given, expected);
   }

@@ -2,6 +2,7 @@
 // back to a client. Plain HTML and inline CSS: no script, no external asset, readable on a phone. Every dynamic
 // value is escaped; the headers forbid framing (clickjacking) and loading anything.
 
+import type { ApprovalView } from "./approvals.ts";
 import type { ApprovedClient } from "./credentials.ts";
 
 const STYLE = `
@@ -41,12 +42,56 @@ const STYLE = `
   nav.filter a { font-size: 0.85rem; padding: 0.2rem 0.55rem; border-radius: 1rem; border: 1px solid #8886; text-decoration: none; color: inherit; }
   nav.filter a.on { background: #2563eb; color: white; border-color: #2563eb; }
   button.danger { background: #e5484d; color: white; border-color: #e5484d; font-weight: 600; }
+  section.approvals { margin-bottom: 1.5rem; }
+  section.approvals h2 { margin-top: 0.5rem; }
+  .approval { border: 2px solid #f5a623; border-radius: 0.6rem; padding: 0.75rem 1rem; margin: 0 0 0.9rem; overflow-wrap: anywhere; scroll-margin-top: 0.75rem; }
+  .approval:target { border-color: #2563eb; box-shadow: 0 0 0 3px #2563eb55; }
+  .approval h3 { margin: 0 0 0.3rem; font-size: 1.05rem; }
+  .approval .summary { margin: 0 0 0.5rem; font-weight: 600; }
+  .approval dl { border: none; padding: 0; margin: 0 0 0.5rem; }
+  .approval dd code { font-size: 0.9rem; }
+  .approval pre { margin: 0.2rem 0 0; padding: 0.5rem 0.6rem; border-radius: 0.4rem; border: 1px solid #8884; background: #8881;
+    font-size: 0.85rem; line-height: 1.35; white-space: pre-wrap; overflow-wrap: anywhere; max-height: 20rem; overflow: auto; }
+  pre.diff .add { background: #30a46c33; } pre.diff .del { background: #e5484d33; } pre.diff .hunk, pre.diff .file { opacity: 0.7; }
+  .ctl { border: 1px solid #e5484d; border-radius: 0.2rem; padding: 0 0.1rem; font-size: 0.75rem; background: #e5484d22; }
+  .approval form { margin: 0; }
+  .approval button { font-size: 0.95rem; padding: 0.65rem 0.5rem; width: 100%; }
+  .approval button.approve { background: #2563eb; color: white; border-color: #2563eb; font-weight: 600; }
+  .approval .for { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 0.4rem; }
+  .approval .deny { margin-top: 0.75rem; }
+  .approval .deny label { font-weight: normal; font-size: 0.85rem; }
+  .approval input[type=text] { width: 100%; box-sizing: border-box; font-size: 1rem; padding: 0.55rem; border-radius: 0.5rem; border: 1px solid #8888; margin-bottom: 0.4rem; }
+  .approval p.small { margin: 0.6rem 0 0.3rem; }
 `;
 
 /** Escapes text for HTML content and attribute values. */
 export function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[ch]!);
 }
+
+/** Characters that hide or disguise text: controls (but newline and tab), format characters (bidirectional
+ *  overrides, zero-width spaces, soft hyphens), spaces other than the plain one (a shell does not split words on a
+ *  no-break space), line and paragraph separators, fillers and variation selectors, lone surrogates. */
+const DISGUISING = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}\p{Zs}\u034f\u115f\u1160\u3164\uffa0\ufe00-\ufe0f]/gu;
+const isDisguising = (ch: string) => ch !== "\n" && ch !== "\t" && ch !== " ";
+
+/** Hostile text, escaped for HTML, with every character that could hide or disguise part of it shown as a marked
+ *  code point instead (⟨U+202E⟩), so what the owner reads is what would run. */
+function visible(text: string): string {
+  let html = "";
+  let last = 0;
+  for (const match of text.matchAll(DISGUISING)) {
+    const ch = match[0];
+    if (!isDisguising(ch)) continue;
+    const code = `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
+    html += `${escapeHtml(text.slice(last, match.index))}<span class="ctl" title="an invisible or unusual character">⟨${code}⟩</span>`;
+    last = match.index + ch.length;
+  }
+  return html + escapeHtml(text.slice(last));
+}
+
+/** How many characters `visible` marks in the texts. */
+const disguisingCount = (...texts: (string | undefined)[]) => texts.reduce((n, t) => n + [...(t ?? "").matchAll(DISGUISING)].filter((m) => isDisguising(m[0])).length, 0);
 
 /** Headers for every page: no caching, no framing, nothing loaded but the inline style, forms only to us (and to
  *  `formTarget`, where the consent form's answer redirects: Chromium applies form-action to that redirect). */
@@ -230,6 +275,10 @@ export interface DashboardView {
   events: { at: string; kind: string; machine: string | null; detail: Record<string, unknown> }[];
   /** The OAuth clients the owner approved. */
   clients: ApprovedClient[];
+  /** Calls waiting for the owner's approval, oldest first. */
+  approvals: ApprovalView[];
+  /** The time the page shows "time left" from (default: now). */
+  now?: number;
 }
 
 const when = (iso: string) => escapeHtml(iso.replace("T", " ").slice(0, 19));
@@ -258,7 +307,7 @@ function offlineTokens(view: DashboardView): string {
   return `<h2>Agent tokens of machines not connected</h2><ul class="list">${rows.join("")}</ul>`;
 }
 
-const clientName = (client: Pick<ApprovedClient, "name">) => escapeHtml(client.name ?? "An unnamed application");
+const clientName = (client: Pick<ApprovedClient, "name">) => visible(client.name ?? "An unnamed application");
 const hostsOf = (client: Pick<ApprovedClient, "redirect_hosts">) => client.redirect_hosts.map(escapeHtml).join(", ");
 const whenMs = (ms: number) => when(new Date(ms).toISOString());
 
@@ -274,7 +323,7 @@ function approvedClients(view: DashboardView): string {
 function runningCommands(view: DashboardView): string {
   if (view.running.length === 0) return `<p class="small">Nothing running.</p>`;
   const rows = view.running.map(
-    (c) => `<li><span class="tag">${escapeHtml(c.machine)}</span> <code>${escapeHtml(c.command.slice(0, 120))}</code> <span class="small">${c.background ? "background, " : ""}running ${seconds(c.duration_ms)} (${escapeHtml(c.command_id)})</span></li>`,
+    (c) => `<li><span class="tag">${escapeHtml(c.machine)}</span> <code>${visible(c.command.slice(0, 120))}</code> <span class="small">${c.background ? "background, " : ""}running ${seconds(c.duration_ms)} (${escapeHtml(c.command_id)})</span></li>`,
   );
   return `<ul class="list">${rows.join("")}</ul>`;
 }
@@ -286,7 +335,7 @@ function recentCalls(view: DashboardView): string {
     .join("")}</nav>`;
   if (view.calls.length === 0) return `${filter}<p class="small">No tool calls yet.</p>`;
   const rows = view.calls.map((c) => {
-    const args = escapeHtml(JSON.stringify(c.arguments).slice(0, 140));
+    const args = visible(JSON.stringify(c.arguments).slice(0, 140));
     const exit = c.exit_code !== null ? ` exit ${c.exit_code}` : "";
     return `<li><span class="small">${when(c.started_at)}</span> <span class="tag">${escapeHtml(c.machine ?? "-")}</span> <strong>${escapeHtml(c.tool)}</strong> <span class="tag ${escapeHtml(c.outcome)}">${escapeHtml(c.outcome)}${exit}</span> <span class="small">${seconds(c.duration_ms)} · ${escapeHtml(c.client ?? "-")}</span><br><code class="small">${args}</code></li>`;
   });
@@ -295,14 +344,119 @@ function recentCalls(view: DashboardView): string {
 
 function recentEvents(view: DashboardView): string {
   if (view.events.length === 0) return "";
-  const rows = view.events.map((e) => `<li><span class="small">${when(e.at)}</span> <strong>${escapeHtml(e.kind)}</strong> ${e.machine ? `<span class="tag">${escapeHtml(e.machine)}</span> ` : ""}<span class="small">${escapeHtml(JSON.stringify(e.detail).slice(0, 160))}</span></li>`);
+  const rows = view.events.map((e) => `<li><span class="small">${when(e.at)}</span> <strong>${escapeHtml(e.kind)}</strong> ${e.machine ? `<span class="tag">${escapeHtml(e.machine)}</span> ` : ""}<span class="small">${visible(JSON.stringify(e.detail).slice(0, 160))}</span></li>`);
   return `<h2>Recent events</h2><ul class="list">${rows.join("")}</ul>`;
 }
 
-/** The dashboard: machines, what runs, what was called. Refreshes itself every 30 s. */
+// --- calls waiting for the owner's approval ---
+
+/** How often the dashboard reloads itself while no call waits, so a new question shows up without a tap. */
+export const DASHBOARD_REFRESH_S = 5;
+
+/** A unified diff, each added or removed line marked for colour. */
+function diffHtml(diff: string): string {
+  return diff
+    .split("\n")
+    .map((line) => {
+      const kind = line.startsWith("+++") || line.startsWith("---") ? "file" : line.startsWith("@@") ? "hunk" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "";
+      return kind ? `<span class="${kind}">${visible(line)}</span>` : visible(line);
+    })
+    .join("\n");
+}
+
+/** "expires 14:03:10 UTC, in 9 min" (with the date when it is not today's). */
+export function expiryText(expiresAt: string, now: number): string {
+  const at = new Date(expiresAt);
+  if (Number.isNaN(at.getTime())) return `expires ${expiresAt}`;
+  const iso = at.toISOString();
+  const day = iso.slice(0, 10) === new Date(now).toISOString().slice(0, 10) ? "" : `${iso.slice(0, 10)} `;
+  const minutes = Math.round((at.getTime() - now) / 60_000);
+  const hours = `in ${Math.floor(minutes / 60)} h${minutes % 60 ? ` ${minutes % 60} min` : ""}`;
+  const left = at.getTime() - now < 60_000 ? "in less than a minute" : minutes < 90 ? `in ${minutes} min` : hours;
+  return `expires ${day}${iso.slice(11, 19)} UTC, ${left}`;
+}
+
+/** The lengths an owner may approve "the same call on this machine" for, from the dashboard. */
+const APPROVE_FOR: [seconds: number, label: string][] = [
+  [300, "5 min"],
+  [3600, "1 h"],
+  [28800, "8 h"],
+];
+
+/** What "the same call" means for this approval, in the owner's words (HTML). */
+function sameCall(a: ApprovalView): string {
+  if (a.tool === "run_shell_command") return "the same command in the same directory with the same variables";
+  if (a.tool === "send_command_input") return "the same input to the same running command";
+  if (a.path !== undefined) return `${visible(a.tool)} on the same file`;
+  return `${visible(a.tool)} with the same arguments`;
+}
+
+/** Who asked, in the owner's words: an approved application by its name (which it chose itself) and client id. */
+function askedBy(client: string, clients: DashboardView["clients"]): string {
+  if (client === "owner") return "the owner's token (AUTH_TOKEN)";
+  const known = clients.find((c) => c.client_id === client);
+  return known ? `${clientName(known)} <span class="small">(client ${visible(client)})</span>` : visible(client);
+}
+
+function approvalCard(a: ApprovalView, view: DashboardView, now: number): string {
+  const { csrf } = view;
+  const action = `/approvals/${encodeURIComponent(a.id)}`;
+  const form = (fields: Record<string, string>, inner: string, cls = "") =>
+    `<form method="post" action="${escapeHtml(action)}"${cls ? ` class="${cls}"` : ""}>${Object.entries({ csrf, ...fields })
+      .map(([name, value]) => `<input type="hidden" name="${name}" value="${escapeHtml(value)}">`)
+      .join("")}${inner}</form>`;
+  const input = a.tool === "send_command_input";
+  const lines = a.command?.split("\n").length ?? 0;
+  const size = a.command && (lines > 1 || a.command.length > 300) ? ` <span class="small">(${lines} line${lines === 1 ? "" : "s"}, ${a.command.length} characters)</span>` : "";
+  const hidden = disguisingCount(a.command, a.working_dir, a.stdin, a.path, a.diff, ...(a.env_names ?? []));
+  const details = [
+    a.command !== undefined && `<dt>${input ? "Input it would send" : "Command"}${size}</dt><dd><pre class="command">${visible(a.command)}</pre></dd>`,
+    a.working_dir !== undefined && `<dt>Working directory</dt><dd><code>${visible(a.working_dir)}</code></dd>`,
+    a.env_names?.length && `<dt>Environment variables it sets (values not shown)</dt><dd><code>${a.env_names.map(visible).join(", ")}</code></dd>`,
+    a.stdin !== undefined && `<dt>What it reads on stdin</dt><dd><pre class="command">${visible(a.stdin)}</pre></dd>`,
+    a.path !== undefined && `<dt>File</dt><dd><code>${visible(a.path)}</code></dd>`,
+    a.diff !== undefined && `<dt>Change</dt><dd><pre class="diff">${diffHtml(a.diff)}</pre></dd>`,
+    `<dt>Asked by</dt><dd>${askedBy(a.client, view.clients)}</dd>`,
+    `<dt>Because of the rule</dt><dd><code>${visible(a.rule)}</code></dd>`,
+    `<dt>Time left</dt><dd>${escapeHtml(expiryText(a.expires_at, now))}; then it fails and nothing runs</dd>`,
+  ].filter(Boolean);
+  const warning = hidden
+    ? `<p class="warning danger">This holds ${hidden} invisible or unusual character${hidden === 1 ? "" : "s"}, shown marked as ⟨U+…⟩: it may not be what it seems at first sight.</p>`
+    : "";
+  return `<article class="approval" id="approval-${escapeHtml(a.id)}">
+  <h3><span class="tag">${visible(a.machine)}</span> ${visible(a.tool)}</h3>
+  <p class="summary">${visible(a.summary)}</p>
+  ${warning}
+  <dl>${details.join("\n  ")}</dl>
+  ${form({ decision: "approve" }, `<button class="approve" type="submit">Approve once</button>`)}
+  <p class="small">Or approve the same call on this machine (on ${visible(a.machine)}: ${sameCall(a)}) without asking again, for:</p>
+  <div class="for">${APPROVE_FOR.map(([seconds, label]) => form({ decision: "approve", for_seconds: String(seconds) }, `<button type="submit">Approve for ${label}</button>`)).join("")}</div>
+  ${form(
+    { decision: "deny" },
+    `<label for="reason-${escapeHtml(a.id)}">Reason (optional; the assistant is told)</label><input type="text" id="reason-${escapeHtml(a.id)}" name="reason" maxlength="1000" autocomplete="off"><button class="danger" type="submit">Deny</button>`,
+    "deny",
+  )}
+</article>`;
+}
+
+/** The calls waiting for the owner, first on the page; nothing when none waits. */
+function waitingApprovals(view: DashboardView): string {
+  if (view.approvals.length === 0) return "";
+  const now = view.now ?? Date.now();
+  return `<section class="approvals" aria-labelledby="approvals-heading">
+<h2 id="approvals-heading">Waiting for your approval (${view.approvals.length})</h2>
+<p class="small">Nothing runs until you decide. This page does not reload by itself while a call waits.</p>
+${view.approvals.map((a) => approvalCard(a, view, now)).join("\n")}
+</section>`;
+}
+
+/** The dashboard: calls waiting for approval, machines, what runs, what was called. It reloads itself every few
+ *  seconds while no call waits (so a new question shows up), and not while one does (the owner may be typing). */
 export function dashboardPage(view: DashboardView): Response {
+  const waiting = view.approvals.length;
   const body = `<header><h1>Code Remote</h1>
 <form method="post" action="/logout"><input type="hidden" name="csrf" value="${escapeHtml(view.csrf)}"><button class="link" type="submit">Sign out</button></form></header>
+${waitingApprovals(view)}
 <h2>Machines (${view.machines.length})</h2>
 ${machineCards(view)}
 ${offlineTokens(view)}
@@ -313,7 +467,8 @@ ${runningCommands(view)}
 <h2>Recent tool calls${view.filter ? ` on ${escapeHtml(view.filter)}` : ""}</h2>
 ${recentCalls(view)}
 ${recentEvents(view)}`;
-  return html(200, "Code Remote", body, { wide: true, refreshSeconds: 30 });
+  const title = waiting ? `(${waiting}) Waiting for your approval · Code Remote` : "Code Remote";
+  return html(200, title, body, { wide: true, refreshSeconds: waiting ? undefined : DASHBOARD_REFRESH_S });
 }
 
 /** A dashboard action to confirm: on a machine, or on an approved OAuth client. */

@@ -24,14 +24,17 @@ import {
   toolInputSchema,
   toolOutputSchema,
   type AgentOp,
+  type AskFrame,
   type OpArgs,
+  type PolicySummary,
   type ProgressFrame,
   type ToolName,
   type ToolResult,
 } from "../protocol.ts";
+import type { Approvals } from "./approvals.ts";
 import type { AuditLog } from "./audit.ts";
 import type { CallLimits } from "./limits.ts";
-import { ToolError, type Relay } from "./agents.ts";
+import { ToolError, type AgentConn, type Relay } from "./agents.ts";
 import { logger } from "../log.ts";
 
 const log = logger("server");
@@ -203,6 +206,11 @@ function renderCommands(r: Shaped<"list_commands">, noMachine: string): string {
 /** The agent's own files, which its file tools never reach (an older agent does not say). */
 const excludedText = (paths: string[] | undefined) => (paths?.length ? ` (except the agent's own files: ${paths.join(", ")})` : "");
 
+/** The machine's policy in a sentence, so the model can plan: what runs at once, what waits for the owner, what is
+ *  refused. Older agents report none. */
+const policyText = (policy: PolicySummary | undefined) =>
+  policy ? `; policy ${policy.preset}: runs at once: ${policy.allows}; waits for the owner's approval: ${policy.asks}; refused: ${policy.denies}` : "";
+
 function renderStatus(r: Shaped<"check_agent_status">, noMachine: string): string {
   if (r.connected === 0) return noMachine;
   const rows = r.machines.map((m) =>
@@ -210,7 +218,8 @@ function renderStatus(r: Shaped<"check_agent_status">, noMachine: string): strin
       ? `- ${m.machine}: connected since ${m.connected_since} but not answering: ${m.error}`
       : `- ${m.machine}: agent ${m.agent_version} on ${m.os} ${m.arch}, shell ${m.shell}, ` +
         `round trip ${m.round_trip_ms} ms, ${m.running_commands} running / ${m.queued_commands} queued commands, ` +
-        `allowed roots ${m.allowed_roots?.join(", ")}${excludedText(m.excluded_paths)}, connected since ${m.connected_since}, last heartbeat ${m.last_heartbeat}`,
+        `allowed roots ${m.allowed_roots?.join(", ")}${excludedText(m.excluded_paths)}, connected since ${m.connected_since}, last heartbeat ${m.last_heartbeat}` +
+        policyText(m.policy),
   );
   return [`${r.connected} machine(s) connected:`, ...rows].join("\n");
 }
@@ -242,6 +251,8 @@ export interface ToolServices {
   /** Per-client concurrency and rate limits. */
   limits: CallLimits;
   calls: CallsInFlight;
+  /** Calls waiting for the owner's approval. */
+  approvals: Approvals;
 }
 
 /** Tool calls in flight by client, so that revoking a client ends its calls on every transport: a 2026-07-28 call
@@ -269,19 +280,26 @@ export class CallsInFlight {
   }
 }
 
-/** Where a request's AuthInfo carries the protocol revision it came in on (the transports write it, for the audit). */
+/** Where a request's AuthInfo carries the protocol revision it came in on (for the audit) and the origin the client
+ *  reached the relay at (for links to the approval page); the transports write both. */
 const PROTOCOL_KEY = "protocol";
+const ORIGIN_KEY = "origin";
 
-/** The principal as the transports hand it to the SDK, with the protocol revision of this request. */
-export function withProtocol(auth: AuthInfo, protocol: string): AuthInfo {
-  return { ...auth, extra: { ...auth.extra, [PROTOCOL_KEY]: protocol } };
+/** The legacy HTTP+SSE transport's only revision. */
+export const SSE_PROTOCOL = "2024-11-05";
+
+/** The principal as the transports hand it to the SDK, with the protocol revision and origin of this request. */
+export function withProtocol(auth: AuthInfo, protocol: string, req: Request): AuthInfo {
+  return { ...auth, extra: { ...auth.extra, [PROTOCOL_KEY]: protocol, [ORIGIN_KEY]: new URL(req.url).origin } };
 }
 
-/** Who is calling: the authenticated principal, its session if it has one, and the protocol revision. */
+/** Who is calling: the authenticated principal, its session if it has one, the protocol revision, and the origin it
+ *  reached the relay at. */
 interface Caller {
   client: string;
   session: string | null;
   protocol: string | null;
+  origin: string;
 }
 
 /** The caller, read from the request's own context: an McpServer may live for one request only, so nothing about
@@ -289,14 +307,26 @@ interface Caller {
 function callerOf(ctx: ServerContext): Caller | undefined {
   const auth = ctx.http?.authInfo;
   if (!auth) return undefined;
-  const protocol = auth.extra?.[PROTOCOL_KEY];
-  return { client: auth.clientId, session: ctx.sessionId ?? null, protocol: typeof protocol === "string" ? protocol : null };
+  const { [PROTOCOL_KEY]: protocol, [ORIGIN_KEY]: origin } = auth.extra ?? {};
+  return {
+    client: auth.clientId,
+    session: ctx.sessionId ?? null,
+    protocol: typeof protocol === "string" ? protocol : null,
+    origin: typeof origin === "string" ? origin : "",
+  };
 }
 
-/** What the SDK hands a tool handler that we use: the cancel signal, and a way to send progress. */
+/** What the SDK hands a tool handler that we use: the cancel signal, and a way to send a progress message (present
+ *  when the client asked for progress). */
 interface CallExtra {
   signal: AbortSignal;
-  progress?: (progress: ProgressFrame) => void;
+  /** Aborts when the client hangs up the HTTP request carrying the call. A running call goes on (its command's
+   *  result is kept for get_command_output); a call still waiting for the owner's approval is cancelled, so that an
+   *  approval given after its client went away runs nothing. */
+  hungUp?: AbortSignal;
+  progress?: (message: string) => void;
+  /** Asks the client to open `url` (URL-mode elicitation), where it declared it can; ends with `signal`. */
+  openPage: (page: { message: string; url: string; elicitationId: string }, signal: AbortSignal) => void;
 }
 
 async function checkAgentStatus(relay: Relay, machine: string | undefined): Promise<ToolResult<"check_agent_status">> {
@@ -348,7 +378,8 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
     finish({ outcome: "error", error: release });
     return toolError(release);
   }
-  const call = calls.begin(caller.client, extra.signal);
+  const waitEnded = new AbortController(); // aborted by OwnerWait when the client hangs up while the owner decides
+  const call = calls.begin(caller.client, AbortSignal.any([extra.signal, waitEnded.signal]));
   try {
     const serverTool = SERVER_TOOLS[name];
     if (serverTool) {
@@ -357,7 +388,11 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
     }
     const conn = relay.pick(routeTo(machine, args));
     target = conn.machine;
-    const value = await relay.call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: call.signal, onProgress: extra.progress });
+    const waiting = new OwnerWait(services, conn, caller, extra, () => waitEnded.abort());
+    const onProgress = extra.progress && ((p: ProgressFrame) => extra.progress!(progressMessage(p)));
+    const value = await relay
+      .call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: call.signal, onProgress, onAsk: waiting.asked })
+      .finally(() => waiting.end(call.signal.aborted));
     const shell = name === "run_shell_command" ? (value as ToolResult<"run_shell_command">) : undefined;
     const outcome = shell?.timed_out ? "timed_out" : "ok";
     return respond(name, { ...(value as object), machine: conn.machine }, relay, (outputBytes) => finish({ outcome, machine: target, exitCode: shell?.exit_code, outputBytes }));
@@ -383,6 +418,50 @@ function respond(name: ToolName, result: object, relay: Relay, finish: (outputBy
   return { structuredContent: result as Record<string, unknown>, content: [{ type: "text", text }] };
 }
 
+/** While a call waits for the owner to approve it, the client hears this often where to look (progress notifications
+ *  also reset clients' idle timers). */
+const WAITING_PROGRESS_MS = 5_000;
+
+/** A call's side of an approval: opens it when the agent asks, tells the client where the owner decides and keeps
+ *  telling it while the call waits, and closes it with the call (expired, cancelled or ended, if still open). */
+class OwnerWait {
+  #approval?: { id: string; expiresAt: number };
+  #ticker?: ReturnType<typeof setInterval>;
+  readonly #ended = new AbortController();
+
+  constructor(
+    readonly services: ToolServices,
+    readonly conn: AgentConn,
+    readonly caller: Caller,
+    readonly client: Pick<CallExtra, "progress" | "openPage" | "hungUp">,
+    /** Cancels the call. */
+    readonly cancel: () => void,
+  ) {}
+
+  readonly asked = (ask: AskFrame) => {
+    const { approvals, relay } = this.services;
+    const view = approvals.open(ask, { machine: this.conn.machine, client: this.caller.client, origin: this.caller.origin }, (decision) => relay.decide(this.conn, ask.id, decision));
+    this.#approval = { id: view.id, expiresAt: Date.parse(view.expires_at) };
+    const hungUp = () => approvals.isWaiting(view.id) && this.cancel();
+    if (this.client.hungUp?.aborted) hungUp();
+    this.client.hungUp?.addEventListener("abort", hungUp, { once: true, signal: this.#ended.signal });
+    const message = `waiting for the owner to approve on ${this.conn.machine}: ${view.url} (${view.summary}; expires ${view.expires_at})`;
+    this.client.openPage({ message: `The owner of ${this.conn.machine} decides on this call here: ${view.summary}`, url: view.url, elicitationId: view.id }, this.#ended.signal);
+    const { progress } = this.client;
+    if (!progress) return;
+    progress(message);
+    this.#ticker = setInterval(() => progress(message), WAITING_PROGRESS_MS);
+  };
+
+  end(cancelled: boolean): void {
+    clearInterval(this.#ticker);
+    this.#ended.abort();
+    if (!this.#approval) return;
+    const how = cancelled ? "cancelled" : Date.now() >= this.#approval.expiresAt ? "expired" : "ended";
+    this.services.approvals.ended(this.#approval.id, how);
+  }
+}
+
 /** A progress message: how long, how much output, and the last lines (what a person would glance at). */
 function progressMessage(p: ProgressFrame): string {
   const last = p.tail.trimEnd().split("\n").slice(-3).join(" | ");
@@ -392,7 +471,8 @@ function progressMessage(p: ProgressFrame): string {
 const INSTRUCTIONS =
   "Code Remote runs commands and edits files on the user's own machines. Call check_agent_status to see which " +
   "machines are connected; pass `machine` when more than one is. File tools are limited to each machine's allowed " +
-  "roots. Long commands come back with a command_id while they run: follow them with get_command_output.";
+  "roots. Each machine's owner sets a policy there (check_agent_status tells it): some calls wait for the owner's " +
+  "approval, some are refused. Long commands come back with a command_id while they run: follow them with get_command_output.";
 
 // --- the McpServer ---
 
@@ -447,14 +527,30 @@ function toolHandler(name: ToolName, services: ToolServices) {
       return Promise.resolve(toolError("The relay could not tell who sent this call; it was refused."));
     }
     const token = ctx.mcpReq._meta?.progressToken;
-    const progress =
-      token === undefined
-        ? undefined
-        : (p: ProgressFrame) =>
-            void ctx.mcpReq
-              .notify({ method: "notifications/progress", params: { progressToken: token, progress: p.elapsed_ms / 1000, message: progressMessage(p) } })
-              .catch(() => {}); // the client went away; the call itself decides what happens
-    return callTool(name, args, { signal: ctx.mcpReq.signal, progress }, caller, services);
+    const progress = token === undefined ? undefined : progressNotifier(ctx, token);
+    // The SDK sends the elicitation only to a session client that declared URL mode, and refuses it on 2026-07-28.
+    const openPage: CallExtra["openPage"] = (page, signal) => void ctx.mcpReq.elicitInput({ mode: "url", ...page }, { signal }).catch(() => {});
+    return callTool(name, args, { signal: ctx.mcpReq.signal, hungUp: carryingRequest(ctx, caller), progress, openPage }, caller, services);
+  };
+}
+
+/** Over Streamable HTTP, the request that carries the call: it aborts when the client hangs up. On /sse the request
+ *  that posted the call is answered at once, so its end says nothing (the stream's end closes the session instead). */
+function carryingRequest(ctx: ServerContext, caller: Caller): AbortSignal | undefined {
+  const request = ctx.http?.req;
+  return caller.protocol !== SSE_PROTOCOL && request instanceof Request ? request.signal : undefined;
+}
+
+/** Sends progress notifications for one call: the value is the seconds since the call began, so it grows with every
+ *  notification as MCP requires, whatever the message is about (the owner's approval, then the command's output). */
+function progressNotifier(ctx: ServerContext, token: string | number): (message: string) => void {
+  const began = performance.now();
+  let last = 0;
+  return (message) => {
+    last = Math.max(last + 0.001, Math.round(performance.now() - began) / 1000);
+    void ctx.mcpReq
+      .notify({ method: "notifications/progress", params: { progressToken: token, progress: last, message } })
+      .catch(() => {}); // the client went away; the call itself decides what happens
   };
 }
 

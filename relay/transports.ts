@@ -25,7 +25,7 @@ import {
   type Transport,
 } from "@modelcontextprotocol/server";
 import { jsonRpcError } from "./auth.ts";
-import { withProtocol } from "./tools.ts";
+import { SSE_PROTOCOL, withProtocol } from "./tools.ts";
 import { logger } from "../log.ts";
 
 const log = logger("server");
@@ -93,8 +93,6 @@ const MODERN_PROTOCOL = "2026-07-28";
 /** The protocol revision of a request to /mcp, as its header says: required on 2026-07-28 (the SDK refuses a request
  *  whose header and _meta disagree) and on a session's requests since 2025-06-18; 2025-03-26 did not have it yet. */
 const protocolOf = (req: Request) => req.headers.get("mcp-protocol-version") ?? "2025-03-26";
-/** The legacy HTTP+SSE transport's only revision. */
-const SSE_PROTOCOL = "2024-11-05";
 
 /** Stateful Streamable HTTP: one transport and one McpServer per Mcp-Session-Id. */
 export class StreamableSessions {
@@ -112,7 +110,7 @@ export class StreamableSessions {
       const session = this.#sessions.get(id);
       if (!session || session.clientId !== auth.clientId) return jsonRpcError(404, -32001, "Session not found; initialize a new one.");
       session.lastSeen = Date.now();
-      return req.method === "POST" ? this.#post(req, body, session, auth) : session.transport.handleRequest(req, { authInfo: withProtocol(auth, protocolOf(req)) });
+      return req.method === "POST" ? this.#post(req, body, session, auth) : session.transport.handleRequest(req, { authInfo: withProtocol(auth, protocolOf(req), req) });
     }
     if (req.method !== "POST") return jsonRpcError(400, -32000, "Bad request: Mcp-Session-Id header is required.");
     if (!(isObject(body) && body.method === "initialize" && isInitializeRequest(body))) return jsonRpcError(400, -32000, `Bad request: start a session with initialize, or speak ${MODERN_PROTOCOL} (the protocol version in each request's _meta).`);
@@ -123,7 +121,7 @@ export class StreamableSessions {
   async #post(req: Request, body: unknown, session: McpSession, auth: AuthInfo): Promise<Response> {
     const screened = screenMessage(body, session.pending);
     if (screened) return "refuse" in screened ? screened.refuse : Response.json(screened.answer);
-    const response = await session.transport.handleRequest(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req)) });
+    const response = await session.transport.handleRequest(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req), req) });
     // Refused by the transport (a bad header, say): the request will get no answer, so it is not pending.
     if (response.status >= 400 && isRequest(body)) session.pending.delete(requestKey(body.id));
     return response;
@@ -151,7 +149,7 @@ export class StreamableSessions {
       return send(message, options);
     };
     await this.newServer().connect(transport);
-    return transport.handleRequest(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req)) });
+    return transport.handleRequest(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req), req) });
   }
 
   /** Closes sessions idle past SESSION_IDLE_MS with nothing in flight (clients that vanished without DELETE). */
@@ -195,7 +193,7 @@ export class McpEndpoint {
     if (surelyLegacy(req, body) || (await isLegacyRequest(req, body, { maxRequestBodySize: MAX_REQUEST_BODY_BYTES }))) return this.sessions.handle(req, auth, body);
     const invalid = isObject(body) && TOOL_METHODS.has(body.method as string) && isRequest(body) ? invalidParams(body) : undefined;
     if (invalid) return Response.json(invalid);
-    return this.#modern.fetch(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req)) });
+    return this.#modern.fetch(req, { parsedBody: body, authInfo: withProtocol(auth, protocolOf(req), req) });
   }
 
   /** Ends every session and every 2026-07-28 request in flight. */
@@ -381,7 +379,7 @@ class SseTransport implements Transport, CappedSession {
     const screened = screenMessage(parsed.data, this.pending);
     if (screened && "refuse" in screened) return screened.refuse;
     if (screened) await this.send(screened.answer); // on the stream, where this transport's answers go
-    else this.onmessage?.(parsed.data, { authInfo: withProtocol(auth, SSE_PROTOCOL), request: req });
+    else this.onmessage?.(parsed.data, { authInfo: withProtocol(auth, SSE_PROTOCOL, req), request: req });
     return new Response("Accepted", { status: 202 });
   }
 

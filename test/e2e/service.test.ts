@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { NEUTRAL_CWD, OutputLog, ROOT, connectClient, eventually, freePort, tempDir } from "../helpers/processes.ts";
 import { useStack } from "../helpers/stack.ts";
+import { openTerminal, SCRIPT } from "../helpers/terminal.ts";
 import { call } from "../helpers/tools.ts";
 
 const AGENT = path.join(ROOT, "agent.ts");
@@ -128,32 +129,13 @@ describe("setup", () => {
 });
 
 describe("setup in a terminal", () => {
-  // script(1) from util-linux gives setup a real pseudo-terminal, into which the answers are typed one by one.
-  const script = Bun.which("script");
-
-  test.skipIf(process.platform !== "linux" || !script)("asks only for what the flags leave out, and never echoes the token", async () => {
+  test.skipIf(process.platform !== "linux" || !SCRIPT)("asks only for what the flags leave out, and never echoes the token", async () => {
     using home = tempDir("cr-home-");
-    const proc = Bun.spawn([script!, "-qec", `${process.execPath} run ${AGENT} setup --machine tty-box`, "/dev/null"], {
-      cwd: NEUTRAL_CWD,
-      env: userEnv(home.path, { TERM: "dumb" }),
-      stdin: "pipe",
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-    let screen = "";
-    void (async () => {
-      for await (const chunk of proc.stdout) screen += new TextDecoder().decode(chunk);
-    })();
-    const answer = async (prompt: string, text: string) => {
-      await eventually(() => screen.includes(prompt), 10_000, `the prompt '${prompt}'`);
-      proc.stdin.write(`${text}\r`);
-      proc.stdin.flush();
-    };
-    await answer("Relay URL (wss://host/ws/agent): ", relayUrl());
-    await answer("typing is hidden): ", stack.relay.token);
-    await eventually(() => screen.includes("Saved "), 10_000, "saved");
-    proc.stdin.end();
-    await proc.exited;
+    const terminal = openTerminal([process.execPath, "run", AGENT, "setup", "--machine", "tty-box"], userEnv(home.path));
+    await terminal.answer("Relay URL (wss://host/ws/agent): ", relayUrl());
+    await terminal.answer("typing is hidden): ", stack.relay.token);
+    await terminal.answer("Policy [ask-to-change]: ", "read-only");
+    const screen = await terminal.finish((shown) => shown.includes("Saved "));
     printed.push(screen);
 
     expect(screen).toContain(relayUrl()); // what is typed in the open is shown
@@ -161,6 +143,7 @@ describe("setup in a terminal", () => {
     expect(screen).not.toContain("Machine name"); // given as a flag, so not asked
     expect(screen).toContain("Connected as 'tty-box'");
     expect(fs.readFileSync(configFile(home.path), "utf8")).toContain(`AGENT_TOKEN=${stack.relay.token}\n`);
+    expect(fs.readFileSync(path.join(path.dirname(configFile(home.path)), "policy.toml"), "utf8")).toContain('preset = "read-only"');
   });
 });
 

@@ -13,10 +13,13 @@ import { Cancelled, describeArg, UsageError } from "./agent/cli.ts";
 import { CommandRunner } from "./agent/commands.ts";
 import { ConfigError, ENV_HELP, isLocalOrPrivate, loadConfig, type AgentConfig } from "./agent/config.ts";
 import { configFilePath, withConfigFile } from "./agent/config-file.ts";
+import { enrollOwner, ownerKeys } from "./agent/enroll.ts";
 import { loadIdentity, type Identity } from "./agent/identity.ts";
 import { runForever, type Runtime } from "./agent/link.ts";
 import { installService, uninstallService } from "./agent/service.ts";
 import { setup } from "./agent/setup.ts";
+import { OwnerKeys } from "./agent/owner-keys.ts";
+import { relayIdentity } from "./agent/passkeys.ts";
 import { PolicySource } from "./agent/policy.ts";
 import { lockStateDir, recordStatus } from "./agent/state.ts";
 import { status } from "./agent/status.ts";
@@ -34,6 +37,8 @@ Usage:
   code-remote-agent install-service     keep the agent running: launchd (macOS) or a systemd user unit (Linux)
   code-remote-agent uninstall-service   stop and remove that service
   code-remote-agent status              installed? running? connected?
+  code-remote-agent enroll-owner        pair your passkey with this machine, to sign approvals (approvals = "passkey")
+  code-remote-agent owner-keys          list the passkeys enrolled here, or remove one
   code-remote-agent COMMAND --help      what a command does and its flags
   code-remote-agent --version
 
@@ -63,6 +68,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   "install-service": installService,
   "uninstall-service": uninstallService,
   status,
+  "enroll-owner": enrollOwner,
+  "owner-keys": ownerKeys,
 };
 
 const SUBCOMMANDS = Object.keys(COMMANDS);
@@ -167,7 +174,7 @@ export async function main(argv: string[]): Promise<number> {
   let identity: Identity;
   let gate: Gatekeeper;
   try {
-    gate = new Gatekeeper(new PolicySource(config.policyFile, config.home), config.machine);
+    gate = new Gatekeeper(new PolicySource(config.policyFile, config.home), config.machine, { keys: new OwnerKeys(config.ownerKeysFile), relay: relayIdentity(config.relayUrl) });
     lockStateDir(config);
     identity = await loadIdentity(config.stateDir);
     commands = new CommandRunner({

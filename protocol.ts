@@ -716,6 +716,9 @@ export const HelloFrame = z.object({
   hostname: z.string().max(255),
   allowed_roots: z.array(z.string().max(4096)).max(64),
   public_key: PublicKey.optional(),
+  /** "enroll": this connection only pairs an owner passkey with the machine (`enroll-owner`): it is not registered as
+   *  the machine and gets no requests, so the daemon's own link is untouched. It must prove its key. */
+  purpose: z.enum(["serve", "enroll"]).optional(),
 });
 export type HelloFrame = z.infer<typeof HelloFrame>;
 
@@ -734,8 +737,9 @@ export function identityTranscript(machine: string, publicKey: string, nonce: st
 }
 
 /** What a relay can do beyond the first protocol, named in its welcome: "approvals" = it carries `ask` frames to the
- *  owner and their `decision` back. An agent whose policy asks refuses such calls on a relay without it. */
-export const RELAY_FEATURES = ["approvals"] as const;
+ *  owner and their `decision` back (an agent whose policy asks refuses such calls on a relay without it);
+ *  "passkeys" = it serves enrolment links (hello purpose "enroll") and pages, and carries assertions. */
+export const RELAY_FEATURES = ["approvals", "passkeys"] as const;
 
 /** Server → agent, answer to hello: the agent is registered and may expect requests. `notice` is a warning for the
  *  agent's log (its token is the shared one, kept only for compatibility). */
@@ -761,6 +765,94 @@ export type RequestFrame = z.infer<typeof RequestFrame>;
 /** Server → agent: stop the request `id` (its caller gave up or its deadline passed). No result is expected. */
 export const CancelFrame = z.object({ type: z.literal("cancel"), id: RequestId });
 
+// --- passkeys: the owner's approvals signed on the owner's device, checked by the agent ---
+
+/** base64url text of at most `max` characters (a WebAuthn field as the browser's JSON form carries it). */
+const b64url = (max: number) => z.string().max(max).regex(/^[A-Za-z0-9_-]*$/, "base64url");
+
+/** What a browser returns from navigator.credentials.create, in its JSON form (RegistrationResponseJSON). */
+export const PasskeyRegistration = z.object({
+  id: b64url(1024),
+  rawId: b64url(1024),
+  type: z.literal("public-key"),
+  response: z.object({
+    clientDataJSON: b64url(16_384),
+    attestationObject: b64url(65_536),
+    transports: z.array(z.string().max(32)).max(16).optional(),
+    publicKeyAlgorithm: z.number().int().optional(),
+    publicKey: b64url(16_384).optional(),
+    authenticatorData: b64url(65_536).optional(),
+  }),
+  clientExtensionResults: z.record(z.string(), z.unknown()),
+  authenticatorAttachment: z.enum(["platform", "cross-platform"]).optional(),
+});
+export type PasskeyRegistration = z.infer<typeof PasskeyRegistration>;
+
+/** What a browser returns from navigator.credentials.get, in its JSON form (AuthenticationResponseJSON). */
+export const PasskeyAssertion = z.object({
+  id: b64url(1024),
+  rawId: b64url(1024),
+  type: z.literal("public-key"),
+  response: z.object({
+    clientDataJSON: b64url(16_384),
+    authenticatorData: b64url(65_536),
+    signature: b64url(16_384),
+    userHandle: b64url(1024).optional(),
+  }),
+  clientExtensionResults: z.record(z.string(), z.unknown()),
+  authenticatorAttachment: z.enum(["platform", "cross-platform"]).optional(),
+});
+export type PasskeyAssertion = z.infer<typeof PasskeyAssertion>;
+
+/** What an agent whose policy wants passkey approvals adds to its question: the parts of the statement the owner
+ *  signs that only the agent knows, and which passkeys it accepts. */
+export const PasskeyChallenge = z.object({
+  nonce: base64url(32, "a nonce"),
+  arguments_sha256: z.string().regex(/^[0-9a-f]{64}$/, "a SHA-256 in hex"),
+  expires_at: z.string().max(64),
+  rp_id: z.string().max(255),
+  credential_ids: z.array(b64url(1024)).max(32),
+});
+export type PasskeyChallenge = z.infer<typeof PasskeyChallenge>;
+
+/** The statement an owner's passkey signs to approve one call (its SHA-256 is the WebAuthn challenge): the machine,
+ *  the call, the tool, a digest of the exact arguments, when the question expires, the agent's nonce, and how far
+ *  the approval reaches. The relay renders it for the page; the agent rebuilds it from its own values to check. */
+export function approvalStatement(fields: { machine: string; call: string; tool: string; challenge: Omit<PasskeyChallenge, "rp_id" | "credential_ids">; forSeconds?: number }): string {
+  const { machine, call, tool, challenge, forSeconds } = fields;
+  return [
+    "code-remote approval v1",
+    `machine=${machine}`,
+    `call=${call}`,
+    `tool=${tool}`,
+    `arguments=${challenge.arguments_sha256}`,
+    `expires=${challenge.expires_at}`,
+    `nonce=${challenge.nonce}`,
+    `scope=${forSeconds ? `for ${forSeconds} s` : "once"}`,
+  ].join("\n");
+}
+
+/** Agent → server (enroll connection): open an enrolment page for this machine. The agent chose the challenge and
+ *  the user id, and says which RP ID and origin it will accept (from its RELAY_URL). */
+export const EnrollBeginFrame = z.object({
+  type: z.literal("enroll_begin"),
+  challenge: base64url(32, "a challenge"),
+  user_id: base64url(16, "a user id"),
+  rp_id: z.string().max(255),
+  origin: z.string().max(2048),
+  label: z.string().max(100),
+});
+export type EnrollBeginFrame = z.infer<typeof EnrollBeginFrame>;
+
+/** Server → agent (enroll connection): where the owner creates the passkey. */
+export const EnrollPageFrame = z.object({ type: z.literal("enroll_page"), url: z.string().max(2048) });
+
+/** Server → agent (enroll connection): what the owner's browser made, for the agent to verify and show. */
+export const EnrollCredentialFrame = z.object({ type: z.literal("enroll_credential"), credential: PasskeyRegistration });
+
+/** Agent → server (enroll connection): whether the owner confirmed the fingerprint and the key was stored. */
+export const EnrollResultFrame = z.object({ type: z.literal("enroll_result"), stored: z.boolean(), message: z.string().max(1000) });
+
 /** What a call waiting for the owner's approval would do, as the agent that will run it describes it: the exact
  *  command with its working directory and the names (never the values) of the variables it adds, or the path and,
  *  for a change, its diff against what is there; and the policy rule that asked. */
@@ -772,6 +864,9 @@ export const ApprovalSubject = z.object({
   working_dir: z.string().max(4096).optional(),
   env_names: z.array(z.string().max(256)).max(1000).optional(),
   stdin: z.string().max(64_000).optional().describe("What the command would read on stdin (a script, for a shell), cut if long."),
+  shell: z.string().max(4096).optional().describe("The program that would read the command, when not the agent's shell."),
+  background: z.boolean().optional(),
+  timeout_s: z.number().int().optional(),
   path: z.string().max(4096).optional(),
   diff: z.string().max(64_000).optional().describe("For a change: a unified diff against what is there, cut if long."),
 });
@@ -784,6 +879,8 @@ export const AskFrame = z.object({
   id: RequestId,
   subject: ApprovalSubject,
   expires_in_ms: z.number().int().min(1).max(24 * 60 * 60 * 1000),
+  /** Present when the machine's policy wants the owner's passkey on every approval. */
+  passkey: PasskeyChallenge.optional(),
 });
 export type AskFrame = z.infer<typeof AskFrame>;
 
@@ -799,6 +896,8 @@ export const DecisionFrame = z.object({
   reason: z.string().max(1000).optional(),
   for_seconds: z.number().int().min(1).max(MAX_APPROVAL_FOR_S).optional(),
   by: z.string().max(200),
+  /** The owner's passkey over approvalStatement(...), when the machine asked for one. */
+  assertion: PasskeyAssertion.optional(),
 });
 export type DecisionFrame = z.infer<typeof DecisionFrame>;
 /** The owner's decision as the relay passes it on (a DecisionFrame without its type and request id). */
@@ -826,12 +925,12 @@ export type ResultFrame = z.infer<typeof ResultFrame>;
 export const PingFrame = z.object({ type: z.literal("ping"), t: z.number() });
 export const PongFrame = z.object({ type: z.literal("pong"), t: z.number() });
 
-export const AgentFrame = z.union([HelloFrame, ProofFrame, ResultFrame, ProgressFrame, AskFrame, PingFrame, PongFrame]);
+export const AgentFrame = z.union([HelloFrame, ProofFrame, ResultFrame, ProgressFrame, AskFrame, EnrollBeginFrame, EnrollResultFrame, PingFrame, PongFrame]);
 export type AgentFrame = z.infer<typeof AgentFrame>;
-export const ServerFrame = z.union([WelcomeFrame, ChallengeFrame, RequestFrame, CancelFrame, DecisionFrame, PingFrame, PongFrame]);
+export const ServerFrame = z.union([WelcomeFrame, ChallengeFrame, RequestFrame, CancelFrame, DecisionFrame, EnrollPageFrame, EnrollCredentialFrame, PingFrame, PongFrame]);
 export type ServerFrame = z.infer<typeof ServerFrame>;
 
-const FRAME_TYPES = ["hello", "challenge", "proof", "welcome", "request", "cancel", "progress", "result", "ask", "decision", "ping", "pong"];
+const FRAME_TYPES = ["hello", "challenge", "proof", "welcome", "request", "cancel", "progress", "result", "ask", "decision", "enroll_begin", "enroll_page", "enroll_credential", "enroll_result", "ping", "pong"];
 
 /** Parses one text frame; returns the frame or a short reason (never echoing the frame, which may hold secrets). */
 export function parseFrame<S extends z.ZodType>(

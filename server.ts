@@ -18,6 +18,7 @@ import { bearerToken, ClientAddresses, Guards, jsonRpcError } from "./relay/auth
 import { ConfigError, ENV_HELP, loadConfig, type ServerConfig } from "./relay/config.ts";
 import { AgentTokens, OAuthStore } from "./relay/credentials.ts";
 import { Dashboard } from "./relay/dashboard.ts";
+import { Enrolments, enrolmentRoutes } from "./relay/enrolments.ts";
 import { MachineKeys } from "./relay/identity.ts";
 import { DEV_NO_MACHINE_MESSAGE, devAgentTokenFile, devBanner, devMachineName, devToken, LocalAgent, loopbackUrl } from "./relay/dev.ts";
 import { keepAgentToken } from "./relay/handoff.ts";
@@ -25,7 +26,7 @@ import { CallLimits, FAILURE_SUMMARY_MS, FailureRecords, OWNER_SECRET_GLOBAL_LIM
 import { TAILSCALE_NETWORKS } from "./relay/networks.ts";
 import { AuthorizationServer, type ResourcePath } from "./relay/oauth.ts";
 import { agentTokenCommand, auditCommand, machineKeyCommand, oauthClientsCommand } from "./relay/operator.ts";
-import { errorPage, loginPage } from "./relay/pages.ts";
+import { assetResponse, errorPage, loginPage } from "./relay/pages.ts";
 import { openDatabase } from "./relay/storage.ts";
 import { CallsInFlight, mcpServerFactory, requestStateCodec } from "./relay/tools.ts";
 import { IDLE_TIMEOUT_S, MAX_REQUEST_BODY_BYTES, McpEndpoint, SESSION_SWEEP_MS, SseSessions } from "./relay/transports.ts";
@@ -75,6 +76,8 @@ export function startServer(config: ServerConfig): RunningServer {
   const calls = new CallsInFlight();
   const approvals = new Approvals(audit, { publicUrl: config.publicUrl, webhook: config.approvalWebhook });
   const newServer = mcpServerFactory({ relay, audit, limits: callLimits, calls, approvals }, requestStateCodec(config.requestStateKey));
+  const enrolments = new Enrolments(audit, { publicUrl: config.publicUrl });
+  relay.enrolments = enrolments;
   const dashboard = new Dashboard({ ownerSecret: config.ownerSecret, publicUrl: config.publicUrl, relay, audit, agentTokens, oauth, ownerSecretPenalties, approvals });
   const mcpEndpoint = new McpEndpoint(newServer);
   const streamable = mcpEndpoint.sessions;
@@ -115,7 +118,8 @@ export function startServer(config: ServerConfig): RunningServer {
     const credential = guards.checkAgent(req, address);
     if (credential instanceof Response) return credential;
     const now = Date.now();
-    if (server.upgrade(req, { data: { address, credential, openedAt: now, lastHeard: now } })) return undefined;
+    const origin = new URL(req.url).origin; // the Host it dialed: where an enrolment page is, without PUBLIC_URL
+    if (server.upgrade(req, { data: { address, credential, openedAt: now, lastHeard: now, origin } })) return undefined;
     return new Response("Expected a WebSocket upgrade.", { status: 426 });
   };
 
@@ -174,7 +178,13 @@ export function startServer(config: ServerConfig): RunningServer {
         ),
       ]),
     );
-  const pageRoutes = { ...guarded(oauth.routes(), false), ...guarded(dashboard.routes(), true) };
+  const pageRoutes = {
+    ...guarded(oauth.routes(), false),
+    ...guarded(dashboard.routes(), true),
+    // The owner's passkey enrolment pages (a dashboard session), and the scripts of the pages that use passkeys.
+    ...guarded(enrolmentRoutes(enrolments, dashboard), true),
+    ...guarded({ "/assets/:name": { GET: (req) => assetResponse(decodeURIComponent(new URL(req.url).pathname.slice("/assets/".length))) } }, false),
+  };
 
   const routes = {
     ...pageRoutes,

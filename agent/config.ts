@@ -23,6 +23,9 @@ export const xdgStateHome = (env: Env) => (env.XDG_STATE_HOME && path.isAbsolute
 /** Where setup saves the agent's settings and the daemon reads them: ~/.config/code-remote/agent.env. */
 export const configFilePath = (env: Env) => path.join(xdgConfigHome(env), "code-remote", "agent.env");
 
+/** The owner's enrolled passkeys (owner-keys.ts), beside agent.env: `owner-keys` finds them without the other settings. */
+export const ownerKeysFilePath = (env: Env) => path.join(path.dirname(configFilePath(env)), "owner-keys.json");
+
 export interface AgentConfig {
   relayUrl: string;
   token: string;
@@ -39,6 +42,8 @@ export interface AgentConfig {
   log: { file?: string; maxBytes: number; files: number };
   /** The owner's policy (absolute; policy.ts), which may not exist: then everything runs, as before policies. */
   policyFile: string;
+  /** The owner's enrolled passkeys (owner-keys.json beside agent.env), which approvals = "passkey" checks against. */
+  ownerKeysFile: string;
 }
 
 /** Settings the agent reads, from the environment or its configuration file; `--help` prints this table. */
@@ -86,6 +91,7 @@ export function loadConfig(env: Record<string, string | undefined>): AgentConfig
       files: positiveInteger(env, "LOG_FILES", LOG_FILES),
     },
     policyFile: env.POLICY_FILE ? path.resolve(expandHome(env.POLICY_FILE, home)) : path.join(path.dirname(configFilePath(env)), "policy.toml"),
+    ownerKeysFile: ownerKeysFilePath(env),
   };
 }
 

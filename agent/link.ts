@@ -2,7 +2,7 @@
 // with this machine's public key and sign the relay's challenge (identity.ts), answer heartbeats and watch for the
 // relay's, serve requests (each through operations.ts), and reconnect with backoff when the link ends, saying once
 // per cause why it cannot register. Every frame from the relay is untrusted input, parsed with protocol.ts's
-// schemas. setup's connection check dials exactly as the daemon does.
+// schemas. setup's connection check, and enroll-owner's enrolment link (enroll.ts), dial exactly as the daemon does.
 
 import * as os from "node:os";
 import {
@@ -14,6 +14,7 @@ import {
   VERSION,
   parseFrame,
   type AgentFrame,
+  type HelloFrame,
   type RequestFrame,
 } from "../protocol.ts";
 import { OwnerQuestions, type Gatekeeper } from "./approvals.ts";
@@ -60,7 +61,7 @@ interface ConnectionEnd {
   failure: string;
 }
 
-function helloFrame(config: AgentConfig, identity: Identity): AgentFrame {
+function helloFrame(config: AgentConfig, identity: Identity, purpose?: HelloFrame["purpose"]): AgentFrame {
   return {
     type: "hello",
     protocol_version: PROTOCOL_VERSION,
@@ -72,19 +73,21 @@ function helloFrame(config: AgentConfig, identity: Identity): AgentFrame {
     hostname: os.hostname(),
     allowed_roots: config.roots,
     public_key: identity.publicKey,
+    ...(purpose ? { purpose } : {}), // the daemon's hello says none: what every relay takes as "serve"
   };
 }
 
 /** Opens the WebSocket with the token in the Authorization header (never in the URL) and says hello once it is
- *  open. Every connection starts here: the daemon's, and setup's check, so the check proves what the daemon does. */
-function dial(config: AgentConfig, identity: Identity): WebSocket {
+ *  open. Every connection starts here: the daemon's, setup's check (so the check proves what the daemon does), and
+ *  enroll-owner's, whose hello says `purpose: "enroll"` so that the relay does not take it for the machine. */
+export function dial(config: AgentConfig, identity: Identity, purpose?: HelloFrame["purpose"]): WebSocket {
   const ws = new WebSocket(config.relayUrl, { headers: { Authorization: `Bearer ${config.token}` } });
-  ws.addEventListener("open", () => ws.send(JSON.stringify(helloFrame(config, identity))));
+  ws.addEventListener("open", () => ws.send(JSON.stringify(helloFrame(config, identity, purpose))));
   return ws;
 }
 
 /** Answers the relay's challenge: this machine's signature over its nonce, which proves the name is this machine's. */
-async function answerChallenge(ws: WebSocket, config: AgentConfig, identity: Identity, nonce: string): Promise<void> {
+export async function answerChallenge(ws: WebSocket, config: AgentConfig, identity: Identity, nonce: string): Promise<void> {
   const proof: AgentFrame = { type: "proof", signature: await identity.prove(config.machine, nonce) };
   if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(proof));
 }
@@ -138,7 +141,7 @@ function connectOnce(rt: Runtime): Promise<ConnectionEnd> {
       config,
       commands: rt.commands,
       gate: rt.gate,
-      askOwner: questions.askerFor(frame.id),
+      owner: questions.askerFor(frame.id),
       onProgress: frame.progress ? (progress) => send({ type: "progress", id: frame.id, ...progress }) : undefined,
     });
 
@@ -266,7 +269,7 @@ export function classifyEnd(code: number, reason: string, failure: string): { pr
 }
 
 /** The daemon's log line for a connection that ended before registering: what happened and what to do. */
-function unregisteredMessage(problem: Problem, detail: string, config: AgentConfig): string {
+export function unregisteredMessage(problem: Problem, detail: string, config: AgentConfig): string {
   const name = config.machine;
   switch (problem) {
     case "refused":

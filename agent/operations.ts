@@ -36,7 +36,7 @@ export interface OpContext {
   config: AgentConfig;
   commands: CommandRunner;
   gate: Gatekeeper;
-  askOwner: AskOwner;
+  owner: AskOwner;
   onProgress?: (progress: { elapsed_ms: number; output_bytes: number; tail: string }) => void;
 }
 
@@ -99,7 +99,7 @@ export async function execute(frame: RequestFrame, ctx: OpContext): Promise<Agen
     return errorResult(frame.id, { code: "invalid_arguments", message: issues.slice(0, 1000) });
   }
   try {
-    const waited = await ctx.gate.admit(frame.op, parsed.data as Record<string, unknown>, scopeOf(ctx), ctx.signal, ctx.askOwner);
+    const waited = await ctx.gate.admit(frame.op, parsed.data as Record<string, unknown>, scopeOf(ctx), ctx.signal, ctx.owner);
     // A command's timeout and wait count from the owner's approval, not from the question.
     const runCtx = waited ? { ...ctx, receivedAt: Date.now() } : ctx;
     const handler = HANDLERS[frame.op] as Handler<AgentOp>;

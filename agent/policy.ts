@@ -30,16 +30,21 @@ export interface Judgement {
 }
 
 export const PRESETS = ["open", "ask-to-change", "read-only"] as const;
+/** Who may answer the policy's questions: the owner through the relay, or only the owner's enrolled passkey. */
+export const APPROVAL_MODES = ["relay", "passkey"] as const;
+export type ApprovalMode = (typeof APPROVAL_MODES)[number];
 export type PresetName = (typeof PRESETS)[number];
 
 export interface Policy {
   /** "fail-closed" when the file broke or went away while the agent runs: every call but status is refused. */
   readonly preset: PresetName | "fail-closed";
   readonly approvalTimeoutMs: number;
+  readonly approvals: ApprovalMode;
   /** realPath: the call's path already resolved by the caller to a real path (file tools only). */
   judge(op: AgentOp, args: Record<string, unknown>, realPath?: string): Judgement;
-  /** Whether a read of `realPath` is refused by a paths.read deny rule: listings and searches that walk past it leave
-   *  it out, so `search_files ~` cannot read inside a denied ~/.ssh. */
+  /** Whether a paths.read rule denies or asks about reading `realPath`: listings and searches that walk past it leave
+   *  it out (a walk cannot stop to ask), so `search_files ~` cannot read inside a denied or guarded ~/.ssh; and a
+   *  change to such a file is shown to the owner by its size, not its content. */
   hides(realPath: string): boolean;
   /** Whether any rule looks at paths: when none does, a call's path need not be resolved to judge it. */
   readonly judgesPaths: boolean;
@@ -129,6 +134,9 @@ const PolicyFile = table({
     .min(1, { error: TIMEOUT_ERROR })
     .max(MAX_APPROVAL_TIMEOUT_S, { error: TIMEOUT_ERROR })
     .default(DEFAULT_APPROVAL_TIMEOUT_S),
+  // "relay": the owner's answer as the relay carries it; "passkey": only an answer signed by a passkey the agent
+  // enrolled (enroll-owner) counts, so whoever controls the relay cannot approve.
+  approvals: z.enum(APPROVAL_MODES, { error: `must be one of ${APPROVAL_MODES.map((m) => `"${m}"`).join(", ")}` }).default("relay"),
   tools: table(Object.fromEntries(TOOLS.map((tool) => [tool, VerdictSetting]))).prefault({}),
   paths: table({ read: rulesTable(Glob, GLOBS_ERROR), change: rulesTable(Glob, GLOBS_ERROR) }).prefault({}),
   commands: rulesTable(CommandRule, COMMANDS_ERROR),
@@ -225,13 +233,15 @@ const expandTilde = (input: string, home: string) => (input === "~" || input.sta
 const CASE_INSENSITIVE_FILES = process.platform === "darwin" || process.platform === "win32";
 
 /** A command rule: words separated by spaces (no quoting); "*" as the whole last word matches any further words,
- *  "*" and "?" inside a word match characters of that word. */
-function compileCommandRule(text: string, name: string): CommandRule {
+ *  "*" and "?" inside a word match characters of that word. `ignoreCase` for deny and ask rules where files are named
+ *  case-insensitively (RM runs rm there); an allow rule keeps its case everywhere: a program's options do (ls -L is
+ *  not ls -l), and a miss only leaves the call to the tool's setting. */
+function compileCommandRule(text: string, name: string, ignoreCase: boolean): CommandRule {
   const words = text.trim().split(/\s+/);
   const anyMore = words.at(-1) === "*";
   const patterns = (anyMore ? words.slice(0, -1) : words).map((word) => {
     const source = word.split(/([*?])/).map((piece) => (piece === "*" ? ".*" : piece === "?" ? "." : escapeRegExp(piece)));
-    return new RegExp(`^${source.join("")}$`, "su");
+    return new RegExp(`^${source.join("")}$`, ignoreCase ? "sui" : "su");
   });
   return { name: `${name} ${JSON.stringify(text)}`, text, words: patterns, anyMore };
 }
@@ -286,28 +296,68 @@ export function simpleCommandWords(text: string): string[] | undefined {
 }
 
 /** Programs that run the rest of their words as a command, after options of their own, which are not parsed: each
- *  of the next few words is tried as the start of the command. */
+ *  of the next few words is tried as the start of the command. With them the keywords function and coproc, which may
+ *  name something before their command (function f { rm -rf x; }, coproc rm -rf x). */
 const WRAPPER_STARTS = 8;
-const WRAPPERS = new Set(["sudo", "doas", "env", "command", "builtin", "exec", "nohup", "nice", "time", "timeout", "xargs", "setsid", "stdbuf", "busybox"]);
-/** Programs whose -c option is a command line of its own. */
+const WRAPPERS = new Set([
+  "sudo", "doas", "pkexec", "runuser", "env", "command", "builtin", "exec", "nohup", "setsid", "xargs", "busybox",
+  "nice", "ionice", "chrt", "taskset", "time", "timeout", "stdbuf", "flock", "unshare", "function", "coproc",
+]);
+/** Shells (and su): their -c option is a command line of its own, and so is their stdin. */
 const SHELLS = new Set(["sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "fish", "su"]);
+/** Programs whose -c option (alone or among one-letter options: -lc, -qc) or --command is a command line. */
+const COMMAND_OPTION = new Set([...SHELLS, "script", "flock", "runuser"]);
+/** Options taking an argument, stepped over on the way to a shell's command line (bash -c -o pipefail '…'), to
+ *  watch's command (watch -n 5 '…') and to env -S (env -u X -S '…'), whose text env splits into words. */
+const SHELL_ARGUMENT = /^[-+][A-Za-z]*[oO]$/;
+const WATCH_ARGUMENT = /^(?:-n|--interval|-q|--equexit)$/;
+const ENV_ARGUMENT = /^(?:-u|-C|-a|--unset|--chdir|--argv0)$/;
+const ENV_SPLIT = /^(?:-[iv0]*S|--split-string=?)/;
+/** Programs commandForms follows into other commands: after a wrapper, the first of these is followed further. */
+const RUNS_COMMANDS = new Set([...WRAPPERS, ...COMMAND_OPTION, "eval", "watch", "find"]);
+/** find's actions that run a command: the words after them up to ";" (or "+" after "{}"). */
+const FIND_EXEC = new Set(["-exec", "-execdir", "-ok", "-okdir"]);
+/** A brace expansion makes at most this many words of a word, and expands at most this many groups in it: it bounds
+ *  the work. */
+const BRACE_WORDS = 16;
 /** Commands nested deeper than this ($( ) in $( ), sh -c in eval…) are not looked into: it bounds the work. */
 const MAX_NESTING = 8;
 
 /** Every command the text could run, best effort, as lists of words, for deny and ask rules: the text split into
  *  commands on ; & | newlines and parentheses outside quotes, the insides of $( ) and backquotes (in double quotes
- *  too), and for each command its forms in commandForms. Quotes and backslashes are removed as a shell would. */
+ *  too), and for each command its forms in commandForms. Quotes and backslashes are removed as a shell would, $'…'
+ *  decoded, and a word with a { outside quotes brace-expanded ({rm,-rf,~} is rm -rf ~). A here-string (<<< text)
+ *  given to a shell is its stdin: its commands are looked into too. */
 function commandsIn(text: string, nesting = 0, found: string[][] = []): string[][] {
   let words: string[] = [];
   let word: string | undefined;
+  let wordBraced = false;
+  const braced = new Set<number>(); // the words to brace-expand
+  let hereString = false; // the next word follows <<<
+  let hereStrings: string[] = [];
   const endWord = () => {
-    if (word !== undefined) words.push(word);
+    if (word !== undefined) {
+      if (wordBraced) braced.add(words.length);
+      if (hereString) hereStrings.push(word);
+      words.push(word);
+      hereString = false;
+    }
     word = undefined;
+    wordBraced = false;
   };
   const endCommand = () => {
     endWord();
-    if (words.length > 0) commandForms(words, nesting, found);
+    if (words.length > 0) {
+      const before = found.length;
+      commandForms(braced.size > 0 ? words.flatMap((w, i) => (braced.has(i) ? expandBraces(w) : [w])) : words, nesting, found);
+      if (hereStrings.length > 0 && nesting < MAX_NESTING && found.slice(before).some(runsShell)) {
+        for (const script of hereStrings) commandsIn(script, nesting + 1, found);
+      }
+    }
     words = [];
+    braced.clear();
+    hereString = false;
+    if (hereStrings.length > 0) hereStrings = [];
   };
   let i = 0;
   while (i < text.length) {
@@ -319,6 +369,12 @@ function commandsIn(text: string, nesting = 0, found: string[][] = []): string[]
     } else if (c === "\\") {
       if (text[i + 1] !== "\n") word = (word ?? "") + (text[i + 1] ?? "");
       i += 2;
+    } else if (c === "$" && text[i + 1] === "'") {
+      const [value, end] = ansiCQuoted(text, i + 2);
+      word = (word ?? "") + value;
+      i = end;
+    } else if (c === "$" && text[i + 1] === '"') {
+      i++; // $"…" is "…", translated
     } else if (c === "'") {
       const end = closing(text, i + 1, "'");
       word = (word ?? "") + text.slice(i + 1, end);
@@ -329,16 +385,84 @@ function commandsIn(text: string, nesting = 0, found: string[][] = []): string[]
     } else if (";&|\n()".includes(c)) {
       endCommand();
       i++;
+    } else if (c === "<" && text.startsWith("<<<", i)) {
+      endWord();
+      hereString = true;
+      i += 3;
     } else if (c === " " || c === "\t" || c === "<" || c === ">") {
       endWord();
       i++;
     } else {
+      if (c === "{") wordBraced = true;
       word = (word ?? "") + c;
       i++;
     }
   }
   endCommand();
   return found;
+}
+
+/** A shell runs these words (sudo bash, /bin/sh -s): its stdin is a script. */
+const runsShell = (words: readonly string[]) => words.length > 0 && SHELLS.has(programOf(words[0]!));
+
+/** The program a command's first word names, as the sets above spell it: its base name (/bin/rm is rm), in lower case
+ *  where files are named case-insensitively (SUDO runs sudo there). */
+const programOf = (word: string) => (CASE_INSENSITIVE_FILES ? path.basename(word).toLowerCase() : path.basename(word));
+
+/** Reads $'…' text from `start` (after the quote), its escapes decoded as bash does ($'\x72m' is rm); returns the
+ *  text and the index after the closing quote. */
+function ansiCQuoted(text: string, start: number): [string, number] {
+  let end = start;
+  while (end < text.length && text[end] !== "'") end += text[end] === "\\" ? 2 : 1;
+  const value = text.slice(start, end).replace(/\\(x[0-9A-Fa-f]{1,2}|u[0-9A-Fa-f]{1,4}|U[0-9A-Fa-f]{1,8}|[0-7]{1,3}|c.|.)/gs, (_, escape: string) => {
+    if (/^[xuU]./.test(escape)) {
+      const code = parseInt(escape.slice(1), 16);
+      return code <= 0x10ffff ? String.fromCodePoint(code) : "";
+    }
+    if (/^[0-7]/.test(escape)) return String.fromCharCode(parseInt(escape, 8) & 0xff);
+    if (/^c./s.test(escape)) return String.fromCharCode(escape.charCodeAt(1) & 0x1f);
+    return C_ESCAPES[escape] ?? escape;
+  });
+  return [value, end + 1];
+}
+const C_ESCAPES: Record<string, string> = { a: "\x07", b: "\b", e: "\x1b", E: "\x1b", f: "\f", n: "\n", r: "\r", t: "\t", v: "\v" };
+
+/** The words a shell makes of a word by brace expansion: {rm,-rf,~} is rm -rf ~, a{b,c}d is abd acd. It bounds the
+ *  work: at most BRACE_WORDS words, from the first BRACE_WORDS groups of a part and the first BRACE_WORDS choices of
+ *  a group, and a word with braces nested deeper than MAX_NESTING is left as it is. So are sequences ({1..3}). */
+function expandBraces(word: string): string[] {
+  // One pass pairs each { with its } and notes the commas directly inside: a pair with commas is a group.
+  const groups = new Map<number, { end: number; commas: number[] }>();
+  const open: { start: number; commas: number[] }[] = [];
+  let deepest = 0;
+  for (let i = 0; i < word.length; i++) {
+    if (word[i] === "{") deepest = Math.max(deepest, open.push({ start: i, commas: [] }));
+    else if (word[i] === "," && open.length > 0) open.at(-1)!.commas.push(i);
+    else if (word[i] === "}" && open.length > 0) {
+      const pair = open.pop()!;
+      if (pair.commas.length > 0) groups.set(pair.start, { end: i, commas: pair.commas });
+    }
+  }
+  if (groups.size === 0 || deepest > MAX_NESTING) return [word];
+  /** The words of word[start, end): each group in it (the first few) makes a choice of its parts' words. */
+  const expand = (start: number, end: number): string[] => {
+    let results = [""];
+    let from = start; // where the text not yet added starts
+    for (let i = start, expanded = 0; i < end && expanded < BRACE_WORDS; i++) {
+      const group = groups.get(i);
+      if (!group) continue;
+      expanded++;
+      const bounds = [i, ...group.commas.slice(0, BRACE_WORDS - 1), group.end];
+      const choices: string[] = [];
+      for (let k = 1; k < bounds.length && choices.length < BRACE_WORDS; k++) choices.push(...expand(bounds[k - 1]! + 1, bounds[k]!));
+      const literal = word.slice(from, i);
+      results = results.flatMap((result) => choices.slice(0, BRACE_WORDS).map((choice) => result + literal + choice)).slice(0, BRACE_WORDS);
+      i = group.end;
+      from = group.end + 1;
+    }
+    return results.map((result) => result + word.slice(from, end));
+  };
+  return expand(0, word.length);
 }
 
 /** Reads double-quoted text from `start` (after the quote), handing its characters to `add` and the commands in
@@ -393,32 +517,86 @@ function closingParen(text: string, start: number): number {
   return text.length;
 }
 
-/** A command's words as rules should see them: as they are; with a program given by path as its base name
- *  (/bin/rm is rm); without leading NAME=value assignments and keywords; every start after a wrapper (sudo -u root
- *  rm: "root rm", "rm", ...); and the commands of sh -c's text and of eval's words. */
+/** A command's forms, as rules should see them: its plain forms (plainForms); after a wrapper, the plain forms of
+ *  every start (sudo -u root rm: "root rm", "rm", ...); the commands of a command line it runs (commandLine); and
+ *  find's -exec commands. */
 function commandForms(words: string[], nesting: number, found: string[][]): string[][] {
+  const rest = plainForms(words, found);
+  if (!rest || nesting >= MAX_NESTING) return found;
+  const program = programOf(rest[0]!);
+  const line = commandLine(program, rest);
+  if (WRAPPERS.has(program)) {
+    let next: string[] | undefined;
+    for (let start = 1; start < Math.min(rest.length, 1 + WRAPPER_STARTS); start++) {
+      const command = plainForms(rest.slice(start), found);
+      if (!next && command && RUNS_COMMANDS.has(programOf(command[0]!))) next = command;
+    }
+    // Of these guesses, the first that runs commands again (sudo nice rm, timeout 5 sh -c '…') is followed further,
+    // unless the wrapper has a command line of its own (flock -c '…'): one path, so the work stays linear.
+    if (next && line === undefined) commandForms(next, nesting + 1, found);
+  }
+  if (line !== undefined) commandsIn(line, nesting + 1, found);
+  if (program === "find") {
+    for (let i = 1; i < rest.length; i++) {
+      if (!FIND_EXEC.has(rest[i]!)) continue;
+      let end = i + 1;
+      while (end < rest.length && rest[end] !== ";" && !(rest[end] === "+" && rest[end - 1] === "{}")) end++;
+      if (end > i + 1) commandForms(rest.slice(i + 1, end), nesting + 1, found);
+      i = end;
+    }
+  }
+  return found;
+}
+
+/** Adds a command's plain forms: its words as they are; without leading NAME=value assignments and keywords; with its
+ *  program as programOf names it (/bin/rm is rm). Returns the words from the program on, if any. */
+function plainForms(words: string[], found: string[][]): string[] | undefined {
   found.push(words);
   const start = words.findIndex((word) => !ASSIGNMENT.test(word) && !KEYWORDS.has(word));
-  if (start < 0) return found;
+  if (start < 0) return undefined;
   const rest = start === 0 ? words : words.slice(start);
   if (start > 0) found.push(rest);
-  const program = path.basename(rest[0]!);
+  const program = programOf(rest[0]!);
   if (program !== rest[0]) found.push([program, ...rest.slice(1)]);
-  if (nesting >= MAX_NESTING) return found;
-  if (WRAPPERS.has(program)) {
-    for (let start = 2; start < Math.min(rest.length, 1 + WRAPPER_STARTS); start++) found.push(rest.slice(start));
-    commandForms(rest.slice(1), nesting + 1, found);
+  return rest;
+}
+
+/** The command line a program runs as text, if it does: the -c (or --command) of a shell, su, script, flock or
+ *  runuser, past other options (bash -c -- '…'); env -S, whose text env splits into words (env -S 'rm -rf' ~ is env
+ *  rm -rf ~); eval's words; watch's words, which it runs with sh -c. */
+function commandLine(program: string, words: string[]): string | undefined {
+  if (program === "eval") return words.slice(1).join(" ");
+  if (program === "watch") return words.slice(firstOperand(words, 1, WATCH_ARGUMENT)).join(" ");
+  if (program === "env") {
+    for (let i = 1; i < words.length && words[i]!.startsWith("-"); i++) {
+      if (ENV_SPLIT.test(words[i]!)) return ["env", words[i]!.replace(ENV_SPLIT, ""), ...words.slice(i + 1)].join(" ");
+      if (ENV_ARGUMENT.test(words[i]!)) i++;
+    }
+    return undefined;
   }
-  const script = SHELLS.has(program) ? rest.findIndex((word, i) => i > 0 && /^-[A-Za-z]*c[A-Za-z]*$/.test(word)) + 1 : 0;
-  if (script > 0 && script < rest.length) commandsIn(rest[script]!, nesting + 1, found);
-  if (program === "eval") commandsIn(rest.slice(1).join(" "), nesting + 1, found);
-  return found;
+  if (!COMMAND_OPTION.has(program)) return undefined;
+  const at = words.findIndex((word, i) => i > 0 && (/^-[A-Za-z]*c[A-Za-z]*$/.test(word) || /^--command(?:=|$)/.test(word)));
+  if (at < 0) return undefined;
+  if (words[at]!.startsWith("--command=")) return words[at]!.slice("--command=".length);
+  return words[firstOperand(words, at + 1, SHELL_ARGUMENT)];
+}
+
+/** The index of the first word from `start` that is no option: past "--", and past the argument of an option that
+ *  `takesArgument` matches. */
+function firstOperand(words: string[], start: number, takesArgument: RegExp): number {
+  for (let i = start; i < words.length; i++) {
+    const word = words[i]!;
+    if (word === "--") return i + 1;
+    if (!/^[-+]/.test(word)) return i;
+    if (takesArgument.test(word)) i++;
+  }
+  return words.length;
 }
 
 /** Every command a run_shell_command call could run, best effort; a shell fed a script on stdin runs that too. */
 function commandsOfCall(argv: string[] | undefined, command: string, stdin: unknown): string[][] {
   const found = argv ? commandForms(argv, 0, []) : commandsIn(command);
-  if (typeof stdin === "string" && found.some((words) => SHELLS.has(path.basename(words[0]!)))) commandsIn(stdin, 1, found);
+  if (typeof stdin === "string" && found.some(runsShell)) commandsIn(stdin, 1, found);
   return found;
 }
 
@@ -428,6 +606,7 @@ function commandsOfCall(argv: string[] | undefined, command: string, stdin: unkn
 class RulePolicy implements Policy {
   readonly preset: PresetName;
   readonly approvalTimeoutMs: number;
+  readonly approvals: ApprovalMode;
   readonly #file: string | null;
   readonly #home: string;
   readonly #settings: Record<Tool, Judgement>;
@@ -443,6 +622,7 @@ class RulePolicy implements Policy {
   constructor(settings: PolicySettings, file: string | null, home: string) {
     this.preset = settings.preset;
     this.approvalTimeoutMs = settings.approval_timeout * 1000;
+    this.approvals = settings.approvals;
     this.#file = file;
     this.#home = home;
     this.#settings = Object.fromEntries(TOOLS.map((tool) => [tool, toolSetting(settings, tool)])) as Record<Tool, Judgement>;
@@ -452,7 +632,7 @@ class RulePolicy implements Policy {
     this.#reads = paths("read");
     this.#changes = paths("change");
     this.#edits = { allow: this.#changes.allow, ask: [...this.#changes.ask, ...this.#reads.ask], deny: [...this.#changes.deny, ...this.#reads.deny] };
-    this.#commands = ruleSet(settings.commands, (text, verdict) => compileCommandRule(text, `commands.${verdict}`));
+    this.#commands = ruleSet(settings.commands, (text, verdict) => compileCommandRule(text, `commands.${verdict}`, CASE_INSENSITIVE_FILES && verdict !== "allow"));
   }
 
   judge(op: AgentOp, args: Record<string, unknown>, realPath?: string): Judgement {
@@ -471,7 +651,7 @@ class RulePolicy implements Policy {
   }
 
   hides(realPath: string): boolean {
-    return this.#reads.deny.some((rule) => rule.pattern.test(realPath));
+    return this.#reads.deny.some((rule) => rule.pattern.test(realPath)) || this.#reads.ask.some((rule) => rule.pattern.test(realPath));
   }
 
   get judgesPaths(): boolean {
@@ -527,7 +707,8 @@ class RulePolicy implements Policy {
     }
     const text = (list: string[]) => cap(list.length ? list.join("; ") : "nothing");
     const everything = parts.ask.length === 0 && parts.deny.length === 0;
-    return { preset: this.preset, file: this.#file, allows: everything ? "everything" : text(parts.allow), asks: text(parts.ask), denies: text(parts.deny) };
+    const asks = parts.ask.length && this.approvals === "passkey" ? `${text(parts.ask)} (approved only with the owner's passkey)` : text(parts.ask);
+    return { preset: this.preset, file: this.#file, allows: everything ? "everything" : text(parts.allow), asks, denies: text(parts.deny) };
   }
 
   #rulesOf(rules: RuleTable): RuleSet<{ text: string }> {
@@ -569,6 +750,7 @@ function failClosed(file: string, problem: string, fix: string): Policy {
   return {
     preset: "fail-closed",
     approvalTimeoutMs: DEFAULT_APPROVAL_TIMEOUT_S * 1000,
+    approvals: "passkey",
     judge: (op) => (op === "status" ? STATUS : { verdict: "deny", rule }),
     hides: () => true,
     judgesPaths: false,

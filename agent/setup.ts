@@ -282,6 +282,11 @@ preset = "${preset}"
 # How long a call waits for your approval before it fails, in seconds (default 600). Keep it above the sections.
 # approval_timeout = 600
 
+# Who may approve: "relay" (default) takes your answer as the relay carries it, so whoever controls the relay could
+# answer too; "passkey" runs such a call only when a passkey enrolled on this machine signed that exact call (enrol
+# one with: code-remote-agent enroll-owner). Keep it above the sections.
+# approvals = "passkey"
+
 # [tools]: "allow", "ask" or "deny" per tool, over the preset. Reads: read_file, list_directory, search_files,
 # file_info, get_command_output, list_commands. Changes: write_file, edit_file. Commands: run_shell_command,
 # send_command_input (typing into a running command). And kill_command.

@@ -27,6 +27,7 @@ import {
 } from "../protocol.ts";
 import type { AuditLog, CallOutcome } from "./audit.ts";
 import type { AgentCredential } from "./auth.ts";
+import type { EnrolLink, EnrolmentDesk } from "./enrolments.ts";
 import { judgeIdentity, proofVerifies, type MachineKeys } from "./identity.ts";
 import { OncePer } from "./limits.ts";
 import { logger } from "../log.ts";
@@ -52,6 +53,12 @@ export interface SocketData {
   challenge?: { hello: HelloFrame; nonce: string };
   /** Set once the agent's hello (and proof, if it has a key) is accepted. */
   agent?: AgentConn;
+  /** The origin the agent dialed (its upgrade request's Host, with http or https): where an enrolment page is, when
+   *  PUBLIC_URL does not say. */
+  origin: string;
+  /** Set instead of `agent` once an enroll hello (`enroll-owner`) and its proof are accepted: this connection only
+   *  pairs an owner passkey with the machine (enrolments.ts), and is not the machine's link. */
+  enrolment?: EnrolLink;
 }
 
 type AgentSocket = ServerWebSocket<SocketData>;
@@ -114,6 +121,8 @@ export class Relay {
   /** What a call hears when no machine is connected: how to start an agent, or under `bun run dev`, where its own
    *  agent went. */
   noMachineMessage = NO_MACHINE_MESSAGE;
+  /** Where enroll connections' frames go; without it, enroll hellos are refused. */
+  enrolments?: EnrolmentDesk;
   constructor(
     readonly audit: AuditLog,
     /** Whether a machine name has an agent token of its own (then only that token may register it). */
@@ -133,13 +142,15 @@ export class Relay {
     if (!parsed.ok) return this.#refuse(ws, CloseCode.protocolError, parsed.reason);
     const frame = parsed.frame;
     const conn = ws.data.agent;
-    const { challenge } = ws.data;
-    if (frame.type === "hello") return conn || challenge ? this.#refuse(ws, CloseCode.protocolError, "hello sent twice") : this.#hello(ws, frame);
+    const { challenge, enrolment } = ws.data;
+    if (frame.type === "hello") return conn || challenge || enrolment ? this.#refuse(ws, CloseCode.protocolError, "hello sent twice") : this.#hello(ws, frame);
     if (frame.type === "proof") return challenge ? this.#proven(ws, challenge, frame) : this.#refuse(ws, CloseCode.protocolError, "proof without a challenge");
     // A heartbeat may cross the challenge (the agent pings on a timer from the moment it dials); nothing else may.
-    if (frame.type === "ping" && (conn || challenge)) return void send(ws, { type: "pong", t: frame.t });
+    if (frame.type === "ping" && (conn || challenge || enrolment)) return void send(ws, { type: "pong", t: frame.t });
     if (challenge) return this.#refuse(ws, CloseCode.protocolError, "the proof must follow hello");
+    if (enrolment) return this.#enrolFrame(ws, enrolment, frame);
     if (!conn) return this.#refuse(ws, CloseCode.protocolError, "the first frame must be hello");
+    if (frame.type === "enroll_begin" || frame.type === "enroll_result") return this.#refuse(ws, CloseCode.protocolError, "enrolment frames need an enroll hello");
     if (frame.type === "progress") return conn.pending.get(frame.id)?.onProgress?.(frame);
     if (frame.type === "ask") return conn.pending.get(frame.id)?.onAsk(frame);
     if (frame.type === "result") this.#settle(conn, frame.id, frame.ok ? { value: frame.value } : { error: frame.error });
@@ -147,6 +158,7 @@ export class Relay {
 
   disconnected(ws: AgentSocket, code: number, reason: string): void {
     this.sockets.delete(ws);
+    if (ws.data.enrolment) this.enrolments?.ended(ws.data.enrolment);
     const conn = ws.data.agent;
     if (!conn) return;
     this.#failPending(conn, `Machine '${conn.machine}' disconnected before answering; the operation may or may not have completed.`);
@@ -229,7 +241,7 @@ export class Relay {
         log("warn", "agent link silent; closing", { machine: ws.data.agent?.machine, address: ws.data.address });
         ws.close(CloseCode.heartbeatTimeout, "heartbeat timeout");
         ws.terminate();
-      } else if (!ws.data.agent && now - ws.data.openedAt > HELLO_TIMEOUT_MS) {
+      } else if (!ws.data.agent && !ws.data.enrolment && now - ws.data.openedAt > HELLO_TIMEOUT_MS) {
         this.#refuse(ws, CloseCode.protocolError, ws.data.challenge ? "no identity proof" : "no hello");
       }
     }
@@ -271,6 +283,10 @@ export class Relay {
     if (hello.protocol_version !== PROTOCOL_VERSION) {
       return this.#refuse(ws, CloseCode.unsupportedVersion, `protocol ${hello.protocol_version} unsupported; this relay speaks ${PROTOCOL_VERSION}`);
     }
+    if (hello.purpose === "enroll" && !this.enrolments) return this.#refuse(ws, CloseCode.protocolError, "this relay does not enrol owner passkeys");
+    if (hello.purpose === "enroll" && hello.public_key === undefined) {
+      return this.#refuseIdentity(ws, hello.machine, "an enrolment must prove the machine's key: update the agent", "an enrolment without a key");
+    }
     if (hello.public_key === undefined) return this.#admit(ws, hello, undefined);
     const nonce = randomBytes(32).toString("base64url");
     ws.data.challenge = { hello, nonce };
@@ -290,22 +306,14 @@ export class Relay {
   /** Registers the agent under its machine name, unless the owner turned the name away, its token is for another
    *  name, or the name belongs to another agent's key. `publicKey` is the key it proved, if any. */
   #admit(ws: AgentSocket, hello: HelloFrame, publicKey: string | undefined): void {
+    if (hello.purpose === "enroll") return this.#admitEnrolment(ws, hello, publicKey!); // an enroll hello always has a key
     const heldUntil = this.#heldOff.get(hello.machine) ?? 0;
     if (heldUntil > Date.now()) {
       return this.#refuse(ws, CloseCode.forbidden, `disconnected by the owner; turned away until ${new Date(heldUntil).toISOString()}`);
     }
     this.#heldOff.delete(hello.machine);
+    if (this.#tokenRefused(ws, hello)) return;
     const { credential } = ws.data;
-    // A per-machine token admits only its machine: whoever holds it cannot take over another machine's name.
-    if (credential.kind === "machine" && credential.machine !== hello.machine) {
-      this.audit.event("auth_refused", { machine: hello.machine, address: ws.data.address, detail: `agent token of '${credential.machine}' used as '${hello.machine}'` });
-      return this.#refuse(ws, CloseCode.forbidden, `this agent token is for machine '${credential.machine}'`);
-    }
-    // And the shared token cannot take a name that has its own token: it would replace the real machine's agent.
-    if (credential.kind === "shared" && this.hasOwnToken(hello.machine)) {
-      this.audit.event("auth_refused", { machine: hello.machine, address: ws.data.address, detail: `shared agent token used as '${hello.machine}', which has its own token` });
-      return this.#refuse(ws, CloseCode.forbidden, `machine '${hello.machine}' has its own agent token; connect with that one`);
-    }
     const previous = this.agents.get(hello.machine);
     const verdict = judgeIdentity(this.keys.pinnedKey(hello.machine), publicKey, previous);
     if (!verdict.admit) return this.#refuseIdentity(ws, hello.machine, verdict.reason, verdict.detail);
@@ -328,6 +336,51 @@ export class Relay {
     const how = credential.kind === "machine" ? "machine token" : "shared token (compatibility)";
     log("info", "agent connected", { machine: hello.machine, version: hello.agent_version, os: hello.os, address: ws.data.address, credential: how, key: publicKey ? "proved" : "none (older agent)" });
     this.audit.event("agent_connected", { machine: hello.machine, address: ws.data.address, detail: `${hello.agent_version} ${hello.os} ${hello.arch}` });
+  }
+
+  /** Whether the connection's token may not speak for the hello's machine name (refused and audited if so). */
+  #tokenRefused(ws: AgentSocket, hello: HelloFrame): boolean {
+    const { credential } = ws.data;
+    // A per-machine token admits only its machine: whoever holds it cannot take over another machine's name.
+    if (credential.kind === "machine" && credential.machine !== hello.machine) {
+      this.audit.event("auth_refused", { machine: hello.machine, address: ws.data.address, detail: `agent token of '${credential.machine}' used as '${hello.machine}'` });
+      this.#refuse(ws, CloseCode.forbidden, `this agent token is for machine '${credential.machine}'`);
+      return true;
+    }
+    // And the shared token cannot take a name that has its own token: it would replace the real machine's agent.
+    if (credential.kind === "shared" && this.hasOwnToken(hello.machine)) {
+      this.audit.event("auth_refused", { machine: hello.machine, address: ws.data.address, detail: `shared agent token used as '${hello.machine}', which has its own token` });
+      this.#refuse(ws, CloseCode.forbidden, `machine '${hello.machine}' has its own agent token; connect with that one`);
+      return true;
+    }
+    return false;
+  }
+
+  /** An enroll connection (`enroll-owner`), admitted by the same token and key checks as the machine's own link, but
+   *  not registered: the machine's live link, if any, is untouched, and no key is pinned by it. A machine the owner
+   *  turned away for a while may still enrol: its page does nothing without the owner. */
+  #admitEnrolment(ws: AgentSocket, hello: HelloFrame, publicKey: string): void {
+    if (this.#tokenRefused(ws, hello)) return;
+    const verdict = judgeIdentity(this.keys.pinnedKey(hello.machine), publicKey, this.agents.get(hello.machine));
+    if (!verdict.admit) return this.#refuseIdentity(ws, hello.machine, verdict.reason, verdict.detail);
+    const { machine } = hello;
+    ws.data.enrolment = {
+      machine,
+      address: ws.data.address,
+      dialedOrigin: ws.data.origin,
+      send: (frame) => send(ws, frame),
+      close: (code, reason) => this.#refuse(ws, code, reason),
+    };
+    send(ws, { type: "welcome", machine, server_version: VERSION, features: [...RELAY_FEATURES] });
+    log("info", "enrolment connection admitted", { machine, address: ws.data.address });
+  }
+
+  /** A frame on an enroll connection: the enrolment's begin and result; nothing else is heard there. */
+  #enrolFrame(ws: AgentSocket, link: EnrolLink, frame: AgentFrame): void {
+    if (frame.type === "enroll_begin") return this.enrolments?.begin(link, frame);
+    if (frame.type === "enroll_result") return this.enrolments?.result(link, frame);
+    if (frame.type === "pong") return;
+    this.#refuse(ws, CloseCode.protocolError, `'${frame.type}' has no place on an enrolment connection`);
   }
 
   /** Refuses an agent that cannot prove it is the machine whose name it asks for. Logged and audited once per

@@ -6,7 +6,7 @@
 
 import { randomBytes } from "node:crypto";
 import { z } from "zod";
-import { MAX_APPROVAL_FOR_S, type ApprovalSubject, type AskFrame, type Decision } from "../protocol.ts";
+import { approvalStatement, MAX_APPROVAL_FOR_S, PasskeyAssertion, type ApprovalSubject, type AskFrame, type Decision, type PasskeyChallenge } from "../protocol.ts";
 import type { AuditLog } from "./audit.ts";
 import { logger } from "../log.ts";
 
@@ -14,6 +14,11 @@ const log = logger("server");
 
 /** The owner's webhook gets this long to answer; a slow one delays nothing but its own notification. */
 const WEBHOOK_TIMEOUT_MS = 5_000;
+/** One client may have this many calls waiting for the owner at once, and open this many questions a minute: a
+ *  client (or a model talked into it) that floods the owner with questions and notifications, hoping for a tired
+ *  "approve", is answered "no" by the relay instead. */
+const MAX_WAITING_PER_CLIENT = 5;
+const MAX_QUESTIONS_PER_CLIENT_PER_MINUTE = 60;
 
 /** A pending approval as the dashboard, the API and the webhook show it. */
 export interface ApprovalView extends Omit<ApprovalSubject, "tool"> {
@@ -26,6 +31,34 @@ export interface ApprovalView extends Omit<ApprovalSubject, "tool"> {
   expires_at: string;
   /** Where the owner decides: the dashboard, at this approval's card. */
   url: string;
+  /** When the machine accepts only approvals signed by the owner's passkey: what to sign. */
+  passkey?: PasskeyRequest;
+}
+
+/** The scopes the dashboard offers an approval for: once, or the same call for 5 minutes, an hour, 8 hours. */
+export const APPROVAL_SCOPES = ["once", "300", "3600", "28800"] as const;
+
+/** What a passkey signs to approve a call: the statement for each scope the dashboard offers (its SHA-256 is the
+ *  WebAuthn challenge), the passkeys the machine accepts, and the parts of the statement for a script that builds
+ *  its own (approvalStatement in protocol.ts, with the call id and any for_seconds). */
+export interface PasskeyRequest {
+  rp_id: string;
+  credential_ids: string[];
+  call: string;
+  challenge: PasskeyChallenge;
+  statements: Record<(typeof APPROVAL_SCOPES)[number], string>;
+}
+
+function passkeyRequest(ask: AskFrame, machine: string, challenge: PasskeyChallenge): PasskeyRequest {
+  const statement = (scope: (typeof APPROVAL_SCOPES)[number]) =>
+    approvalStatement({ machine, call: ask.id, tool: ask.subject.tool, challenge, forSeconds: scope === "once" ? undefined : Number(scope) });
+  return {
+    rp_id: challenge.rp_id,
+    credential_ids: challenge.credential_ids,
+    call: ask.id,
+    challenge,
+    statements: Object.fromEntries(APPROVAL_SCOPES.map((scope) => [scope, statement(scope)])) as PasskeyRequest["statements"],
+  };
 }
 
 /** Who asked: the call's machine and client, and the origin the client reached the relay at (for the link). */
@@ -52,15 +85,29 @@ export type Unanswered = "expired" | "cancelled" | "ended";
 
 export class Approvals {
   readonly #pending = new Map<string, Pending>();
+  /** When each client's recent questions were opened (ms), for the per-minute limit. */
+  readonly #asked = new Map<string, number[]>();
 
   constructor(
     readonly audit: AuditLog,
     readonly options: { publicUrl?: URL; webhook?: Webhook },
   ) {}
 
+  /** Why a question of `client` is not put to the owner, if it is one too many. */
+  tooMany(client: string, now = Date.now()): string | undefined {
+    const waiting = [...this.#pending.values()].filter((p) => p.view.client === client).length;
+    if (waiting >= MAX_WAITING_PER_CLIENT) return `${waiting} calls of this client already wait for the owner's approval; wait for their answers before asking more`;
+    const recent = (this.#asked.get(client) ?? []).filter((t) => t > now - 60_000);
+    this.#asked.set(client, recent);
+    if (recent.length >= MAX_QUESTIONS_PER_CLIENT_PER_MINUTE) return `this client asked the owner ${recent.length} times in the last minute; try again later`;
+    return undefined;
+  }
+
   /** Records an agent's question about a call and tells the owner; returns the approval as shown. The caller reports
-   *  the call's end with `ended` (a no-op once the owner decided). */
+   *  the call's end with `ended` (a no-op once the owner decided), and checks `tooMany` first. */
   open(ask: AskFrame, call: AskingCall, deliver: (decision: Decision) => boolean): ApprovalView {
+    const asked = this.#asked.get(call.client) ?? [];
+    this.#asked.set(call.client, [...asked, Date.now()]);
     const id = randomBytes(9).toString("base64url");
     const now = Date.now();
     const origin = this.options.publicUrl?.origin ?? call.origin;
@@ -74,6 +121,7 @@ export class Approvals {
       requested_at: new Date(now).toISOString(),
       expires_at: new Date(now + ask.expires_in_ms).toISOString(),
       url: `${origin}/#approval-${id}`,
+      ...(ask.passkey && { passkey: passkeyRequest(ask, call.machine, ask.passkey) }),
     };
     this.#pending.set(id, { view, deliver });
     this.audit.event("approval_requested", { machine: call.machine, client: call.client, detail: `${id}: ${shareable(view)} (${subject.rule})` });
@@ -96,14 +144,14 @@ export class Approvals {
   decide(id: string, decision: OwnerDecision, by: string): boolean {
     const pending = this.#pending.get(id);
     if (!pending || Date.parse(pending.view.expires_at) <= Date.now()) return false;
-    const { approve, reason, for_seconds } = decision;
-    if (!pending.deliver({ approve, reason, for_seconds, by })) {
+    const { approve, reason, for_seconds, assertion } = decision;
+    if (!pending.deliver({ approve, reason, for_seconds, by, ...(assertion && { assertion }) })) {
       this.ended(id, "ended"); // its call ended a moment ago; recorded as such, not as decided
       return false;
     }
     this.#pending.delete(id);
     const { machine, client, tool } = pending.view;
-    const detail = `${id}: ${approve ? "approved" : "denied"}${for_seconds ? ` for ${for_seconds} s` : ""}${reason ? `: ${reason}` : ""} by ${by}`;
+    const detail = `${id}: ${approve ? "approved" : "denied"}${for_seconds ? ` for ${for_seconds} s` : ""}${reason ? `: ${reason}` : ""} by ${by}${assertion ? " with a passkey" : ""}`;
     this.audit.event("approval_decided", { machine, client, detail: `${detail} (${tool})` });
     return true;
   }
@@ -124,9 +172,11 @@ export const OwnerDecision = z
     decision: z.enum(["approve", "deny"]),
     reason: z.string().max(1000).optional(),
     for_seconds: z.number().int().min(1).max(MAX_APPROVAL_FOR_S).optional(),
+    /** The owner's passkey over the approval's statement (the machine checks it). */
+    assertion: PasskeyAssertion.optional(),
   })
   .strict()
-  .transform(({ decision, reason, for_seconds }) => ({ approve: decision === "approve", reason: reason?.trim() || undefined, for_seconds }));
+  .transform(({ decision, reason, for_seconds, assertion }) => ({ approve: decision === "approve", reason: reason?.trim() || undefined, for_seconds, assertion }));
 export type OwnerDecision = z.output<typeof OwnerDecision>;
 
 /** What an approval asks, for the audit log and the webhook: the command or the path, but never the text typed into
@@ -183,7 +233,7 @@ export function approvalRoutes<S>(approvals: Approvals, ownerOf: OwnerOf<S>, pag
     const parsed = OwnerDecision.safeParse(body.fields);
     if (!parsed.success) {
       const why = parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; ");
-      return fromForm ? page(400, "Decision not understood", why) : jsonError(400, `${why}. Send {"decision": "approve" | "deny", "reason"?: string, "for_seconds"?: number}.`);
+      return fromForm ? page(400, "Decision not understood", why) : jsonError(400, `${why}. Send {"decision": "approve" | "deny", "reason"?: string, "for_seconds"?: number, "assertion"?: a passkey's AuthenticationResponseJSON}.`);
     }
     if (!approvals.decide(req.params.id, parsed.data, owner.by)) {
       const gone = "No such approval is waiting: it was decided, expired, or its call was cancelled.";

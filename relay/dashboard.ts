@@ -4,7 +4,7 @@
 // access), each behind a confirmation page and audited. A visitor without a session sees only the login form. The
 // session is a signed cookie (HMAC with a key derived from the owner secret, so changing the secret signs everyone
 // out), HttpOnly, SameSite=Strict, Secure over https; every form also carries a token derived from the session.
-// Plain HTML, no script, no external asset (pages.ts).
+// Plain HTML, no external asset (pages.ts); a script of the relay's own only where passkeys are used.
 
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Approvals } from "./approvals.ts";
@@ -66,13 +66,13 @@ export class Dashboard {
   }
 
   /** The owner's session on this request, if any: a label for the audit (a short digest of its nonce, so the log
-   *  tells sessions apart without holding any part of a cookie) and
-   *  whether `csrf` is this session's token (a cross-site request cannot know it). */
-  ownerSession(req: Request): { label: string; proves: (csrf: string) => boolean } | undefined {
+   *  tells sessions apart without holding any part of a cookie), the session's CSRF token (for a page that posts
+   *  from a script), and whether `csrf` is this session's token (a cross-site request cannot know it). */
+  ownerSession(req: Request): { label: string; csrf: string; proves: (csrf: string) => boolean } | undefined {
     const nonce = this.#session(req);
     if (!nonce) return undefined;
     const label = `dashboard session ${createHash("sha256").update(nonce).digest("base64url").slice(0, 8)}`;
-    return { label, proves: (csrf) => this.#csrfMatches(csrf, nonce) };
+    return { label, csrf: this.#csrf(nonce), proves: (csrf) => this.#csrfMatches(csrf, nonce) };
   }
 
   // --- session ---
@@ -167,13 +167,15 @@ export class Dashboard {
     const wait = this.options.ownerSecretPenalties.retryAfter(address);
     if (wait > 0) return tooManyAttempts(wait, (message) => errorPage(429, "Too many attempts", message));
     const form = new URLSearchParams(await req.text());
+    // Back to the page that asked the owner to sign in (an enrolment link opened on a phone), if it is one of ours.
+    const next = /^\/enroll\/[A-Za-z0-9_-]{1,64}$/.test(form.get("next") ?? "") ? form.get("next")! : undefined;
     if (!secretMatches(form.get("owner_secret") ?? "", this.options.ownerSecret)) {
       this.options.ownerSecretPenalties.failed(address, { path: "/login", reason: "wrong owner secret" });
-      return loginPage("Wrong owner secret.", 401);
+      return loginPage("Wrong owner secret.", 401, next);
     }
     this.options.ownerSecretPenalties.succeeded(address);
     this.options.audit.event("owner_login", { address });
-    return new Response(null, { status: 303, headers: { Location: "/", "Set-Cookie": this.#newSession(req), "Cache-Control": "no-store" } });
+    return new Response(null, { status: 303, headers: { Location: next ?? "/", "Set-Cookie": this.#newSession(req), "Cache-Control": "no-store" } });
   }
 
   async #logout(req: Request): Promise<Response> {

@@ -1,7 +1,11 @@
 // The HTML the relay serves to a person: the OAuth consent page and the page for an error that must not be sent
-// back to a client. Plain HTML and inline CSS: no script, no external asset, readable on a phone. Every dynamic
-// value is escaped; the headers forbid framing (clickjacking) and loading anything.
+// back to a client. Plain HTML and inline CSS, readable on a phone; no script, but on the two pages that need the
+// browser's passkeys (an enrolment, and approval cards of a machine that wants the owner's passkey), which load the
+// relay's own scripts from /assets/ (assets/*.js) and nothing inline. Every dynamic value is escaped; the headers
+// forbid framing (clickjacking) and loading anything else.
 
+import * as fs from "node:fs";
+import * as path from "node:path";
 import type { ApprovalView } from "./approvals.ts";
 import type { ApprovedClient } from "./credentials.ts";
 
@@ -62,6 +66,15 @@ const STYLE = `
   .approval .deny label { font-weight: normal; font-size: 0.85rem; }
   .approval input[type=text] { width: 100%; box-sizing: border-box; font-size: 1rem; padding: 0.55rem; border-radius: 0.5rem; border: 1px solid #8888; margin-bottom: 0.4rem; }
   .approval p.small { margin: 0.6rem 0 0.3rem; }
+  .approval .passkey { margin: 0 0 0.5rem; font-weight: 600; }
+  .approval .passkey-status { padding: 0.5rem 0.75rem; border-radius: 0.5rem; background: #8882; margin: 0.5rem 0; }
+  .approval details { margin: 0 0 0.5rem; font-size: 0.85rem; }
+  .enrolment button#create { width: 100%; background: #2563eb; color: white; border-color: #2563eb; font-weight: 600; }
+  .fingerprint { font-family: ui-monospace, "SF Mono", Menlo, monospace; font-size: 1.5rem; font-weight: 700; line-height: 1.35;
+    word-spacing: 0.25ch; max-width: 20ch; padding: 0.75rem 1rem; border-radius: 0.6rem; border: 2px solid #2563eb; margin: 0.5rem 0; }
+  #status { padding: 0.75rem 1rem; border-radius: 0.6rem; background: #8882; margin: 1rem 0; }
+  #status:empty { display: none; }
+  #status.stored { background: #30a46c33; font-weight: 600; } #status.error { background: #e5484d22; }
 `;
 
 /** Escapes text for HTML content and attribute values. */
@@ -94,28 +107,38 @@ function visible(text: string): string {
 const disguisingCount = (...texts: (string | undefined)[]) => texts.reduce((n, t) => n + [...(t ?? "").matchAll(DISGUISING)].filter((m) => isDisguising(m[0])).length, 0);
 
 /** Headers for every page: no caching, no framing, nothing loaded but the inline style, forms only to us (and to
- *  `formTarget`, where the consent form's answer redirects: Chromium applies form-action to that redirect). */
-function pageHeaders(formTarget?: string): Record<string, string> {
+ *  `formTarget`, where the consent form's answer redirects: Chromium applies form-action to that redirect). A page
+ *  with `scripts` may load the relay's own scripts and fetch from it, and nothing else (no inline script). */
+function pageHeaders(formTarget?: string, scripts = false): Record<string, string> {
   const formAction = ["'self'", formTarget].filter(Boolean).join(" ");
+  const scriptSources = scripts ? "script-src 'self'; connect-src 'self'; " : "";
   return {
     "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin", // nothing leaves the relay; same-origin posts keep their Origin (no-referrer would send "null")
-    "Content-Security-Policy": `default-src 'none'; style-src 'unsafe-inline'; form-action ${formAction}; frame-ancestors 'none'; base-uri 'none'`,
+    "Content-Security-Policy": `default-src 'none'; ${scriptSources}style-src 'unsafe-inline'; form-action ${formAction}; frame-ancestors 'none'; base-uri 'none'`,
   };
 }
 
-function page(title: string, body: string, options: { wide?: boolean; refreshSeconds?: number } = {}): string {
+interface PageOptions {
+  wide?: boolean;
+  refreshSeconds?: number;
+  /** Names of the relay's scripts (ASSETS) the page loads, as modules. */
+  scripts?: string[];
+}
+
+function page(title: string, body: string, options: PageOptions = {}): string {
   const refresh = options.refreshSeconds ? `<meta http-equiv="refresh" content="${options.refreshSeconds}">\n` : "";
+  const scripts = (options.scripts ?? []).map((name) => `<script type="module" src="/assets/${escapeHtml(name)}"></script>\n`).join("");
   return `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="same-origin">
-${refresh}<title>${escapeHtml(title)}</title>
+${refresh}${scripts}<title>${escapeHtml(title)}</title>
 <style>${STYLE}</style>
 </head>
 <body><main${options.wide ? ' class="wide"' : ""}>
@@ -245,17 +268,18 @@ export function errorPage(status: number, title: string, message: string): Respo
 
 // --- the owner's dashboard ---
 
-const html = (status: number, title: string, body: string, options?: { wide?: boolean; refreshSeconds?: number }) =>
-  new Response(page(title, body, options), { status, headers: pageHeaders() });
+const html = (status: number, title: string, body: string, options?: PageOptions) =>
+  new Response(page(title, body, options), { status, headers: pageHeaders(undefined, (options?.scripts ?? []).length > 0) });
 
-/** The only thing a visitor without a session sees. */
-export function loginPage(error?: string, status = 200): Response {
+/** The only thing a visitor without a session sees. `next` is the relay's own page to go on to once signed in. */
+export function loginPage(error?: string, status = 200, next?: string): Response {
   return html(
     status,
     "Code Remote",
     `<h1>Code Remote</h1>
 ${error ? `<p class="error" role="alert">${escapeHtml(error)}</p>` : ""}
 <form method="post" action="/login">
+  ${next ? `<input type="hidden" name="next" value="${escapeHtml(next)}">` : ""}
   <label for="owner_secret">Owner secret</label>
   <input type="password" id="owner_secret" name="owner_secret" autocomplete="current-password" autofocus>
   <p class="small">The relay's OWNER_PASSWORD, or its AUTH_TOKEN when no password is set.</p>
@@ -401,16 +425,25 @@ function askedBy(client: string, clients: DashboardView["clients"]): string {
 function approvalCard(a: ApprovalView, view: DashboardView, now: number): string {
   const { csrf } = view;
   const action = `/approvals/${encodeURIComponent(a.id)}`;
-  const form = (fields: Record<string, string>, inner: string, cls = "") =>
-    `<form method="post" action="${escapeHtml(action)}"${cls ? ` class="${cls}"` : ""}>${Object.entries({ csrf, ...fields })
+  const { passkey } = a;
+  // With a passkey, each approve form carries the statement its scope signs, and the page's script (approve.js) asks
+  // the browser for the assertion and posts it; without one, the forms post by themselves.
+  const statementOf = (scope: keyof NonNullable<ApprovalView["passkey"]>["statements"]) =>
+    passkey ? ` data-statement="${escapeHtml(passkey.statements[scope])}"` : "";
+  const form = (fields: Record<string, string>, inner: string, cls = "", attributes = "") =>
+    `<form method="post" action="${escapeHtml(action)}"${cls ? ` class="${cls}"` : ""}${attributes}>${Object.entries({ csrf, ...fields })
       .map(([name, value]) => `<input type="hidden" name="${name}" value="${escapeHtml(value)}">`)
       .join("")}${inner}</form>`;
   const input = a.tool === "send_command_input";
   const lines = a.command?.split("\n").length ?? 0;
   const size = a.command && (lines > 1 || a.command.length > 300) ? ` <span class="small">(${lines} line${lines === 1 ? "" : "s"}, ${a.command.length} characters)</span>` : "";
-  const hidden = disguisingCount(a.command, a.working_dir, a.stdin, a.path, a.diff, ...(a.env_names ?? []));
+  const hidden = disguisingCount(a.shell, a.command, a.working_dir, a.stdin, a.path, a.diff, ...(a.env_names ?? []));
   const details = [
+    // Which program reads the command comes first: text that reads as shell may be Python to another interpreter.
+    a.shell !== undefined && `<dt>Run by</dt><dd><code>${visible(a.shell)}</code> <strong>(not the machine's usual shell)</strong></dd>`,
     a.command !== undefined && `<dt>${input ? "Input it would send" : "Command"}${size}</dt><dd><pre class="command">${visible(a.command)}</pre></dd>`,
+    (a.background || a.timeout_s !== undefined) &&
+      `<dt>How long</dt><dd>${a.background ? "in the background, with no time limit unless one is set" : ""}${a.background && a.timeout_s !== undefined ? "; " : ""}${a.timeout_s !== undefined ? `stopped after ${a.timeout_s} s` : ""}</dd>`,
     a.working_dir !== undefined && `<dt>Working directory</dt><dd><code>${visible(a.working_dir)}</code></dd>`,
     a.env_names?.length && `<dt>Environment variables it sets (values not shown)</dt><dd><code>${a.env_names.map(visible).join(", ")}</code></dd>`,
     a.stdin !== undefined && `<dt>What it reads on stdin</dt><dd><pre class="command">${visible(a.stdin)}</pre></dd>`,
@@ -423,14 +456,21 @@ function approvalCard(a: ApprovalView, view: DashboardView, now: number): string
   const warning = hidden
     ? `<p class="warning danger">This holds ${hidden} invisible or unusual character${hidden === 1 ? "" : "s"}, shown marked as ⟨U+…⟩: it may not be what it seems at first sight.</p>`
     : "";
-  return `<article class="approval" id="approval-${escapeHtml(a.id)}">
+  const passkeyData = passkey ? ` data-rp-id="${escapeHtml(passkey.rp_id)}" data-credentials="${escapeHtml(passkey.credential_ids.join(" "))}"` : "";
+  const passkeyNote = passkey
+    ? `<p class="passkey">Approving needs your passkey.</p>
+  <details><summary>What your passkey signs</summary><pre>${visible(passkey.statements.once)}</pre></details>
+  <p class="passkey-status" role="status" hidden></p>`
+    : "";
+  return `<article class="approval" id="approval-${escapeHtml(a.id)}"${passkeyData}>
   <h3><span class="tag">${visible(a.machine)}</span> ${visible(a.tool)}</h3>
   <p class="summary">${visible(a.summary)}</p>
   ${warning}
   <dl>${details.join("\n  ")}</dl>
-  ${form({ decision: "approve" }, `<button class="approve" type="submit">Approve once</button>`)}
+  ${passkeyNote}
+  ${form({ decision: "approve" }, `<button class="approve" type="submit">Approve once</button>`, "", statementOf("once"))}
   <p class="small">Or approve the same call on this machine (on ${visible(a.machine)}: ${sameCall(a)}) without asking again, for:</p>
-  <div class="for">${APPROVE_FOR.map(([seconds, label]) => form({ decision: "approve", for_seconds: String(seconds) }, `<button type="submit">Approve for ${label}</button>`)).join("")}</div>
+  <div class="for">${APPROVE_FOR.map(([seconds, label]) => form({ decision: "approve", for_seconds: String(seconds) }, `<button type="submit">Approve for ${label}</button>`, "", statementOf(String(seconds) as "300" | "3600" | "28800"))).join("")}</div>
   ${form(
     { decision: "deny" },
     `<label for="reason-${escapeHtml(a.id)}">Reason (optional; the assistant is told)</label><input type="text" id="reason-${escapeHtml(a.id)}" name="reason" maxlength="1000" autocomplete="off"><button class="danger" type="submit">Deny</button>`,
@@ -468,7 +508,8 @@ ${runningCommands(view)}
 ${recentCalls(view)}
 ${recentEvents(view)}`;
   const title = waiting ? `(${waiting}) Waiting for your approval · Code Remote` : "Code Remote";
-  return html(200, title, body, { wide: true, refreshSeconds: waiting ? undefined : DASHBOARD_REFRESH_S });
+  const scripts = view.approvals.some((a) => a.passkey) ? ["approve.js"] : [];
+  return html(200, title, body, { wide: true, refreshSeconds: waiting ? undefined : DASHBOARD_REFRESH_S, scripts });
 }
 
 /** A dashboard action to confirm: on a machine, or on an approved OAuth client. */
@@ -508,4 +549,71 @@ export function confirmPage(details: Confirmation & { csrf: string }): Response 
   <div class="buttons"><a class="button" href="/">Cancel</a><button class="danger" type="submit">${button}</button></div>
 </form>`,
   );
+}
+
+// --- the owner's passkeys: enrolment ---
+
+/** What the enrolment page shows and hands its script (enrolments.ts). */
+export interface EnrolmentView {
+  machine: string;
+  label: string;
+  /** The agent's challenge, user id and RP ID, for navigator.credentials.create. */
+  begin: { challenge: string; user_id: string; rp_id: string; origin: string };
+  expiresAt: number;
+  state: "waiting" | "sent" | "stored" | "refused";
+  message?: string;
+  fingerprint?: string;
+  csrf: string;
+}
+
+/** The page where the owner creates a passkey for a machine that asked (`enroll-owner`), with the relay's script
+ *  (assets/enroll.js), which shows the new key's fingerprint and then the machine's answer. */
+export function enrolPage(view: EnrolmentView, now = Date.now()): Response {
+  const machine = visible(view.machine);
+  const data = { challenge: view.begin.challenge, "user-id": view.begin.user_id, "rp-id": view.begin.rp_id, machine: view.machine, csrf: view.csrf, state: view.state };
+  const attributes = Object.entries(data).map(([name, value]) => ` data-${name}="${escapeHtml(value)}"`).join("");
+  const status =
+    view.state === "stored" ? `<p id="status" class="stored" role="status">Stored on ${machine}.</p>`
+    : view.state === "refused" ? `<p id="status" class="error" role="status">${visible(notStored(view.message))}</p>`
+    : `<p id="status" role="status"></p>`;
+  const body = `<section class="enrolment" id="enrolment"${attributes}>
+<h1>Create a passkey for ${machine}</h1>
+<p>${machine} asked for a passkey that only you hold (someone ran <code>code-remote-agent enroll-owner</code> there). Once it is
+stored on ${machine}, the approvals its policy asks for can require it, and whoever runs this relay cannot give them for you.
+If you did not start this, close the page.</p>
+<dl>
+  <dt>Machine</dt><dd><strong>${machine}</strong></dd>
+  <dt>Label</dt><dd>${visible(view.label || "(none)")}</dd>
+  <dt>Passkey for the site</dt><dd>${escapeHtml(view.begin.rp_id)} <span class="small">(${escapeHtml(view.begin.origin)})</span></dd>
+  <dt>This link</dt><dd>${escapeHtml(expiryText(new Date(view.expiresAt).toISOString(), now))}</dd>
+</dl>
+<button id="create" type="button"${view.state === "waiting" ? "" : " hidden"}>Create a passkey for ${machine}</button>
+<div id="fingerprint-box"${view.fingerprint ? "" : " hidden"}>
+  <p>Fingerprint of the new passkey:</p>
+  <p class="fingerprint" id="fingerprint">${escapeHtml(view.fingerprint ?? "")}</p>
+  <p><strong>Check that your machine shows the same fingerprint, then confirm there.</strong> If it shows another one, answer no there: the key it received is not the one you just made.</p>
+</div>
+${status}`;
+  return html(200, `Create a passkey for ${view.machine} · Code Remote`, body, { scripts: ["enroll.js"] });
+}
+
+/** "Not stored: <the machine's words>" (which may say "Not stored" already), as one sentence (as enroll.js says it). */
+function notStored(message = "the machine refused it"): string {
+  const words = message.trim();
+  const sentence = /^not stored/i.test(words) ? words : `Not stored: ${words}`;
+  return /[.!?]$/.test(sentence) ? sentence : `${sentence}.`;
+}
+
+// --- the relay's scripts, served at /assets/<name> ---
+
+/** The scripts in assets/, read once: the pages load them from the relay itself (CSP script-src 'self'). */
+const ASSETS = new Map(["webauthn.js", "enroll.js", "approve.js"].map((name) => [name, fs.readFileSync(path.join(import.meta.dir, "assets", name), "utf8")]));
+
+/** GET /assets/<name>: one of the relay's scripts, or 404. */
+export function assetResponse(name: string): Response {
+  const script = ASSETS.get(name);
+  if (script === undefined) return new Response("Not found.", { status: 404, headers: { "Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff" } });
+  return new Response(script, {
+    headers: { "Content-Type": "text/javascript; charset=utf-8", "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "same-origin" },
+  });
 }

@@ -439,7 +439,13 @@ class OwnerWait {
   ) {}
 
   readonly asked = (ask: AskFrame) => {
-    const { approvals, relay } = this.services;
+    const { approvals, relay, audit } = this.services;
+    const tooMany = approvals.tooMany(this.caller.client);
+    if (tooMany) {
+      audit.event("approval_declined", { machine: this.conn.machine, client: this.caller.client, detail: `${ask.subject.tool}: ${tooMany}` });
+      relay.decide(this.conn, ask.id, { approve: false, reason: `the relay did not ask the owner: ${tooMany}`, by: "the relay" });
+      return;
+    }
     const view = approvals.open(ask, { machine: this.conn.machine, client: this.caller.client, origin: this.caller.origin }, (decision) => relay.decide(this.conn, ask.id, decision));
     this.#approval = { id: view.id, expiresAt: Date.parse(view.expires_at) };
     const hungUp = () => approvals.isWaiting(view.id) && this.cancel();

@@ -234,6 +234,81 @@ describe("a machine on ask-to-change", () => {
   });
 });
 
+describe("what an approval covers, and no more", () => {
+  test("a command approved for a while covers that stdin only: other input to the same program asks again", async () => {
+    const first = start(stack.client, "run_shell_command", { command: "sh", stdin: "echo first", working_dir: root });
+    const approval = await approvalOf("sh");
+    expect((approval as Approval & { stdin?: string }).stdin).toBe("echo first"); // the owner sees what the shell reads
+    await decide(approval.id, { decision: "approve", for_seconds: 60 });
+    expect((await first.result).isError).toBeFalsy();
+    const target = path.join(root, "other-stdin.txt");
+    const second = start(stack.client, "run_shell_command", { command: "sh", stdin: `touch ${target}`, working_dir: root });
+    const again = await approvalOf("sh");
+    await decide(again.id, { decision: "deny" });
+    expect((await second.result).isError).toBe(true);
+    expect(fs.existsSync(target)).toBe(false);
+  });
+
+  test("the owner tightening the policy while a call waits: the approval no longer makes it run", async () => {
+    const target = path.join(root, "tightened.txt");
+    const command = `touch ${target}`;
+    const waiting = start(stack.client, "run_shell_command", { command });
+    const approval = await approvalOf(command);
+    fs.writeFileSync(policyFile, 'preset = "read-only"\n');
+    try {
+      await decide(approval.id, { decision: "approve" });
+      const result = await waiting.result;
+      expect(result.isError).toBe(true);
+      expect(textOf(result)).toContain("changed while the call waited");
+      expect(fs.existsSync(target)).toBe(false);
+    } finally {
+      writePolicy();
+    }
+  });
+
+  test("a file swapped for a symlink while its write waits is not written through", async () => {
+    const file = path.join(root, "app.json");
+    const elsewhere = path.join(root, "elsewhere.txt");
+    fs.writeFileSync(file, "{}\n");
+    fs.writeFileSync(elsewhere, "keep\n");
+    const waiting = start(stack.client, "write_file", { path: file, content: '{"a": 1}\n' });
+    let approval: Approval | undefined;
+    await eventually(async () => (approval = (await pending()).find((a) => a.path === file)) !== undefined, 10_000, "the write's approval");
+    fs.rmSync(file);
+    fs.symlinkSync(elsewhere, file);
+    await decide(approval!.id, { decision: "approve" });
+    const result = await waiting.result;
+    expect(result.isError).toBe(true);
+    expect(textOf(result)).toContain("which the owner approved");
+    expect(fs.readFileSync(elsewhere, "utf8")).toBe("keep\n");
+  });
+
+  test("a change to a file the policy keeps from reads shows its size to the owner, not its content", async () => {
+    fs.mkdirSync(path.join(root, "secret"), { recursive: true });
+    const file = path.join(root, "secret", "creds");
+    fs.writeFileSync(file, "aws_secret_access_key = AKIA-SECRET-123\n");
+    const waiting = start(stack.client, "write_file", { path: file, content: "replaced\n" });
+    let approval: Approval | undefined;
+    await eventually(async () => (approval = (await pending()).find((a) => a.path === file)) !== undefined, 10_000, "the write's approval");
+    expect(JSON.stringify(approval)).not.toContain("AKIA-SECRET-123");
+    await decide(approval!.id, { decision: "deny" });
+    expect((await waiting.result).isError).toBe(true);
+  });
+
+  test("one client cannot keep more than five calls waiting: the sixth is declined by the relay, unasked", async () => {
+    await using flooder = await connectClient(stack.relay, "streamable-http");
+    const hooksBefore = hooks.length;
+    const calls = Array.from({ length: 6 }, (_, i) => start(flooder, "run_shell_command", { command: `touch ${path.join(root, `flood-${i}`)}` }));
+    await eventually(async () => (await pending()).filter((a) => a.command?.includes("flood-")).length === 5, 10_000, "five waiting");
+    const declined = await Promise.race(calls.map((c) => c.result));
+    expect(textOf(declined)).toContain("already wait for the owner's approval");
+    for (const approval of (await pending()).filter((a) => a.command?.includes("flood-"))) await decide(approval.id, { decision: "deny" });
+    await Promise.all(calls.map((c) => c.result));
+    await eventually(() => hooks.length >= hooksBefore + 5, 5_000, "the webhooks");
+    expect(hooks.length - hooksBefore).toBe(5); // the declined one reached nobody
+  });
+});
+
 describe("who may decide", () => {
   test("an OAuth client's token and an agent's token cannot list or decide; a bad body changes nothing", async () => {
     const command = `touch ${path.join(root, "not-by-you.txt")}`;

@@ -13,8 +13,11 @@ import * as path from "node:path";
 import { buildAgent, type BuiltBinary } from "../../scripts/build.ts";
 import { VERSION } from "../../protocol.ts";
 import { parseSettings } from "../../agent/config-file.ts";
+import { OwnerKeys } from "../../agent/owner-keys.ts";
+import { verifyEnrolment } from "../../agent/passkeys.ts";
 import { runBinary, spawnBinary, startBinaryAgent } from "../helpers/binary.ts";
-import { connectClient, eventually, startRelay, tempDir, type Relay } from "../helpers/processes.ts";
+import { connectClient, eventually, freePort, startRelay, tempDir, type Relay } from "../helpers/processes.ts";
+import { b64url, challengeOf, SoftAuthenticator } from "../helpers/soft-authenticator.ts";
 import { call } from "../helpers/tools.ts";
 
 const canRun = process.platform === "linux" && process.arch === "x64";
@@ -83,6 +86,48 @@ describe.skipIf(!canRun)("the compiled linux-x64 agent", () => {
     fs.writeFileSync(path.join(agent.root, "note.txt"), "written on disk\n");
     const read = await call(client, "read_file", { machine: "compiled", path: path.join(agent.root, "note.txt") });
     expect(read.data.content).toBe("written on disk\n");
+  });
+
+  test("verifies the owner's passkey: a signed approval runs the call, the owner's token alone does not", async () => {
+    const port = freePort();
+    await using relay = await startRelay({ port });
+    using home = tempDir("cr-passkey-home-");
+    const config = path.join(home.path, ".config");
+    fs.mkdirSync(path.join(config, "code-remote"), { recursive: true });
+    fs.writeFileSync(path.join(config, "code-remote", "policy.toml"), 'preset = "ask-to-change"\napprovals = "passkey"\n');
+    const site = { origin: `http://localhost:${port}`, rpId: "localhost" };
+    const phone = await SoftAuthenticator.make("EdDSA", site);
+    const challenge = b64url(crypto.getRandomValues(new Uint8Array(32)));
+    new OwnerKeys(path.join(config, "code-remote", "owner-keys.json")).add(await verifyEnrolment(phone.register(challenge), { challenge, ...site }, "phone"));
+    await using agent = spawnBinary(built.path, [], {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: home.path,
+      XDG_CONFIG_HOME: config,
+      RELAY_URL: `ws://localhost:${port}/ws/agent`,
+      AGENT_TOKEN: relay.token,
+      MACHINE_NAME: "compiled-passkey",
+      ALLOWED_ROOTS: home.path,
+      SHELL: "/bin/sh",
+    });
+    await agent.stderr.waitFor(/agent info connected/);
+    await using client = await connectClient(relay, "streamable-http");
+    const owner = { Authorization: `Bearer ${relay.token}`, "Content-Type": "application/json" };
+    const pendingOf = async (command: string) => {
+      let found: { id: string; passkey: { statements: { once: string } } } | undefined;
+      const waiting = async () => ((await (await fetch(new URL("/approvals", relay.url), { headers: owner })).json()) as { approvals: (NonNullable<typeof found> & { command: string })[] }).approvals;
+      await eventually(async () => (found = (await waiting()).find((a) => a.command === command)) !== undefined, 10_000, "the approval");
+      return found!;
+    };
+    const decide = (id: string, body: object) => fetch(new URL(`/approvals/${id}`, relay.url), { method: "POST", headers: owner, body: JSON.stringify({ decision: "approve", ...body }) });
+
+    for (const [name, sign] of [["unsigned", false], ["signed", true]] as const) {
+      const command = `touch ${path.join(home.path, name)}`;
+      const waiting = client.callTool({ name: "run_shell_command", arguments: { command, working_dir: home.path } });
+      const approval = await pendingOf(command);
+      await decide(approval.id, sign ? { assertion: await phone.assert(challengeOf(approval.passkey.statements.once)) } : {});
+      expect(((await waiting) as { isError?: boolean }).isError ?? false).toBe(!sign);
+      expect(fs.existsSync(path.join(home.path, name))).toBe(sign);
+    }
   });
 
   test("every subcommand answers --help, and the main --help lists them", () => {

@@ -187,6 +187,8 @@ export interface AgentOptions {
   waitConnected?: boolean;
   /** AGENT_STATE_DIR (default: a fresh temp directory, so agents in tests never share command state). */
   stateDir?: string;
+  /** The relay's host in RELAY_URL (default 127.0.0.1; "localhost" for passkeys: an IP address cannot be an RP ID). */
+  relayHost?: string;
 }
 
 /** Starts agent.ts against a relay and waits until it has registered. */
@@ -194,7 +196,7 @@ export async function startAgent(relay: Relay, options: AgentOptions = {}): Prom
   const machine = options.machine ?? `m-${randomBytes(3).toString("hex")}`;
   const roots = options.roots ?? [fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), "cr-root-")))];
   const child = spawnChild(["run", path.join(ROOT, "agent.ts")], {
-    RELAY_URL: `ws://127.0.0.1:${relay.port}/ws/agent`,
+    RELAY_URL: `ws://${options.relayHost ?? "127.0.0.1"}:${relay.port}/ws/agent`,
     AGENT_TOKEN: options.token ?? relay.token,
     MACHINE_NAME: machine,
     ALLOWED_ROOTS: roots.join(":"),

@@ -7,6 +7,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { Failure, type AskFrame } from "../../protocol.ts";
 import { Gatekeeper, OwnerQuestions } from "../../agent/approvals.ts";
+import { OwnerKeys } from "../../agent/owner-keys.ts";
+import { relayIdentity } from "../../agent/passkeys.ts";
 import { PolicySource } from "../../agent/policy.ts";
 import type { FileScope } from "../../agent/paths.ts";
 
@@ -22,7 +24,9 @@ function link(carries = true) {
   return { sent, questions };
 }
 
-const gate = () => new Gatekeeper(new PolicySource(policyFile, dir), "box");
+/** No passkey enrolled: this policy takes the owner's answer as the relay carries it (approvals = "relay"). */
+const noPasskeys = { keys: new OwnerKeys(path.join(dir, "owner-keys.json")), relay: relayIdentity("wss://relay.example.com/ws/agent") };
+const gate = () => new Gatekeeper(new PolicySource(policyFile, dir), "box", noPasskeys);
 const touch = (name: string) => ({ command: `touch ${path.join(dir, name)}` });
 
 async function failureOf(promise: Promise<unknown>): Promise<Failure> {

@@ -313,6 +313,129 @@ describe("commands: deny rules find commands anywhere in the text, best effort",
   });
 });
 
+describe("commands: deny rules see through other shells, wrappers, keywords and expansions", () => {
+  const p = policy('preset = "open"\n[commands]\ndeny = ["rm *"]');
+  const run = (args: Record<string, unknown>) => p.judge("run_shell_command", args);
+  const allowing = policy('preset = "ask-to-change"\n[commands]\nallow = ["rm *"]');
+
+  const FORMS = [
+    "bash -c -- 'rm -rf ~'",
+    "bash -c -o pipefail 'rm -rf ~'",
+    "su -c 'rm -rf ~' root",
+    "bash <<< 'rm -rf ~'",
+    "sudo bash <<<'rm -rf ~'",
+    "env -S 'rm -rf ~'",
+    "env -i -S'rm -rf' ~",
+    "env --split-string='rm -rf ~'",
+    "{rm,-rf,~}",
+    "r{m,} x",
+    "$'rm' -rf ~",
+    "$'\\x72\\155' -rf ~",
+    '$"rm" -rf ~',
+    "function f { rm -rf x; }; f",
+    "coproc rm -rf x",
+    "coproc NAME { rm -rf x; }",
+    "script -qc 'rm -rf ~'",
+    "script --command 'rm -rf ~' /dev/null",
+    "flock /tmp/l rm -rf ~",
+    "flock /tmp/l -c 'rm -rf ~'",
+    "ionice rm -rf ~",
+    "ionice -c 3 rm -rf ~",
+    "chrt 1 rm -rf ~",
+    "taskset 1 rm -rf ~",
+    "unshare rm -rf ~",
+    "runuser -u u -- rm -rf ~",
+    "pkexec rm -rf ~",
+    "watch rm -rf ~",
+    "watch -n 5 'ls; rm -rf ~'",
+    "find . -exec rm -rf {} +",
+    "find . -name '*.o' -execdir rm {} \\; -print",
+    "find . -ok rm {} ';'",
+    "sudo -u root sh -c 'rm -rf x'",
+    "timeout 5 bash -c 'rm -rf x'",
+    "nice -n 5 /bin/rm -rf x",
+    "env A=1 B=2 sudo rm -rf x",
+  ];
+
+  test.each(FORMS)("denied: %j", (command) => {
+    expect(run({ command })).toEqual({ verdict: "deny", rule: 'commands.deny "rm *"' });
+  });
+
+  test.each(FORMS)("never allowed by a rule: %j", (command) => {
+    expect(verdict(allowing.judge("run_shell_command", { command }))).toBe("ask");
+  });
+
+  test("argv is looked into the same way, but its words are literal: no shell expands them", () => {
+    expect(verdict(run({ argv: ["bash", "-c", "--", "rm -rf ~"] }))).toBe("deny");
+    expect(verdict(run({ argv: ["find", ".", "-exec", "rm", "{}", "+"] }))).toBe("deny");
+    expect(verdict(run({ argv: ["{rm,-rf,~}"] }))).toBe("allow");
+    expect(verdict(run({ argv: ["$'rm'", "-rf", "~"] }))).toBe("allow");
+  });
+
+  test("RM is rm where files are named case-insensitively (macOS, Windows), and only there", () => {
+    expect(verdict(run({ command: "RM -rf ~" }))).toBe(process.platform === "darwin" || process.platform === "win32" ? "deny" : "allow");
+    expect(verdict(allowing.judge("run_shell_command", { command: "RM -rf ~" }))).toBe("ask");
+  });
+
+  test.each(["darwin", "win32", "linux"])("on %s: deny and ask rules ignore case where files do, allow rules never", (platform) => {
+    const script = path.join(base, `case-${platform}.ts`);
+    fs.writeFileSync(
+      script,
+      `Object.defineProperty(process, "platform", { value: ${JSON.stringify(platform)} });
+      const { parsePolicy } = await import(${JSON.stringify(path.join(import.meta.dir, "../../agent/policy.ts"))});
+      const p = parsePolicy('preset = "ask-to-change"\\n[commands]\\ndeny = ["rm *"]\\nask = ["git push *"]\\nallow = ["git status", "ls -l"]', "/x/policy.toml", "/home/owner");
+      const judge = (command) => p.judge("run_shell_command", { command }).verdict;
+      console.log(JSON.stringify(["RM -rf ~", "SUDO /BIN/RM -rf ~", "Git Push origin", "GIT status", "LS -L", "git status", "rmdir x"].map(judge)));`,
+    );
+    const child = Bun.spawnSync([process.execPath, script], { stderr: "pipe" });
+    expect(child.stderr.toString()).toBe("");
+    const insensitive = platform !== "linux";
+    expect(JSON.parse(child.stdout.toString())).toEqual([insensitive ? "deny" : "ask", insensitive ? "deny" : "ask", "ask", "ask", "ask", "allow", "ask"]);
+  });
+
+  test.each([
+    "echo '{rm,-rf}'",
+    'echo "{rm,-rf,~}"',
+    "echo \\{rm,-rf,~\\}",
+    "ls {a,b}",
+    "echo ${HOME}",
+    "git commit -m 'function f'",
+    "echo function rm",
+    "grep -r coproc .",
+    "echo $'rm -rf ~'",
+    "cat <<< 'rm -rf x'",
+    "bash -c -- 'echo rm'",
+    "env -S 'ls -l'",
+    "env ls -S",
+    "watch -n 1 ls",
+    "ionice -c 3 make",
+    "find . -name rm",
+    "find . -exec ls {} + -name rm",
+    "script -q log.txt",
+  ])("not denied: %j", (command) => {
+    expect(verdict(run({ command }))).toBe("allow");
+  });
+
+  test("stays bounded: long chains, many braces and deep nesting are judged quickly", () => {
+    const group = (depth: number): string => (depth === 0 ? "a" : `{${group(depth - 1)},${group(depth - 1)}}`);
+    const started = performance.now();
+    expect(verdict(run({ command: "echo " + "{a,b}".repeat(19_000) }))).toBe("allow");
+    expect(verdict(run({ command: "echo " + "{a,b} ".repeat(16_000) }))).toBe("allow");
+    expect(verdict(run({ command: "echo " + group(15) }))).toBe("allow");
+    expect(verdict(run({ command: "{".repeat(90_000) + "a,b}" }))).toBe("allow");
+    expect(verdict(run({ command: "{rm,-rf," + "x,".repeat(40_000) + "~}" }))).toBe("deny");
+    expect(verdict(run({ command: "watch ".repeat(16_000) + "ls" }))).toBe("allow");
+    expect(verdict(run({ command: "env ".repeat(16_000) + "-S 'ls'" }))).toBe("allow");
+    expect(verdict(run({ command: "flock ".repeat(16_000) + "-c 'ls'" }))).toBe("allow");
+    expect(verdict(run({ command: "find -exec ".repeat(9_000) }))).toBe("allow");
+    expect(verdict(run({ command: "find . -exec ls \\; ".repeat(5_000) + "-exec rm {} +" }))).toBe("deny");
+    expect(verdict(run({ command: "timeout 5 ".repeat(9_000) + "ls" }))).toBe("allow");
+    expect(verdict(run({ command: "bash <<< ".repeat(10_000) }))).toBe("allow");
+    expect(verdict(run({ command: "$'" + "\\U0010ffff\\x41\\101".repeat(6_000) + "'" }))).toBe("allow");
+    expect(performance.now() - started).toBeLessThan(1500);
+  });
+});
+
 describe("path rules on real paths", () => {
   // home is reached through a symlink (as /tmp is on macOS), and ~/.ssh is a symlink to a directory outside it.
   const realHome = path.join(base, "home-real");
@@ -377,12 +500,13 @@ describe("path rules on real paths", () => {
 
 describe("an invalid file is an error that names the file and the key", () => {
   test.each([
-    ["unknown key", 'preset = "open"\npresets = "open"', /^\/etc\/code-remote\/policy\.toml: unknown key presets \(the keys here are preset, approval_timeout, tools, paths, commands\)/],
+    ["unknown key", 'preset = "open"\npresets = "open"', /^\/etc\/code-remote\/policy\.toml: unknown key presets \(the keys here are preset, approval_timeout, approvals, tools, paths, commands\)/],
     ["no preset", '[commands]\ndeny = ["sudo *"]', /: preset is missing: name one of "open", "ask-to-change", "read-only"/],
     ["empty file (half written)", "", /preset is missing/],
     ["unknown tool", '[tools]\nwrite_fle = "ask"', /unknown key tools\.write_fle \(the keys here are read_file, .*kill_command\)/],
     ["unknown rule list", '[commands]\nallowed = ["ls"]', /unknown key commands\.allowed \(the keys here are allow, ask, deny\)/],
     ["bad verdict", '[tools]\nwrite_file = "maybe"', /tools\.write_file must be "allow", "ask" or "deny"/],
+    ["bad approvals", 'preset = "open"\napprovals = "phone"', /approvals must be one of "relay", "passkey"/],
     ["bad preset", 'preset = "paranoid"', /preset must be one of "open", "ask-to-change", "read-only"/],
     ["relative glob", '[paths.read]\ndeny = ["~/.ssh/**", ".aws/**"]', /paths\.read\.deny\[1\] "\.aws\/\*\*" is relative: start it with \/ or ~\//],
     ["~user glob", '[paths.change]\ndeny = ["~root/**"]', /paths\.change\.deny\[0\] "~root\/\*\*" is relative/],

@@ -106,6 +106,10 @@ export async function setup(args: string[]): Promise<number> {
     console.log(`Next: ${selfCommand()} install-service   keeps the agent running, now and after every login or reboot`);
     console.log(`  or: ${selfCommand()}                   runs it in this terminal`);
   }
+  // The optional step: approvals only the owner's passkey can give, so whoever controls the relay cannot approve.
+  if (policy.write === "ask-to-change") {
+    console.log(`Approvals the relay cannot forge: ${selfCommand()} enroll-owner pairs your passkey with this machine; then set approvals = "passkey" in ${policyFile}`);
+  }
   return 0;
 }
 

@@ -382,6 +382,23 @@ describe("calls that end while they wait", () => {
     await expectGone(approval, target);
   });
 
+  test("a 2026-07-28 client's call waits on its open request, hearing progress, and runs once approved", async () => {
+    const target = path.join(root, "modern.txt");
+    const command = `touch ${target}`;
+    const client = await connectModernClient(stack.relay, { headers: { Authorization: `Bearer ${stack.relay.token}` } });
+    try {
+      const messages: string[] = [];
+      const waiting = client.callTool({ name: "run_shell_command", arguments: { command } }, undefined, { timeout: 60_000, onprogress: (p) => void messages.push(p.message ?? "") });
+      const approval = await approvalOf(command);
+      await eventually(() => messages.some((m) => m.includes(approval.url)), 10_000, "progress naming the approval");
+      await decide(approval.id, { decision: "approve" });
+      expect(((await waiting) as ToolCall["result"]).isError).toBeFalsy();
+      expect(fs.existsSync(target)).toBe(true);
+    } finally {
+      await client.close();
+    }
+  });
+
   test("a 2026-07-28 client that hangs up while its call waits: the approval vanishes, nothing runs", async () => {
     const target = path.join(root, "hung-up.txt");
     const command = `touch ${target}`;

@@ -30,10 +30,20 @@ export const KILL_GRACE_MS = 2_000;
 /** Default and bounds of run_shell_command's timeout, in seconds. */
 export const DEFAULT_COMMAND_TIMEOUT_S = 60;
 export const MAX_COMMAND_TIMEOUT_S = 3600;
-/** Agents send a ping this often, and both sides look for silence this often; a link silent for
- *  HEARTBEAT_TIMEOUT_MS is dropped, so a dead link is noticed within 25 s on either side. */
-export const HEARTBEAT_INTERVAL_MS = 5_000;
-export const HEARTBEAT_TIMEOUT_MS = 20_000;
+/** Heartbeats. The agent pings every HEARTBEAT_INTERVAL_MS and the relay answers each ping with a pong, so each side
+ *  hears the other at least that often on a live link (the relay also pings an agent it has not heard from for
+ *  HEARTBEAT_INTERVAL_MS + HEARTBEAT_CHECK_MS, which keeps an older agent that pings every 5 s alive). Both sides look
+ *  for silence every HEARTBEAT_CHECK_MS and drop a link that has been silent for more than HEARTBEAT_TIMEOUT_MS (close
+ *  4008), so a half-dead link (packets dropped without a FIN or RST: a dead NAT, a Wi-Fi change, a train) is found
+ *  within timeout + check, ~7 s, on either side. Why these figures: a laptop user expects the machine back within
+ *  seconds, not the 25 s of the old 5 s / 20 s; the timeout stays three pings long, so one or two pings lost or late
+ *  (a loaded relay, a congested link) are not a disconnect; and a ping is ~60 bytes, so 10,000 agents cost the relay
+ *  5,000 small frames a second in, as many out. The sweep that checks is a loop over sockets: cheap at once a second.
+ *  Known limit: a frame that takes longer than the timeout to arrive whole (megabytes over a very slow link) holds
+ *  the pings queued behind it, and can be taken for silence. */
+export const HEARTBEAT_INTERVAL_MS = 2_000;
+export const HEARTBEAT_TIMEOUT_MS = 6_000;
+export const HEARTBEAT_CHECK_MS = 1_000;
 
 // --- names ---
 
@@ -61,6 +71,10 @@ export const CloseCode = {
   identityRefused: 4004,
   /** Nothing arrived for HEARTBEAT_TIMEOUT_MS. */
   heartbeatTimeout: 4008,
+  /** Sent by an agent that finds its clock jumped (the machine slept, or the process was stopped, for more than a
+   *  few seconds): its link is almost surely dead, so it drops it and reconnects at once, without backoff. A relay
+   *  that still hears it treats it like any close: the calls in flight fail ("may or may not have run"). */
+  wokeFromSleep: 4009,
 } as const;
 
 /** Error codes an agent puts in a failed result; the server turns them into a tool error for the model. */
@@ -752,13 +766,18 @@ export const WelcomeFrame = z.object({
 });
 
 /** Server → agent: do `op` with `args` (validated by the agent against opSchemas(op).args). With `progress`,
- *  the agent sends progress frames while the request runs (the MCP client asked for progress). */
+ *  the agent sends progress frames while the request runs (the MCP client asked for progress). `command_id`, on a
+ *  run_shell_command, is the id the relay chose for the command (a CommandId of this machine), so that the relay can
+ *  name it even if the link dies before the answer; the agent takes it when it is a valid, unused id of its own
+ *  machine, and makes its own otherwise (as it does for a relay that sends none). Any string up to 200 characters
+ *  parses: a bad id costs the relay its choice, never the link. */
 export const RequestFrame = z.object({
   type: z.literal("request"),
   id: RequestId,
   op: AgentOpName,
   args: z.unknown(),
   progress: z.boolean().optional(),
+  command_id: z.string().max(200).optional(),
 });
 export type RequestFrame = z.infer<typeof RequestFrame>;
 

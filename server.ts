@@ -10,7 +10,7 @@
 import type { Server } from "bun";
 import type { Database } from "bun:sqlite";
 import type { AuthInfo } from "@modelcontextprotocol/server";
-import { HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
+import { HEARTBEAT_CHECK_MS, HEARTBEAT_TIMEOUT_MS, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
 import { Relay, type SocketData } from "./relay/agents.ts";
 import { Approvals, approvalRoutes } from "./relay/approvals.ts";
 import { AuditLog, auditFilter } from "./relay/audit.ts";
@@ -43,6 +43,9 @@ const OAUTH_SWEEP_MS = 60 * 1000;
 const STOP_GRACE_MS = 2_000;
 /** How often old audit events are pruned (also once at start). */
 const AUDIT_PRUNE_EVERY_MS = 24 * 60 * 60 * 1000;
+/** Bun's idle timeout on agent WebSockets: twice the heartbeat timeout (12 s), so that it never closes a link the
+ *  heartbeat sweep keeps (Bun takes whole seconds, and rounds 1-7 up to 8). */
+const WS_IDLE_TIMEOUT_S = Math.ceil((2 * HEARTBEAT_TIMEOUT_MS) / 1000);
 
 // --- http: the one Bun.serve ---
 
@@ -59,6 +62,7 @@ export function startServer(config: ServerConfig): RunningServer {
   const audit = new AuditLog(db);
   const agentTokens = new AgentTokens(db);
   const relay = new Relay(audit, (machine) => agentTokens.exists(machine), new MachineKeys(db));
+  relay.reconnectGraceMs = config.reconnectGraceS * 1000;
   const failures = new FailureRecords(audit);
   const penalties = new Penalties(failures);
   const ownerSecretPenalties = new Penalties(failures, OWNER_SECRET_GLOBAL_LIMIT);
@@ -215,7 +219,9 @@ export function startServer(config: ServerConfig): RunningServer {
     },
     websocket: {
       maxPayloadLength: MAX_FRAME_BYTES,
-      idleTimeout: HEARTBEAT_TIMEOUT_MS / 1000 + 30,
+      // Bun's own idle close is a backstop: the heartbeat sweep (every HEARTBEAT_CHECK_MS) closes a silent agent
+      // first, with 4008 and a log line, after HEARTBEAT_TIMEOUT_MS; Bun closes only what the sweep missed.
+      idleTimeout: WS_IDLE_TIMEOUT_S,
       open: (ws) => relay.opened(ws),
       message: (ws, data) => relay.received(ws, data),
       close: (ws, code, reason) => relay.disconnected(ws, code, reason),
@@ -230,7 +236,7 @@ export function startServer(config: ServerConfig): RunningServer {
   }
 
   const sweeps = [
-    setInterval(() => relay.sweep(), HEARTBEAT_INTERVAL_MS),
+    setInterval(() => relay.sweep(), HEARTBEAT_CHECK_MS), // a loop over agent sockets: a half-dead link is found in ~7 s
     setInterval(() => streamable.sweep(), SESSION_SWEEP_MS),
     setInterval(() => relay.dropRevoked(agentTokens.validHashes()), REVOCATION_SWEEP_MS),
     setInterval(endRevokedSessions, REVOCATION_SWEEP_MS),

@@ -14,6 +14,7 @@ import {
   DEFAULT_WAIT_S,
   FIELD_BUDGET_CHARS,
   KILL_GRACE_MS,
+  CommandId,
   fail,
   Failure,
   fitToBudget,
@@ -681,7 +682,7 @@ export class CommandRunner {
     if (!spec.background && this.#foreground.queued >= MAX_QUEUED_COMMANDS) {
       fail("busy", `${MAX_QUEUED_COMMANDS} commands are already waiting for one of the ${this.options.maxForeground} slots; wait for some to finish (list_commands shows them).`);
     }
-    const command = this.#create(spec);
+    const command = this.#create(spec, ctx.commandId);
     command.armTimeout(spec.timeoutMs === null ? null : spec.timeoutMs - (Date.now() - ctx.receivedAt));
     void command.start(spec, spec.background ? null : this.#foreground);
     if (!spec.background) await this.#waitForeground(command, args, ctx);
@@ -734,8 +735,27 @@ export class CommandRunner {
     };
   }
 
-  #create(spec: CommandSpec): Command {
-    const id = `${randomBytes(6).toString("hex")}@${this.options.machine}`;
+  /** The command's id: the one the relay chose (`requested`), when it is a well-formed id of this machine that no
+   *  kept command has (in memory or on disk), so the relay can name the command even if the link dies before the
+   *  answer; else one of the agent's own, as before the relay chose them. */
+  #newId(requested: string | undefined): string {
+    if (requested !== undefined) {
+      const usable =
+        CommandId.safeParse(requested).success &&
+        requested.endsWith(`@${this.options.machine}`) &&
+        !this.#commands.has(requested) &&
+        !fs.existsSync(this.#recordFile(requested));
+      if (usable) return requested;
+      log("warn", "the relay's command id is malformed, for another machine, or already used; the agent made its own", { requested: requested.slice(0, 80) });
+    }
+    let id: string;
+    do id = `${randomBytes(6).toString("hex")}@${this.options.machine}`;
+    while (this.#commands.has(id));
+    return id;
+  }
+
+  #create(spec: CommandSpec, requestedId?: string): Command {
+    const id = this.#newId(requestedId);
     const record: CommandRecord = {
       id,
       display: spec.display,
@@ -873,6 +893,8 @@ export interface RunContext extends FileScope {
   shell: string;
   /** Set when the client asked for progress. */
   onProgress?: (progress: Omit<ProgressFrame, "type" | "id">) => void;
+  /** The id the relay chose for this command (RequestFrame.command_id), taken when valid and unused. */
+  commandId?: string;
 }
 
 /** Where a command runs when no working_dir is given: home, or the first allowed root when home is not inside

@@ -38,6 +38,9 @@ export interface OpContext {
   gate: Gatekeeper;
   owner: AskOwner;
   onProgress?: (progress: { elapsed_ms: number; output_bytes: number; tail: string }) => void;
+  /** The command id the relay chose (a run_shell_command's RequestFrame.command_id); the runner decides whether
+   *  to take it. */
+  commandId?: string;
 }
 
 function agentStatus(ctx: OpContext): AgentStatus {
@@ -101,7 +104,7 @@ export async function execute(frame: RequestFrame, ctx: OpContext): Promise<Agen
   try {
     const waited = await ctx.gate.admit(frame.op, parsed.data as Record<string, unknown>, scopeOf(ctx), ctx.signal, ctx.owner);
     // A command's timeout and wait count from the owner's approval, not from the question.
-    const runCtx = waited ? { ...ctx, receivedAt: Date.now() } : ctx;
+    const runCtx = { ...ctx, ...(waited && { receivedAt: Date.now() }), commandId: frame.command_id };
     const handler = HANDLERS[frame.op] as Handler<AgentOp>;
     return { type: "result", id: frame.id, ok: true, value: await handler(parsed.data as never, runCtx) };
   } catch (e) {

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { freePort, spawnProgram } from "../test/helpers/processes.ts";
-import { waitUntil } from "./harness.ts";
+import { processTreeCpuClock, waitUntil, type CpuClock } from "./harness.ts";
 
 const PEERS_BIN = path.join(import.meta.dir, "peers", "node_modules", ".bin");
 /** node plus supergateway's startup; the filesystem server itself starts with the first session. */
@@ -19,6 +19,8 @@ export interface Peer extends AsyncDisposable {
   connect(): Promise<Client>;
   /** Which versions on which runtime, for the record. */
   description: string;
+  /** The CPU time so far of its whole process tree (the gateway, and each session's shell and server), in ms. */
+  cpu: CpuClock;
 }
 
 /** Why the peer cannot run here, or undefined when it can. */
@@ -55,6 +57,7 @@ export async function startPeer(root: string): Promise<Peer> {
   const clients: Client[] = [];
   return {
     description: describePeer(node),
+    cpu: processTreeCpuClock(gateway.proc.pid),
     async connect() {
       const client = new Client({ name: "code-remote-bench", version: "1.0.0" });
       await client.connect(new StreamableHTTPClientTransport(url));

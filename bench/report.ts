@@ -61,7 +61,7 @@ export interface Report {
 
 /** `p50_ms: 0.76` reads "p50 0.76 ms"; `write_mb_per_s: 60` reads "write 60 MB/s". */
 function renderFigure(name: string, value: number): string {
-  const units: [string, string][] = [["_mb_per_s", " MB/s"], ["_per_s", "/s"], ["_ms", " ms"], ["_mb", " MB"], ["_s", " s"]];
+  const units: [string, string][] = [["_mb_per_s", " MB/s"], ["_per_s", "/s"], ["_ms", " ms"], ["_mb", " MB"], ["_kb", " kB"], ["_s", " s"]];
   const [suffix, unit] = units.find(([s]) => name.endsWith(s)) ?? ["", ""];
   return `${name.slice(0, name.length - suffix.length).replaceAll("_", " ")} ${value}${unit}`;
 }
@@ -89,7 +89,7 @@ export function renderText(report: Report): string {
   const lines = [`Code Remote benchmarks (${report.mode}${quick}) at ${report.revision}, ${load}`, ""];
   for (const [title, figures] of scenarioLines(report)) lines.push(`${title.padEnd(width)}${figures}`);
   lines.push("", `ratios: ${Object.entries(report.ratios).map(([k, v]) => `${k} ${v}`).join(" · ") || "none"}`, "", "Targets");
-  const cols = [38, 34, 20];
+  const cols = [40, 40, 20];
   for (const row of report.targets) {
     lines.push(`  ${row.scenario.padEnd(cols[0]!)}${row.target.padEnd(cols[1]!)}${(row.measured || "-").padEnd(cols[2]!)}${verdict(row)}`);
   }

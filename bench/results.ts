@@ -24,7 +24,10 @@ export type ScenarioKey =
   | "6_scale"
   | "7_compiled_agent"
   | "8_peer_read_text_file"
-  | "8_peer_read_text_file_concurrent";
+  | "8_peer_read_text_file_concurrent"
+  | "10_cpu_sequential"
+  | "10_cpu_concurrent"
+  | "11_idle_memory";
 
 /** The key of a path scenario's figures on `path`. */
 export const onPath = (key: PathScenario, path: McpPath): ScenarioKey => (path === "session" ? key : `${key}_2026`);
@@ -46,6 +49,9 @@ export const SCENARIO_TITLES: Record<ScenarioKey, string> = {
   "8_peer_read_text_file_concurrent": "8. peer read_text_file 1 KiB, 32 in flight",
   "9_tools_list": "9. tools/list, sequential",
   "9_tools_list_2026": "9. 2026-07-28: tools/list, sequential",
+  "10_cpu_sequential": "10. CPU per call: relay, echo server, peer; sequential",
+  "10_cpu_concurrent": "10. CPU per call: relay, echo server, peer; 32 in flight",
+  "11_idle_memory": "11. idle agents and sessions: relay memory",
 };
 
 export class Results {

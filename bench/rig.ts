@@ -72,6 +72,8 @@ export interface Rig extends AsyncDisposable {
   /** The relay's CPU time so far (every thread), in milliseconds. */
   relayCpu: CpuClock;
   agent: Agent;
+  /** The agent's CPU time so far (every thread), in milliseconds. */
+  agentCpu: CpuClock;
   /** The 2025 session that the scenarios not about the MCP path use (4, 5 and 7). */
   client: BenchClient;
   /** The main client on `path`: `client` on the session path; on 2026-07-28 one opened on first use. */
@@ -101,6 +103,7 @@ export async function startRig(): Promise<Rig> {
     relay,
     relayCpu: cpuClock(relay.proc.pid),
     agent,
+    agentCpu: cpuClock(agent.proc.pid),
     client,
     clientOn: (path) => (path === "session" ? Promise.resolve(client) : (modern ??= connectBenchClient(relay, path))),
     root: dir.path,

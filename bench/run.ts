@@ -17,6 +17,8 @@ import { bulkTransfer } from "./scenarios/bulk.ts";
 import { compiledAgent } from "./scenarios/footprint.ts";
 import { concurrentCalls, sequentialCalls, shellOverhead, toolsList } from "./scenarios/latency.ts";
 import { scale } from "./scenarios/scale.ts";
+import { cpuAgainstBaselines } from "./scenarios/cpu.ts";
+import { idleMemory } from "./scenarios/idle-memory.ts";
 import { FULL, QUICK, type Settings } from "./settings.ts";
 import { checkTargets, ratios } from "./targets.ts";
 
@@ -27,13 +29,17 @@ const USAGE = `Usage: bun run bench [--quick] [--only N,N,...] [--out FILE.json]
 Starts a relay and an agent on 127.0.0.1 and measures them against direct execution and a peer (see BENCHMARKS.md).
 Scenarios 1-3 and 9 run on both MCP paths side by side: a 2025 session (the v1 SDK client) and 2026-07-28 (the v2
 client, no session); the others on the session. Prints a table with the ratios between the paths and the relay's
-CPU per call; writes JSON and Markdown reports. A full run takes about a minute.
+CPU per call; writes JSON and Markdown reports. A full run takes two to three minutes.
 
   --quick      a smoke run of the harness: a few iterations of everything, numbers not meaningful
-  --only       run only these scenarios (1-9); scenario 8 (the peer) needs \`bun run bench:peers\` first
+  --only       run only these scenarios (1-11); scenario 8 (the peer) needs \`bun run bench:peers\` first
                1 ping / server/discover   2 read_file     3 read_file, 32 in flight   4 run_shell_command
                5 bulk transfer            6 scale         7 compiled agent            8 the peer   9 tools/list
+               10 CPU per call: relay and agent against a bare SDK echo server and the peer (when installed)
+               11 memory per idle agent and session, 1,000 and 5,000 agents
   --out        where to write the JSON report (default bench/results/latest.json; a .md goes beside it)`;
+
+const ALL_SCENARIOS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 
 interface Options {
   help: boolean;
@@ -43,7 +49,7 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  const options: Options = { help: false, quick: false, only: new Set([1, 2, 3, 4, 5, 6, 7, 8, 9]), out: DEFAULT_OUT };
+  const options: Options = { help: false, quick: false, only: new Set(ALL_SCENARIOS), out: DEFAULT_OUT };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--help" || arg === "-h") options.help = true;
@@ -52,7 +58,7 @@ function parseOptions(argv: string[]): Options {
     else if (arg === "--out") options.out = path.resolve(argv[++i] ?? DEFAULT_OUT);
     else throw new UsageError(`unknown argument '${arg}'`);
   }
-  if ([...options.only].some((n) => !Number.isInteger(n) || n < 1 || n > 9)) throw new UsageError("--only takes scenario numbers 1-9");
+  if ([...options.only].some((n) => !ALL_SCENARIOS.includes(n))) throw new UsageError(`--only takes scenario numbers 1-${ALL_SCENARIOS.length}`);
   return options;
 }
 
@@ -63,8 +69,13 @@ interface Context {
   results: Results;
   /** The relay, agent and sessions most scenarios share (scenario 6 starts its own relay). */
   rig: () => Promise<Rig>;
+  /** Started when scenario 8 or 10 is selected (and the peer is installed). */
   peer?: Peer;
+  only: Set<number>;
 }
+
+/** The peer, for the steps that measure it as scenario 8 only when 8 was asked for (10 may have started it). */
+const peerAs8 = (ctx: Context) => (ctx.only.has(8) ? ctx.peer : undefined);
 
 /** A unit of work: the scenarios it measures, and the figures it records (marked failed if it throws). */
 interface Step {
@@ -79,13 +90,13 @@ const STEPS: Step[] = [
     scenarios: [1, 2, 8],
     title: "1, 2, 8: ping / server/discover and read_file on both paths, and the peer's read_text_file, one at a time, in alternating blocks",
     keys: ["1_ping", "1_ping_2026", "2_read_file", "2_read_file_2026", "8_peer_read_text_file"],
-    run: async (ctx) => sequentialCalls(await ctx.rig(), ctx.peer, ctx.settings, ctx.results),
+    run: async (ctx) => sequentialCalls(await ctx.rig(), peerAs8(ctx), ctx.settings, ctx.results),
   },
   {
     scenarios: [3, 8],
     title: "3, 8: read_file on both paths and the peer's read_text_file, 32 in flight from 4 clients, in alternating windows",
     keys: ["3_read_file_concurrent", "3_read_file_concurrent_2026", "8_peer_read_text_file_concurrent"],
-    run: async (ctx) => concurrentCalls(await ctx.rig(), ctx.peer, ctx.settings, ctx.results),
+    run: async (ctx) => concurrentCalls(await ctx.rig(), peerAs8(ctx), ctx.settings, ctx.results),
   },
   {
     scenarios: [9],
@@ -112,6 +123,20 @@ const STEPS: Step[] = [
     title: "6: agents and sessions at scale, on a relay of its own",
     keys: ["6_scale"],
     run: (ctx) => scale(ctx.settings, ctx.results),
+  },
+  {
+    scenarios: [10],
+    title: "10: CPU per call of the relay and the agent beside a bare SDK echo server and the peer, sequential and 32 in flight",
+    keys: ["10_cpu_sequential", "10_cpu_concurrent"],
+    run: async (ctx) => {
+      ctx.results.notes.echo = await cpuAgainstBaselines(await ctx.rig(), ctx.peer, ctx.settings, ctx.results);
+    },
+  },
+  {
+    scenarios: [11],
+    title: "11: memory per idle agent and session at 1,000 and 5,000 agents, on a relay of its own",
+    keys: ["11_idle_memory"],
+    run: (ctx) => idleMemory(ctx.settings, ctx.results),
   },
   {
     scenarios: [7],
@@ -168,9 +193,10 @@ async function main(argv: string[]): Promise<number> {
     settings: options.quick ? QUICK : FULL,
     results,
     rig: () => (rig ??= startRig().then((r) => live.use(r))),
+    only: options.only,
   };
   progress(`Code Remote benchmarks (${options.quick ? "quick" : "full"}): scenarios ${[...options.only].sort().join(", ")}`);
-  if (options.only.has(8)) ctx.peer = await preparePeer(ctx, live);
+  if (options.only.has(8) || options.only.has(10)) ctx.peer = await preparePeer(ctx, live, options);
   const ok = await runSteps(options, ctx);
 
   const ratioFigures = ratios(results);
@@ -192,26 +218,23 @@ async function main(argv: string[]): Promise<number> {
   return ok ? 0 : 1;
 }
 
-/** Starts the peer next to the rig, or records why scenario 8 is skipped. */
-async function preparePeer(ctx: Context, live: AsyncDisposableStack): Promise<Peer | undefined> {
-  const unavailable = peerUnavailable();
-  const keys: ScenarioKey[] = ["8_peer_read_text_file", "8_peer_read_text_file_concurrent"];
-  if (unavailable) {
-    progress(`  peer skipped: ${unavailable}`);
-    ctx.results.skip(keys, unavailable);
-    return undefined;
+/** Starts the peer next to the rig, or records why not: scenario 8 is then skipped, and scenario 10 runs without it. */
+async function preparePeer(ctx: Context, live: AsyncDisposableStack, options: Options): Promise<Peer | undefined> {
+  let reason = peerUnavailable();
+  if (!reason) {
+    try {
+      const peer = live.use(await startPeer((await ctx.rig()).root));
+      ctx.results.notes.peer = peer.description;
+      progress(`  peer: ${peer.description}`);
+      return peer;
+    } catch (e) {
+      reason = `the peer did not start: ${e instanceof Error ? e.message : String(e)}`;
+    }
   }
-  try {
-    const peer = live.use(await startPeer((await ctx.rig()).root));
-    ctx.results.notes.peer = peer.description;
-    progress(`  peer: ${peer.description}`);
-    return peer;
-  } catch (e) {
-    const reason = `the peer did not start: ${e instanceof Error ? e.message : String(e)}`;
-    progress(`  ${reason}`);
-    ctx.results.skip(keys, reason);
-    return undefined;
-  }
+  progress(`  peer skipped: ${reason}`);
+  ctx.results.notes.peer = `not run: ${reason}`;
+  if (options.only.has(8)) ctx.results.skip(["8_peer_read_text_file", "8_peer_read_text_file_concurrent"], reason);
+  return undefined;
 }
 
 process.exitCode = await main(process.argv.slice(2));

@@ -22,6 +22,10 @@ export interface Settings {
   scale: { agents: number; generators: number; sessions: number; reads: Budget };
   /** Scenario 7: compiled agent starts, and how long each sits idle before its RSS is read. */
   footprint: { starts: number; idleMs: number };
+  /** Scenario 11: the relay is grown to each step's agents, then its sessions (totals, not increments), from
+   *  `generators` load generator processes per step; its RSS is read `settleMs` after each. Scenario 10 uses the
+   *  sequential and concurrent budgets above. */
+  idleMemory: { steps: { agents: number; sessions: number }[]; generators: number; settleMs: number };
 }
 
 export const FULL: Settings = {
@@ -34,6 +38,8 @@ export const FULL: Settings = {
   scale: { agents: 1_000, generators: 4, sessions: 100, reads: { warmup: 50, count: 1_000, maxMs: 10_000 } },
   // Past the first heartbeat (5 s), so the RSS includes a full connection cycle, not just the startup.
   footprint: { starts: 5, idleMs: 6_000 },
+  // The issue's two sizes; its target is the last step (5,000 agents + 500 sessions). Settled past two heartbeats.
+  idleMemory: { steps: [{ agents: 1_000, sessions: 250 }, { agents: 5_000, sessions: 500 }], generators: 4, settleMs: 5_000 },
 };
 
 export const QUICK: Settings = {
@@ -44,6 +50,7 @@ export const QUICK: Settings = {
   bulk: { fileBytes: 256 * 1024, rounds: 1 },
   scale: { agents: 20, generators: 2, sessions: 4, reads: { warmup: 2, count: 20, maxMs: 1_000 } },
   footprint: { starts: 1, idleMs: 200 },
+  idleMemory: { steps: [{ agents: 25, sessions: 5 }, { agents: 50, sessions: 10 }], generators: 1, settleMs: 0 },
 };
 
 /** Scenario 3: 32 calls in flight from 4 client sessions (8 each), as the issue asks (4 clients on 2026-07-28). */

@@ -1,4 +1,4 @@
-// The targets of issue 7, checked against one run's figures. Ratios are taken between figures of the same run
+// The targets of issues 7 and 17, checked against one run's figures. Ratios are taken between figures of the same run
 // (the peer and the relay measured side by side), never against numbers from another day. MB is 10^6 bytes.
 
 import { round } from "./harness.ts";
@@ -74,6 +74,10 @@ const TARGETS: Target[] = [
   { scenario: "6. 1,000 agents + 100 sessions: read", target: "read_file p50 ≤ 1.5 ms", value: figure("6_scale", "read_p50_ms"), unit: "ms", meets: (v) => v <= 1.5 },
   { scenario: "7. compiled agent: connect", target: "connected ≤ 300 ms after start", value: figure("7_compiled_agent", "connect_p50_ms"), unit: "ms", meets: (v) => v <= 300 },
   { scenario: "7. compiled agent: idle RSS", target: "idle RSS ≤ 60 MB", value: figure("7_compiled_agent", "idle_rss_mb"), unit: "MB", meets: (v) => v <= 60 },
+  { scenario: "10. relay CPU per read_file, sequential", target: "≤ echo server's CPU per call + 0.1 ms", value: figure("10_cpu_sequential", "relay_own_work_per_call_ms"), unit: "ms over echo", meets: (v) => v <= 0.1 },
+  { scenario: "10. CPU per call vs the peer's tree", target: "relay + agent ≥ 3× less, sequential", value: figure("10_cpu_sequential", "peer_tree_over_relay_plus_agent"), unit: "× less", meets: (v) => v >= 3 },
+  { scenario: "10. … 32 in flight", target: "relay + agent ≥ 3× less", value: figure("10_cpu_concurrent", "peer_tree_over_relay_plus_agent"), unit: "× less", meets: (v) => v >= 3 },
+  { scenario: "11. 5,000 idle agents + 500 sessions", target: "relay RSS ≤ 512 MB", value: figure("11_idle_memory", "rss_mb"), unit: "MB", meets: (v) => v <= 512 },
 ];
 
 export function checkTargets(r: Results, ratio: Record<string, number>): TargetRow[] {

@@ -7,6 +7,8 @@ import type { ServerWebSocket } from "bun";
 import {
   AgentFrame,
   CloseCode,
+  HEARTBEAT_CHECK_MS,
+  HEARTBEAT_INTERVAL_MS,
   HEARTBEAT_TIMEOUT_MS,
   PROTOCOL_VERSION,
   RELAY_FEATURES,
@@ -65,6 +67,9 @@ type AgentSocket = ServerWebSocket<SocketData>;
 
 interface PendingCall {
   op: AgentOp;
+  /** The id the relay chose for a run_shell_command (RequestFrame.command_id): what the model is told to check with
+   *  get_command_output if the link dies before the answer. */
+  commandId?: string;
   resolve: (value: unknown) => void;
   reject: (error: Error) => void;
   onProgress?: (progress: ProgressFrame) => void;
@@ -82,6 +87,15 @@ export interface AgentConn {
   /** Calls sent on this socket and not answered yet. A result is matched only against its own socket's calls. */
   pending: Map<string, PendingCall>;
 }
+
+/** A call for a machine that went away a moment ago tells its client this often that it waits for it to return. */
+export const RECONNECT_PROGRESS_MS = 2_000;
+/** A link not heard for longer than this (a heartbeat and a half) may be half-dead: a call waits to hear it first. */
+const QUIET_LINK_MS = HEARTBEAT_INTERVAL_MS * 1.5;
+const QUIET_POLL_MS = 100;
+/** Machines remembered as recently connected, at most (the oldest are forgotten first): the memory a relay gives to
+ *  riding out blips stays bounded however many machines come and go. */
+const RECENTLY_GONE_MAX = 10_000;
 
 /** How long to wait for an agent's answer, what may cancel it, where its progress goes, and who takes the question
  *  when the machine's policy asks the owner first (without one, such a call is refused at once). */
@@ -107,6 +121,9 @@ export class ToolError extends Error {
   }
 }
 
+/** A call whose link ended before its answer came: whether it ran is unknown. A read (no effect) may be sent again. */
+export class LinkLost extends ToolError {}
+
 /** Registered agents and their calls. `agents` maps a machine name to its live connection: `register` adds or
  *  replaces an entry; `disconnected` removes it only if it is still that same connection, so the late close of a
  *  replaced socket can never unregister its successor. */
@@ -121,6 +138,15 @@ export class Relay {
   /** What a call hears when no machine is connected: how to start an agent, or under `bun run dev`, where its own
    *  agent went. */
   noMachineMessage = NO_MACHINE_MESSAGE;
+  /** How long a call waits for a machine that was connected a moment ago to come back (RECONNECT_GRACE_S); 0: it
+   *  fails at once, as before. */
+  reconnectGraceMs = 30_000;
+  /** Machines whose link ended, by name, with when (ms): a call for one of them within the grace waits for it. In
+   *  order of leaving (an entry is re-added, not updated), so the expired ones are at the front; pruned as entries
+   *  are added, and at most RECENTLY_GONE_MAX. An owner's disconnect or a revoked token leaves no entry. */
+  readonly #recentlyGone = new Map<string, number>();
+  /** Calls waiting for a machine to return, by machine name: woken when it registers. */
+  readonly #returnWaiters = new Map<string, Set<() => void>>();
   /** Where enroll connections' frames go; without it, enroll hellos are refused. */
   enrolments?: EnrolmentDesk;
   constructor(
@@ -161,11 +187,115 @@ export class Relay {
     if (ws.data.enrolment) this.enrolments?.ended(ws.data.enrolment);
     const conn = ws.data.agent;
     if (!conn) return;
-    this.#failPending(conn, `Machine '${conn.machine}' disconnected before answering; the operation may or may not have completed.`);
+    this.#failPending(conn, `Machine '${conn.machine}' disconnected before answering; it may or may not have run.`);
     if (this.agents.get(conn.machine) !== conn) return; // replaced earlier: its successor stays registered
     this.agents.delete(conn.machine);
+    // Cut off on purpose (the owner's disconnect, a revoked token): nobody should wait for it to come back.
+    if (code !== CloseCode.forbidden) this.#wentAway(conn.machine);
     log("info", "agent disconnected", { machine: conn.machine, code, reason });
     this.audit.event("agent_disconnected", { machine: conn.machine, address: ws.data.address, detail: `code ${code}` });
+  }
+
+  /** The connection a tool call should go to, waiting for it when it was connected a moment ago: a machine named
+   *  (or, when none is named and none is connected, the only machine that was) whose link ended less than the grace
+   *  ago is waited for until it registers again, the grace is over, or `signal` aborts; `waiting` hears about it
+   *  at once and every RECONNECT_PROGRESS_MS. Otherwise as `pick`. */
+  async connection(machine: string | undefined, options: { signal?: AbortSignal; waiting?: (message: string) => void } = {}): Promise<AgentConn> {
+    const conn = await this.#reachable(machine, options);
+    if (Date.now() - conn.ws.data.lastHeard <= QUIET_LINK_MS) return conn;
+    // Silent for longer than its heartbeats allow: the network may be dropping packets. A call sent into such a link
+    // would be lost with it and, sent at most once, fail; so it waits to hear the link again, or for the machine to
+    // come back on a new one once this one is declared dead.
+    return (await this.#untilHeard(conn, options)) ? conn : this.#reachable(conn.machine, options);
+  }
+
+  /** Waits until `conn` is heard again (true) or is gone (false: closed as dead, or replaced); a cancel throws. */
+  #untilHeard(conn: AgentConn, options: { signal?: AbortSignal; waiting?: (message: string) => void }): Promise<boolean> {
+    const { signal, waiting } = options;
+    return new Promise((resolve, reject) => {
+      let polls = 0;
+      const finish = (outcome: boolean | ToolError) => {
+        clearInterval(poll);
+        signal?.removeEventListener("abort", cancelled);
+        if (outcome instanceof ToolError) reject(outcome);
+        else resolve(outcome);
+      };
+      const cancelled = () => finish(new ToolError("The call was cancelled.", "cancelled"));
+      const tell = () => waiting?.(`waiting for ${conn.machine}: its link has been silent for ${Math.round((Date.now() - conn.ws.data.lastHeard) / 1000)} s`);
+      // Cheap and rare (only calls for a link that went quiet): a look every 100 ms, bounded by the heartbeat timeout,
+      // after which the sweep has closed the link.
+      const poll = setInterval(() => {
+        if (this.agents.get(conn.machine) !== conn) return finish(false);
+        if (Date.now() - conn.ws.data.lastHeard <= QUIET_LINK_MS) return finish(true);
+        if (++polls % (RECONNECT_PROGRESS_MS / QUIET_POLL_MS) === 0) tell();
+      }, QUIET_POLL_MS);
+      signal?.addEventListener("abort", cancelled, { once: true });
+      if (signal?.aborted) return cancelled();
+      tell();
+    });
+  }
+
+  /** The connection of `machine` (or the only one), waiting within the grace for one that dropped a moment ago. */
+  async #reachable(machine: string | undefined, options: { signal?: AbortSignal; waiting?: (message: string) => void }): Promise<AgentConn> {
+    let picked: ToolError;
+    try {
+      return this.pick(machine);
+    } catch (e) {
+      if (!(e instanceof ToolError)) throw e;
+      picked = e;
+    }
+    const recent = machine === undefined && this.agents.size === 0 ? this.#stillGone() : [];
+    if (recent.length > 1) throw new ToolError(`No machine is connected; several were a moment ago: ${this.#goneList(recent)}. Say which one with "machine": ${this.#graceNote()}.`);
+    const name = machine ?? recent[0];
+    const goneAt = name === undefined ? undefined : this.#goneAt(name);
+    if (name === undefined || goneAt === undefined) throw picked;
+    const { signal, waiting } = options;
+    const until = goneAt + this.reconnectGraceMs;
+    const waitedMs = await new Promise<number | "cancelled">((resolve) => {
+      const began = Date.now();
+      const done = (how: "back" | "over" | "cancelled") => {
+        clearTimeout(timer);
+        clearInterval(ticker);
+        signal?.removeEventListener("abort", cancelled);
+        waiters.delete(back);
+        if (waiters.size === 0 && this.#returnWaiters.get(name) === waiters) this.#returnWaiters.delete(name);
+        resolve(how === "cancelled" ? "cancelled" : Date.now() - began);
+      };
+      const back = () => done("back");
+      const cancelled = () => done("cancelled");
+      const waiters = this.#returnWaiters.get(name) ?? new Set();
+      this.#returnWaiters.set(name, waiters.add(back));
+      const timer = setTimeout(() => done("over"), Math.max(0, until - Date.now()));
+      const tell = () => waiting?.(`waiting for ${name} to reconnect (up to ${Math.max(1, Math.ceil((until - Date.now()) / 1000))} s)`);
+      const ticker = waiting ? setInterval(tell, RECONNECT_PROGRESS_MS) : undefined;
+      signal?.addEventListener("abort", cancelled, { once: true });
+      if (signal?.aborted) return cancelled();
+      tell();
+    });
+    if (waitedMs === "cancelled") throw new ToolError("The call was cancelled.", "cancelled");
+    const conn = this.agents.get(name);
+    if (conn) return conn;
+    const ago = Math.round((Date.now() - goneAt) / 1000);
+    throw new ToolError(`Machine '${name}' is not connected (it disconnected ${ago} s ago; the relay waited ${Math.round(waitedMs / 1000)} s for it to reconnect). ${this.#connectedList()}`);
+  }
+
+  /** What check_agent_status and list_commands say when no machine is connected: which machines dropped within the
+   *  grace (calls for them wait), then the usual message. */
+  noMachineNow(): string {
+    const gone = this.#stillGone();
+    return gone.length === 0 ? this.noMachineMessage : `Recently connected: ${this.#goneList(gone)}; ${this.#graceNote()}. ${this.noMachineMessage}`;
+  }
+
+  /** Machines that went away, the latest first (five at most, then how many more), with how long ago. */
+  #goneList(names: string[]): string {
+    const now = Date.now();
+    const latest = [...names].reverse();
+    const shown = latest.slice(0, 5).map((name) => `${name} (disconnected ${Math.round((now - (this.#recentlyGone.get(name) ?? now)) / 1000)} s ago)`);
+    return shown.join(", ") + (latest.length > 5 ? ` and ${latest.length - 5} more` : "");
+  }
+
+  #graceNote(): string {
+    return `a call for one of them waits for it to reconnect, up to ${Math.round(this.reconnectGraceMs / 1000)} s after it left`;
   }
 
   /** The connection a tool call should go to, or a ToolError that lists the connected machines. */
@@ -186,6 +316,8 @@ export class Relay {
   call<O extends AgentOp>(conn: AgentConn, op: O, args: OpArgs<O>, options: CallOptions): Promise<OpResult<O>> {
     const { deadlineMs, signal, onProgress, onAsk } = options;
     const id = randomUUID();
+    // The relay names a command before it runs, so that a call whose link dies can still tell the model which one.
+    const commandId = op === "run_shell_command" ? `${randomBytes(6).toString("hex")}@${conn.machine}` : undefined;
     return new Promise<OpResult<O>>((resolve, reject) => {
       const cleanup = () => {
         clearTimeout(timer);
@@ -215,13 +347,14 @@ export class Relay {
       signal?.addEventListener("abort", onAbort, { once: true });
       conn.pending.set(id, {
         op,
+        commandId,
         resolve: (value) => (cleanup(), resolve(value as OpResult<O>)),
         reject: (error) => (cleanup(), reject(error)),
         onProgress,
         onAsk: asked,
       });
       if (signal?.aborted) return onAbort();
-      if (!send(conn.ws, { type: "request", id, op, args, progress: onProgress !== undefined })) {
+      if (!send(conn.ws, { type: "request", id, op, args, progress: onProgress !== undefined, ...(commandId && { command_id: commandId }) })) {
         conn.pending.get(id)?.reject(new ToolError(`Could not send to machine '${conn.machine}'; it may be disconnecting.`));
       }
     });
@@ -234,15 +367,21 @@ export class Relay {
     return send(conn.ws, { type: "decision", id, ...decision });
   }
 
-  /** Closes sockets that fell silent or never said hello. Run every few seconds. */
+  /** Closes sockets that fell silent (nothing heard for HEARTBEAT_TIMEOUT_MS) or never said hello, and pings an
+   *  admitted agent that has been quiet for longer than its pings should allow (an older agent pings every 5 s
+   *  only; its pong keeps it). Run every HEARTBEAT_CHECK_MS (server.ts): a half-dead link is closed within ~7 s. */
   sweep(now = Date.now()): void {
     for (const ws of this.sockets) {
-      if (now - ws.data.lastHeard > HEARTBEAT_TIMEOUT_MS) {
+      const silentMs = now - ws.data.lastHeard;
+      if (!ws.data.agent && !ws.data.enrolment) {
+        // Not admitted yet: the hello (and proof) timeout applies, not the heartbeat's.
+        if (now - ws.data.openedAt > HELLO_TIMEOUT_MS) this.#refuse(ws, CloseCode.protocolError, ws.data.challenge ? "no identity proof" : "no hello");
+      } else if (silentMs > HEARTBEAT_TIMEOUT_MS) {
         log("warn", "agent link silent; closing", { machine: ws.data.agent?.machine, address: ws.data.address });
         ws.close(CloseCode.heartbeatTimeout, "heartbeat timeout");
         ws.terminate();
-      } else if (!ws.data.agent && !ws.data.enrolment && now - ws.data.openedAt > HELLO_TIMEOUT_MS) {
-        this.#refuse(ws, CloseCode.protocolError, ws.data.challenge ? "no identity proof" : "no hello");
+      } else if (silentMs > HEARTBEAT_INTERVAL_MS + HEARTBEAT_CHECK_MS) {
+        send(ws, { type: "ping", t: now });
       }
     }
   }
@@ -322,6 +461,7 @@ export class Relay {
     // must find it already replaced (else it would unregister the name and audit a disconnect that did not happen).
     ws.data.agent = conn;
     this.agents.set(hello.machine, conn);
+    this.#cameBack(hello.machine);
     if (previous) {
       this.#failPending(previous, `Machine '${hello.machine}' was replaced by a new connection before answering.`);
       previous.ws.close(CloseCode.replaced, "replaced: this machine connected again (same key)");
@@ -417,8 +557,50 @@ export class Relay {
     call.resolve(parsed.data);
   }
 
+  /** Fails every call waiting on `conn` with `message`, and for a command the id the relay gave it: whether it ran is
+   *  unknown, and the model can ask with get_command_output once the machine is back. */
   #failPending(conn: AgentConn, message: string): void {
-    for (const call of conn.pending.values()) call.reject(new ToolError(message));
+    for (const call of conn.pending.values()) {
+      const check = call.commandId ? ` Its command_id is ${call.commandId}: check with get_command_output once '${conn.machine}' is back.` : "";
+      call.reject(new LinkLost(message + check));
+    }
+  }
+
+  /** A registered machine's link ended (not on purpose): remembered for the grace, so calls for it wait. */
+  #wentAway(machine: string): void {
+    if (this.reconnectGraceMs <= 0) return;
+    const now = Date.now();
+    this.#recentlyGone.delete(machine); // re-added at the end: the map stays in order of leaving
+    this.#recentlyGone.set(machine, now);
+    for (const [name, at] of this.#recentlyGone) {
+      if (now - at < this.reconnectGraceMs && this.#recentlyGone.size <= RECENTLY_GONE_MAX) break;
+      this.#recentlyGone.delete(name);
+    }
+  }
+
+  /** When `machine`'s link ended, if that was less than the grace ago and the owner has not turned it away. */
+  #goneAt(machine: string): number | undefined {
+    const at = this.#recentlyGone.get(machine);
+    if (at === undefined) return undefined;
+    if (Date.now() - at >= this.reconnectGraceMs || (this.#heldOff.get(machine) ?? 0) > Date.now()) {
+      this.#recentlyGone.delete(machine);
+      return undefined;
+    }
+    return at;
+  }
+
+  /** The machines whose link ended within the grace, the longest gone first. */
+  #stillGone(): string[] {
+    return [...this.#recentlyGone.keys()].filter((name) => this.#goneAt(name) !== undefined);
+  }
+
+  /** `machine` registered: calls waiting for it go on. */
+  #cameBack(machine: string): void {
+    this.#recentlyGone.delete(machine);
+    const waiters = this.#returnWaiters.get(machine);
+    if (!waiters) return;
+    this.#returnWaiters.delete(machine);
+    for (const wake of waiters) wake();
   }
 
   #refuse(ws: AgentSocket, code: number, reason: string): void {

@@ -46,6 +46,8 @@ export interface ServerConfig {
   requestStateKey: Uint8Array;
   /** Where the owner is told that a call waits for approval (APPROVAL_WEBHOOK_URL), and in which body format. */
   approvalWebhook?: { url: string; format: "json" | "text" };
+  /** How long a call for a machine that was connected a moment ago waits for it to reconnect (s; 0: not at all). */
+  reconnectGraceS: number;
 }
 
 /** Environment variables the server reads; `--help` prints this table. */
@@ -63,6 +65,7 @@ export const ENV_HELP: [string, string][] = [
   ["CLIENT_CALLS_PER_MINUTE", "Tool calls one client may start per minute; 0 for no limit (default 1200)"],
   ["REQUIRE_PRIVATE_NETWORK", "true: agents must connect from PRIVATE_NETWORKS (default: true when TAILSCALE_AUTHKEY is set, else false)"],
   ["PRIVATE_NETWORKS", `Networks agents may come from, comma-separated CIDRs (default ${TAILSCALE_NETWORKS}: Tailscale)`],
+  ["RECONNECT_GRACE_S", "A call for a machine that disconnected less than this many seconds ago waits (with progress) for it to reconnect instead of failing at once; 0 fails at once (default 30)"],
   ["AUDIT_RETENTION_DAYS", "Audit events older than this are pruned, keeping the chain verifiable; 0 keeps all (default 90)"],
   ["PROVISION_AGENT_TOKEN", "NAME:FILE: make a token for the agent NAME and keep it in FILE, readable by the relay's group (docker-compose.yml sets it for its sandbox)"],
   ["REQUEST_STATE_KEY", `Signs the state a client brings back to a retried 2026-07-28 call, at least ${MIN_TOKEN_LENGTH} characters (default: derived from AUTH_TOKEN; give every relay serving the same clients the same one)`],
@@ -109,6 +112,7 @@ export function loadConfig(env: Record<string, string | undefined>): ServerConfi
       perMinute: wholeNumber(env, "CLIENT_CALLS_PER_MINUTE", 1200, 0, 10_000_000),
     },
     auditRetentionDays: wholeNumber(env, "AUDIT_RETENTION_DAYS", 90, 0, 100_000),
+    reconnectGraceS: wholeNumber(env, "RECONNECT_GRACE_S", 30, 0, 3600),
     privateNetworks: requirePrivateNetwork(env) ? parseNetworks("PRIVATE_NETWORKS", env.PRIVATE_NETWORKS || TAILSCALE_NETWORKS) : undefined,
     provisionAgentToken: env.PROVISION_AGENT_TOKEN ? parseProvision(env.PROVISION_AGENT_TOKEN) : undefined,
     cimdTestCa: env.CIMD_TEST_CA_FILE ? readTestCa(env.CIMD_TEST_CA_FILE) : undefined,

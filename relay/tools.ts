@@ -34,7 +34,7 @@ import {
 import type { Approvals } from "./approvals.ts";
 import type { AuditLog } from "./audit.ts";
 import type { CallLimits } from "./limits.ts";
-import { ToolError, type AgentConn, type Relay } from "./agents.ts";
+import { LinkLost, ToolError, type AgentConn, type Relay } from "./agents.ts";
 import { logger } from "../log.ts";
 
 const log = logger("server");
@@ -386,16 +386,20 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
       const result = await serverTool(relay, machine, args as never);
       return respond(name, result, relay, (outputBytes) => finish({ outcome: "ok", outputBytes }));
     }
-    const conn = relay.pick(routeTo(machine, args));
-    target = conn.machine;
-    const waiting = new OwnerWait(services, conn, caller, extra, () => waitEnded.abort());
-    const onProgress = extra.progress && ((p: ProgressFrame) => extra.progress!(progressMessage(p)));
-    const value = await relay
-      .call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: call.signal, onProgress, onAsk: waiting.asked })
-      .finally(() => waiting.end(call.signal.aborted));
+    const send = async (machineName: string | undefined) => {
+      // A machine that dropped a moment ago (a Wi-Fi change, a lid closed) is waited for, with progress, for the grace.
+      const conn = await relay.connection(machineName, { signal: call.signal, waiting: extra.progress });
+      target = conn.machine;
+      const waiting = new OwnerWait(services, conn, caller, extra, () => waitEnded.abort());
+      const onProgress = extra.progress && ((p: ProgressFrame) => extra.progress!(progressMessage(p)));
+      return relay
+        .call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: call.signal, onProgress, onAsk: waiting.asked })
+        .finally(() => waiting.end(call.signal.aborted));
+    };
+    const value = await sendRidingBlips(name, routeTo(machine, args), send, extra.progress, () => target);
     const shell = name === "run_shell_command" ? (value as ToolResult<"run_shell_command">) : undefined;
     const outcome = shell?.timed_out ? "timed_out" : "ok";
-    return respond(name, { ...(value as object), machine: conn.machine }, relay, (outputBytes) => finish({ outcome, machine: target, exitCode: shell?.exit_code, outputBytes }));
+    return respond(name, { ...(value as object), machine: target }, relay, (outputBytes) => finish({ outcome, machine: target, exitCode: shell?.exit_code, outputBytes }));
   } catch (e) {
     const error = e instanceof ToolError ? e : new ToolError("The relay hit an unexpected error; its log has the details.");
     if (!(e instanceof ToolError)) log("error", "tool call failed unexpectedly", { tool: name, error: String(e) });
@@ -409,11 +413,35 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
   }
 }
 
+/** How many times a read is sent again after its link died before the answer (each waits for the machine's return). */
+const MAX_READ_RESENDS = 3;
+
+/** Sends a call to its machine. A read (a tool with no effect) whose link dies before the answer, as on a network
+ *  blip, is sent again once the machine is back (within the reconnect grace), so the client sees only a slower
+ *  answer; anything else is sent at most once, and its failure says it may or may not have run. */
+async function sendRidingBlips(
+  name: ToolName,
+  machine: string | undefined,
+  send: (machine: string | undefined) => Promise<unknown>,
+  progress: ((message: string) => void) | undefined,
+  sentTo: () => string | undefined,
+): Promise<unknown> {
+  for (let resends = 0; ; resends++) {
+    try {
+      return await send(machine);
+    } catch (e) {
+      if (!(e instanceof LinkLost) || !TOOLS[name].annotations.readOnlyHint || resends === MAX_READ_RESENDS) throw e;
+      machine = sentTo(); // the same machine, whichever way it was picked
+      progress?.(`the link to ${machine} dropped before the answer; sending the ${name} again once it is back`);
+    }
+  }
+}
+
 /** The result with both renderings; the audit's end event is written before it goes out, so every call a client
  *  got an answer to is recorded as finished, even if the relay dies right after. */
 function respond(name: ToolName, result: object, relay: Relay, finish: (outputBytes: number) => void): CallToolResult {
   const render = RENDERERS[name] as (r: object, noMachine: string) => string;
-  const text = render(result, relay.noMachineMessage);
+  const text = render(result, relay.agents.size === 0 ? relay.noMachineNow() : relay.noMachineMessage);
   finish(text.length);
   return { structuredContent: result as Record<string, unknown>, content: [{ type: "text", text }] };
 }

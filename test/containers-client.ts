@@ -14,7 +14,7 @@ import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 
 const MACHINE = "sandbox";
 const WORKSPACE = "/home/agent/workspace";
-/** The agent reconnects with backoff (up to 30 s between tries) if it started before the relay was ready. */
+/** The agent reconnects with backoff (up to 5 s between tries) if it started before the relay was ready. */
 const AGENT_WAIT_MS = 90_000;
 
 class CheckFailed extends Error {}

@@ -3,7 +3,7 @@
 // or window by window (concurrent), so every side of each ratio meets the same machine noise; the relay's CPU
 // time is charged to the blocks and windows it was spent in.
 
-import { measureThroughput, round, sampleAlternating, type Latency, type Op, type Throughput } from "../harness.ts";
+import { measureThroughput, sampleAlternating, totalThroughput, type Latency, type Op, type Throughput } from "../harness.ts";
 import type { Peer } from "../peer.ts";
 import { MCP_PATHS, onPath, type Figures, type Results, type ScenarioKey } from "../results.ts";
 import { callOk, connectBenchClient, type Rig } from "../rig.ts";
@@ -45,7 +45,7 @@ export async function sequentialCalls(rig: Rig, peer: Peer | undefined, settings
     ops[onPath("2_read_file", path)] = await readFileOp(client, rig.smallFile, expected);
   }
   if (peer) ops[PEER_SEQUENTIAL] = await peerReadOp(await peer.connect(), rig.smallFile, expected);
-  const measured = await sampleAlternating(ops as Record<ScenarioKey, Op>, settings.sequential, rig.relayCpu);
+  const measured = await sampleAlternating(ops as Record<ScenarioKey, Op>, settings.sequential, { relay: rig.relayCpu });
   for (const [key, latency] of Object.entries(measured) as [ScenarioKey, Latency][]) {
     results.record(key, key === PEER_SEQUENTIAL ? withoutRelayCpu(latency) : { ...latency });
   }
@@ -69,19 +69,13 @@ export async function concurrentCalls(rig: Rig, peer: Peer | undefined, settings
   const windows = new Map(entries.map(([key]) => [key, [] as Throughput[]]));
   for (let round = 0; round < settings.concurrent.rounds; round++) {
     for (const [key, op] of entries) {
-      windows.get(key)!.push(await measureThroughput(op, CONCURRENT_CALLS, settings.concurrent, key === PEER_CONCURRENT ? undefined : rig.relayCpu));
+      windows.get(key)!.push(await measureThroughput(op, CONCURRENT_CALLS, settings.concurrent, key === PEER_CONCURRENT ? {} : { relay: rig.relayCpu }));
     }
   }
-  for (const [key, measured] of windows) results.record(key, total(measured, key === "3_read_file_concurrent_2026" ? "clients" : "sessions"));
-}
-
-function total(windows: Throughput[], clientsAre: "sessions" | "clients"): Figures {
-  const calls = windows.reduce((sum, w) => sum + w.calls, 0);
-  const seconds = windows.reduce((sum, w) => sum + w.seconds, 0);
-  const figures: Figures = { calls, seconds: round(seconds), calls_per_s: Math.round(calls / seconds), in_flight: CONCURRENT_CALLS, [clientsAre]: CONCURRENT_SESSIONS };
-  const cpu = windows.map((w) => w.relay_cpu_ms);
-  if (cpu.every((ms) => ms !== undefined)) figures.relay_cpu_per_call_ms = round(cpu.reduce((sum, ms) => sum + ms, 0) / calls);
-  return figures;
+  for (const [key, measured] of windows) {
+    const clientsAre = key === "3_read_file_concurrent_2026" ? "clients" : "sessions";
+    results.record(key, { ...totalThroughput(measured), in_flight: CONCURRENT_CALLS, [clientsAre]: CONCURRENT_SESSIONS });
+  }
 }
 
 /** Scenario 9: tools/list (12 tools with their JSON Schemas) on each path, in alternating blocks, each from a
@@ -95,7 +89,7 @@ export async function toolsList(rig: Rig, settings: Settings, results: Results):
       if (tools.length === 0) throw new Error(`tools/list on the ${client.path} path listed no tools`);
       ops[onPath("9_tools_list", client.path)] = () => client.listTools();
     }
-    const measured = await sampleAlternating(ops as Record<ScenarioKey, Op>, settings.list, rig.relayCpu);
+    const measured = await sampleAlternating(ops as Record<ScenarioKey, Op>, settings.list, { relay: rig.relayCpu });
     for (const [key, latency] of Object.entries(measured) as [ScenarioKey, Latency][]) results.record(key, { ...latency });
   } finally {
     await Promise.all(clients.map((c) => c.close()));

@@ -19,8 +19,9 @@ const GENERATOR_LIFETIME_MS = 5 * 60 * 1000;
 /** Sessions are opened this many at a time. */
 const SESSION_BATCH = 10;
 
-/** Starts the load generators, sharing `count` fake agents between them, and waits until all are welcomed. */
-async function startGenerators(relay: Relay, root: string, count: number, generators: number): Promise<ChildProcess[]> {
+/** Starts the load generators, sharing `count` fake agents between them, and waits until all are welcomed. Their
+ *  machines are named `<prefix>-<generator>-<n>`: a later batch of generators needs a prefix of its own. */
+export async function startGenerators(relay: Relay, root: string, count: number, generators: number, prefix = "fake"): Promise<ChildProcess[]> {
   const share = Math.ceil(count / generators);
   const children = Array.from({ length: generators }, (_, g) =>
     spawnProgram([process.execPath, "run", FAKE_AGENTS], {
@@ -28,7 +29,7 @@ async function startGenerators(relay: Relay, root: string, count: number, genera
         RELAY_URL: `ws://127.0.0.1:${relay.port}/ws/agent`,
         AGENT_TOKEN: relay.token,
         AGENT_COUNT: String(Math.max(0, Math.min(share, count - g * share))),
-        NAME_PREFIX: `fake-${g}`,
+        NAME_PREFIX: `${prefix}-${g}`,
         ALLOWED_ROOT: root,
         LIFETIME_MS: String(GENERATOR_LIFETIME_MS),
       },
@@ -41,22 +42,23 @@ async function startGenerators(relay: Relay, root: string, count: number, genera
 }
 
 /** The machine names the relay has registered (its /health, with the token). */
-async function registeredMachines(relay: Relay): Promise<string[]> {
+export async function registeredMachines(relay: Relay): Promise<string[]> {
   const response = await fetch(new URL("/health", relay.url), { headers: { Authorization: `Bearer ${relay.token}` } });
   return ((await response.json()) as { machines: string[] }).machines;
 }
 
-async function openSessions(relay: Relay, count: number): Promise<Client[]> {
+/** Opens `count` 2025 Streamable HTTP sessions with `token` (default: the owner's), SESSION_BATCH at a time. */
+export async function openSessions(relay: Pick<Relay, "url" | "token">, count: number, token = relay.token): Promise<Client[]> {
   const sessions: Client[] = [];
   while (sessions.length < count) {
     const batch = Math.min(SESSION_BATCH, count - sessions.length);
-    sessions.push(...(await Promise.all(Array.from({ length: batch }, () => connectClient(relay, "streamable-http")))));
+    sessions.push(...(await Promise.all(Array.from({ length: batch }, () => connectClient(relay, "streamable-http", token)))));
   }
   return sessions;
 }
 
 const pick = <T>(items: readonly T[]): T => items[Math.floor(Math.random() * items.length)]!;
-const mb = (bytes: number) => round(bytes / MB, 1);
+export const mb = (bytes: number) => round(bytes / MB, 1);
 
 export async function scale(settings: Settings, results: Results): Promise<void> {
   const { agents, generators: generatorCount, sessions: sessionCount, reads } = settings.scale;

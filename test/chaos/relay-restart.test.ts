@@ -15,7 +15,7 @@ import { call } from "../helpers/tools.ts";
 
 setDefaultTimeout(90_000);
 
-/** Agents reconnect after 0.5-1 s, doubling while the relay is down; the relay is down a second or two. */
+/** Agents reconnect after 0-1 s, doubling to 5 s while the relay is down; the relay is down a second or two. */
 const BACK_WITHIN_MS = 10_000;
 /** Calls each client makes at most, and the longest the load runs: the loop is bounded either way. */
 const MAX_CALLS_PER_CLIENT = 2_000;

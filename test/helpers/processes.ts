@@ -191,12 +191,12 @@ export interface AgentOptions {
   relayHost?: string;
 }
 
-/** Starts agent.ts against a relay and waits until it has registered. */
-export async function startAgent(relay: Relay, options: AgentOptions = {}): Promise<Agent> {
+/** A test agent's machine name, roots and settings, dialing `relayHost` (default: loopback) at the relay's port. */
+export function agentSettings(relay: Pick<Relay, "port" | "token">, options: AgentOptions = {}, relayHost = options.relayHost ?? "127.0.0.1") {
   const machine = options.machine ?? `m-${randomBytes(3).toString("hex")}`;
   const roots = options.roots ?? [fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), "cr-root-")))];
-  const child = spawnChild(["run", path.join(ROOT, "agent.ts")], {
-    RELAY_URL: `ws://${options.relayHost ?? "127.0.0.1"}:${relay.port}/ws/agent`,
+  const env = {
+    RELAY_URL: `ws://${relayHost}:${relay.port}/ws/agent`,
     AGENT_TOKEN: options.token ?? relay.token,
     MACHINE_NAME: machine,
     ALLOWED_ROOTS: roots.join(":"),
@@ -207,7 +207,14 @@ export async function startAgent(relay: Relay, options: AgentOptions = {}): Prom
     // The agent stops if this test process dies without stopping it, so no agent outlives a killed test run.
     CODE_REMOTE_PARENT_PID: String(process.pid),
     ...options.env,
-  });
+  };
+  return { machine, roots, env };
+}
+
+/** Starts agent.ts against a relay and waits until it has registered. */
+export async function startAgent(relay: Relay, options: AgentOptions = {}): Promise<Agent> {
+  const { machine, roots, env } = agentSettings(relay, options);
+  const child = spawnChild(["run", path.join(ROOT, "agent.ts")], env);
   if (options.waitConnected !== false) await child.stderr.waitFor(/agent info connected/);
   return { ...child, machine, roots };
 }

@@ -213,7 +213,7 @@ describe("frames the agent must refuse", () => {
         await closedThenBack(parsed.reason);
         if (typeof frame === "string" && frame.length >= 8) expect(parsed.reason).not.toContain(frame);
       }),
-      { numRuns: 12 }, // each costs the agent's reconnect backoff (0.5 to 1 s)
+      { numRuns: 12 }, // each costs the agent's reconnect backoff (up to 1 s)
     );
   });
 

@@ -1,11 +1,11 @@
 // The wire contract and the pure helpers both sides rely on: frame parsing under hostile input, the identity proof
-// and the rule for who may take a machine name, the tool input schemas, the reconnect backoff and how a failed
-// connection is told apart, and the output shaping that keeps results inside the clients' limits.
+// and the rule for who may take a machine name, the tool input schemas, the reconnect backoff, the agent's sleep
+// detector and how a failed connection is told apart, and the output shaping that keeps results inside the clients' limits.
 
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import pkg from "../../package.json";
-import { classifyEnd, nextDelayMs } from "../../agent/link.ts";
+import { classifyEnd, nextDelayMs, SleepDetector, unreachedDelayMs } from "../../agent/link.ts";
 import { OutputCapture } from "../../agent/commands.ts";
 import { loadIdentity } from "../../agent/identity.ts";
 import { judgeIdentity, proofVerifies } from "../../relay/identity.ts";
@@ -424,39 +424,103 @@ describe("classifyEnd", () => {
   ])("%s", (_what, code, reason, failure, problem, detail) => {
     expect(classifyEnd(code, reason, failure)).toEqual({ problem: problem as never, detail });
   });
+
+  test("a dial given up before it connected is unreachable, not a server that never answered", () => {
+    expect(classifyEnd(CloseCode.heartbeatTimeout, "no connection within 3 s", "", false)).toEqual({ problem: "unreachable", detail: "no connection within 3 s" });
+  });
+});
+
+describe("unreachedDelayMs", () => {
+  test("a dial that never reached the relay is made again within 0.5-1.5 s, whatever came before", () => {
+    expect([0, 0.5, 0.999_999].map((r) => unreachedDelayMs(() => r))).toEqual([500, 1000, 1500]);
+  });
 });
 
 describe("nextDelayMs", () => {
-  test("attempt 0 waits between 500 and 1000 ms", () => {
-    expect(nextDelayMs(0, () => 0)).toBe(500);
-    expect(nextDelayMs(0, () => 0.5)).toBe(750);
-    expect(nextDelayMs(0, () => 1)).toBe(1000);
+  test("the first retry (after a first failure, or after a link that registered) comes within 1 s", () => {
+    expect(nextDelayMs(0, () => 0)).toBe(0);
+    expect(nextDelayMs(0, () => 0.5)).toBe(500);
+    expect(nextDelayMs(0, () => 0.999_999)).toBe(1000);
   });
 
-  test("doubles with each attempt until the 30 s ceiling", () => {
-    const attempts = [0, 1, 2, 3, 4, 5, 6, 10];
-    expect(attempts.map((a) => nextDelayMs(a, () => 1))).toEqual([1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-    expect(attempts.map((a) => nextDelayMs(a, () => 0))).toEqual([500, 1000, 2000, 4000, 8000, 15000, 15000, 15000]);
+  test("the ceiling doubles with each attempt up to 5 s, and the delay is uniform below it (full jitter)", () => {
+    const attempts = [0, 1, 2, 3, 4, 10];
+    expect(attempts.map((a) => nextDelayMs(a, () => 0.999_999))).toEqual([1000, 2000, 4000, 5000, 5000, 5000]);
+    expect(attempts.map((a) => nextDelayMs(a, () => 0.5))).toEqual([500, 1000, 2000, 2500, 2500, 2500]);
+    expect(attempts.map((a) => nextDelayMs(a, () => 0))).toEqual([0, 0, 0, 0, 0, 0]);
   });
 
-  test("never exceeds 30,000 ms, even for absurd attempt counts", () => {
-    for (const attempt of [30, 1023, 1024, 5000, Number.MAX_SAFE_INTEGER]) {
-      expect(nextDelayMs(attempt, () => 1)).toBe(30_000);
-      expect(nextDelayMs(attempt, () => 0)).toBe(15_000);
-    }
+  test("never exceeds 5,000 ms, even for absurd attempt counts; a negative attempt counts as the first", () => {
+    for (const attempt of [30, 1023, 1024, 5000, Number.MAX_SAFE_INTEGER, Infinity]) expect(nextDelayMs(attempt, () => 0.999_999)).toBe(5000);
+    expect(nextDelayMs(-3, () => 0.999_999)).toBe(1000);
   });
 
-  test("stays within [ceiling / 2, ceiling] for any attempt and any random value", () => {
+  test("stays within [0, ceiling] for any attempt and any random value", () => {
     fc.assert(
-      fc.property(fc.nat({ max: 2000 }), fc.double({ min: 0, max: 1, noNaN: true }), (attempt, r) => {
-        const ceiling = Math.min(30_000, 1000 * 2 ** attempt);
+      fc.property(fc.nat({ max: 2000 }), fc.double({ min: 0, max: 1, noNaN: true, maxExcluded: true }), (attempt, r) => {
+        const ceiling = Math.min(5_000, 1000 * 2 ** attempt);
         const delay = nextDelayMs(attempt, () => r);
         expect(Number.isInteger(delay)).toBe(true);
-        expect(delay).toBeGreaterThanOrEqual(ceiling / 2);
+        expect(delay).toBeGreaterThanOrEqual(0);
         expect(delay).toBeLessThanOrEqual(ceiling);
       }),
       { numRuns: 500 },
     );
+  });
+
+  test("10,000 agents returning together after a long outage spread over 5 s: about 2,000 a second at most", () => {
+    const perSecond = [0, 0, 0, 0, 0, 0];
+    for (let i = 0; i < 10_000; i++) perSecond[Math.floor(nextDelayMs(10) / 1000)]!++;
+    expect(perSecond[5]!).toBeLessThan(50); // only a delay of exactly 5,000 ms (rounded) lands here
+    for (const n of perSecond.slice(0, 5)) expect(n).toBeLessThan(2_300);
+  });
+});
+
+describe("SleepDetector", () => {
+  /** Fake clocks: `wall` and `mono` advance as the test says. */
+  const clocks = () => {
+    const c = { wall: 1_700_000_000_000, mono: 5_000 };
+    const detector = new SleepDetector(1_000, 3_000, () => c.wall, () => c.mono);
+    const advance = (wallMs: number, monoMs = wallMs) => {
+      c.wall += wallMs;
+      c.mono += monoMs;
+      return detector.tick();
+    };
+    return { advance };
+  };
+
+  test("ticks on time, or a little late (a busy event loop), are not a sleep", () => {
+    const { advance } = clocks();
+    expect(advance(1_000)).toBe(0);
+    expect(advance(1_020)).toBe(0);
+    expect(advance(2_500)).toBe(0);
+    expect(advance(4_000)).toBe(0); // 3 s late: at the threshold, not past it
+  });
+
+  test("a suspended machine: the wall clock jumps while the monotonic one stands still", () => {
+    const { advance } = clocks();
+    expect(advance(1_000)).toBe(0);
+    expect(advance(60_000, 1_000)).toBe(60_000);
+    expect(advance(1_000)).toBe(0); // once: the next tick is on time again
+  });
+
+  test("a stopped process (SIGSTOP): both clocks run on while the timer does not", () => {
+    const { advance } = clocks();
+    expect(advance(10_000)).toBe(10_000);
+    expect(advance(4_001)).toBe(4_001); // just past the threshold
+    expect(advance(1_000)).toBe(0);
+  });
+
+  test("a wall clock stepped back (NTP) is no sleep, and the monotonic clock still finds a stop", () => {
+    const { advance } = clocks();
+    expect(advance(-3_600_000, 1_000)).toBe(0);
+    expect(advance(1_000)).toBe(0);
+    expect(advance(-5_000, 9_000)).toBe(9_000);
+  });
+
+  test("the real clocks, ticked at once, read no sleep", () => {
+    const detector = new SleepDetector();
+    expect(detector.tick()).toBe(0);
   });
 });
 

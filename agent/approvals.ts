@@ -95,7 +95,7 @@ export class Gatekeeper {
     if (judgement.verdict === "allow") return false;
     if (judgement.verdict === "deny") throw new Failure("policy_denied", `Refused by the policy on '${this.machine}': ${judgement.rule}. The owner of the machine sets it there; no tool can change it.`);
     realPath ??= resolvedPath(op, args, scope); // the owner is shown, and approves, the real path
-    const key = callKey(op, args, realPath);
+    const key = callKey(op, args, realPath, policy.approvals === "passkey");
     if (this.#stillApproved(key, policy.approvals === "passkey")) return false;
     const subject = await describeCall(op, args, scope, realPath, judgement, policy);
     const challenge = policy.approvals === "passkey" ? this.#passkeyChallenge(args, policy.approvalTimeoutMs) : undefined;
@@ -105,7 +105,7 @@ export class Gatekeeper {
       throw new Failure("not_approved", `The owner of '${this.machine}' denied this call${reason}. Nothing ran.`);
     }
     if (challenge) await this.#checkSigned(decision, { machine: this.machine, call: owner.callId, tool: op, challenge, forSeconds: decision.forSeconds });
-    this.#recheck(op, args, scope, realPath);
+    this.#recheck(op, args, scope, realPath, challenge !== undefined);
     if (decision.forSeconds) this.#rememberFor(key, decision.forSeconds, challenge !== undefined);
     return true;
   }
@@ -113,7 +113,12 @@ export class Gatekeeper {
   /** After the owner's approval, the call runs only if it is still what was approved under the policy as it is now:
    *  the owner may have tightened the policy while the call waited (a deny now refuses it), and a file may have
    *  been swapped for a symlink to another (the approval was for the real path shown, not for wherever it leads). */
-  #recheck(op: AgentOp, args: AnyArgs, scope: FileScope, approvedPath: string | undefined): void {
+  #recheck(op: AgentOp, args: AnyArgs, scope: FileScope, approvedPath: string | undefined, signed: boolean): void {
+    // Asked under approvals = "relay", answered after the owner switched to "passkey": the unsigned answer no longer
+    // counts (the owner may have switched because they stopped trusting the relay).
+    if (!signed && this.policy.current().approvals === "passkey") {
+      throw new Failure("not_approved", "Not approved by the owner: this machine now accepts only approvals signed with the owner's passkey, and this one was given without; nothing ran. Try again.");
+    }
     const nowPath = resolvedPath(op, args, scope);
     if (nowPath !== approvedPath) {
       throw new Failure("not_approved", `'${String(args.path)}' leads to ${nowPath} now, not to ${approvedPath}, which the owner approved; nothing ran. Try again to ask about the new place.`);
@@ -184,9 +189,11 @@ function resolvedPath(op: AgentOp, args: AnyArgs, scope: FileScope): string | un
 
 /** What makes two calls "the same call" for an approval that lasts a while: a command with every argument the same
  *  but how long to wait for it (text or argv, shell, working directory, variables, stdin, background, timeout), the
- *  same input to the same command, or the same tool on the same file (a dry run of an edit is not the edit). */
-function callKey(op: AgentOp, args: AnyArgs, realPath: string | undefined): string {
-  if (realPath !== undefined) return `${op}${args.dry_run === true ? " (dry run)" : ""}\n${realPath}`;
+ *  same input to the same command, or the same tool on the same file (a dry run of an edit is not the edit; with
+ *  `exact`, for a signed approval, the same content too). */
+function callKey(op: AgentOp, args: AnyArgs, realPath: string | undefined, exact: boolean): string {
+  // With passkeys the owner signed these exact arguments: a signed approval for a while covers this content only.
+  if (realPath !== undefined) return `${op}${args.dry_run === true ? " (dry run)" : ""}\n${realPath}${exact ? `\n${argumentsDigest(args)}` : ""}`;
   const { wait_seconds: _wait, ...rest } = args;
   return `${op}\n${argumentsDigest(rest)}`;
 }

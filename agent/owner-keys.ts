@@ -72,7 +72,8 @@ export class OwnerKeys {
   updateCounter(id: string, counter: number): void {
     const keys = this.#current();
     const key = keys.find((k) => k.id === id);
-    if (!key || key.counter === counter) return;
+    // Only forward: two approvals checked at once must not leave the older counter stored last.
+    if (!key || counter <= key.counter) return;
     this.#write(keys.map((k) => (k === key ? { ...k, counter } : k)));
   }
 

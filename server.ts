@@ -12,7 +12,7 @@ import type { Database } from "bun:sqlite";
 import type { AuthInfo } from "@modelcontextprotocol/server";
 import { HEARTBEAT_CHECK_MS, HEARTBEAT_TIMEOUT_MS, MAX_FRAME_BYTES, VERSION } from "./protocol.ts";
 import { Relay, type SocketData } from "./relay/agents.ts";
-import { Approvals, approvalRoutes } from "./relay/approvals.ts";
+import { Approvals, approvalRoutes, isFormPost } from "./relay/approvals.ts";
 import { AuditLog, auditFilter } from "./relay/audit.ts";
 import { bearerToken, ClientAddresses, Guards, jsonRpcError } from "./relay/auth.ts";
 import { ConfigError, ENV_HELP, loadConfig, type ServerConfig } from "./relay/config.ts";
@@ -149,8 +149,7 @@ export function startServer(config: ServerConfig): RunningServer {
   const approver = (req: Request, server: Server<SocketData>) => {
     const session = dashboard.ownerSession(req);
     // A dashboard form whose session ended (12 h) gets the login form, not a JSON refusal.
-    const fromForm = (req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded");
-    if (!session && fromForm && !bearerToken(req)) return loginPage("Your session has ended: sign in, then decide again.", 401);
+    if (!session && isFormPost(req) && !bearerToken(req)) return loginPage("Your session has ended: sign in, then decide again.", 401);
     const refused = refuseAllButOwner(req, server, "Approving calls");
     if (refused) return refused;
     return session ? { by: session.label, proves: session.proves } : { by: "owner token" };

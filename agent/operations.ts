@@ -23,6 +23,7 @@ import { editFile } from "./edit.ts";
 import { fileInfo, listDirectory, readFile, writeFile } from "./files.ts";
 import { fileScope } from "./own-files.ts";
 import type { FileScope } from "./paths.ts";
+import type { Policy } from "./policy.ts";
 import { searchFiles } from "./search.ts";
 import { logger } from "../log.ts";
 
@@ -60,24 +61,31 @@ function agentStatus(ctx: OpContext): AgentStatus {
   };
 }
 
-type Handler<O extends AgentOp> = (args: OpArgs<O>, ctx: OpContext) => Promise<OpResult<O>> | OpResult<O>;
+/** A request's context once admitted, with what its file tools may reach. */
+type RunContext = OpContext & { scope: FileScope };
+
+type Handler<O extends AgentOp> = (args: OpArgs<O>, ctx: RunContext) => Promise<OpResult<O>> | OpResult<O>;
 
 /** What the file tools of one request may reach: the roots minus the agent's own files, and minus what the policy in
- *  force hides from listings and searches. */
-const scopeOf = (ctx: OpContext): FileScope => ({ ...fileScope(ctx.config), hidden: (real) => ctx.gate.policy.current().hides(real) });
+ *  force hides from listings and searches. The policy is looked up once per request, and only by a walk that asks
+ *  (not once per entry it visits, nor by every call beside the gatekeeper's own look). */
+function scopeOf(ctx: OpContext): FileScope {
+  let policy: Policy | undefined;
+  return { ...fileScope(ctx.config), hidden: (real) => (policy ??= ctx.gate.policy.current()).hides(real) };
+}
 
 const HANDLERS: { [O in AgentOp]: Handler<O> } = {
-  run_shell_command: (args, ctx) => ctx.commands.run(args, { ...ctx, ...scopeOf(ctx), shell: ctx.config.shell }),
+  run_shell_command: (args, ctx) => ctx.commands.run(args, { ...ctx, ...ctx.scope, shell: ctx.config.shell }),
   get_command_output: (args, ctx) => ctx.commands.output(args, ctx.signal),
   send_command_input: (args, ctx) => ctx.commands.input(args),
   kill_command: (args, ctx) => ctx.commands.kill(args),
   list_commands: (args, ctx) => ctx.commands.list(args),
-  read_file: (args, ctx) => readFile(args, scopeOf(ctx)),
-  write_file: (args, ctx) => writeFile(args, scopeOf(ctx)),
-  edit_file: (args, ctx) => editFile(args, scopeOf(ctx)),
-  list_directory: (args, ctx) => listDirectory(args, scopeOf(ctx)),
-  search_files: (args, ctx) => searchFiles(args, scopeOf(ctx)),
-  file_info: (args, ctx) => fileInfo(args, scopeOf(ctx)),
+  read_file: (args, ctx) => readFile(args, ctx.scope),
+  write_file: (args, ctx) => writeFile(args, ctx.scope),
+  edit_file: (args, ctx) => editFile(args, ctx.scope),
+  list_directory: (args, ctx) => listDirectory(args, ctx.scope),
+  search_files: (args, ctx) => searchFiles(args, ctx.scope),
+  file_info: (args, ctx) => fileInfo(args, ctx.scope),
   status: (_args, ctx) => agentStatus(ctx),
 };
 
@@ -102,9 +110,11 @@ export async function execute(frame: RequestFrame, ctx: OpContext): Promise<Agen
     return errorResult(frame.id, { code: "invalid_arguments", message: issues.slice(0, 1000) });
   }
   try {
-    const waited = await ctx.gate.admit(frame.op, parsed.data as Record<string, unknown>, scopeOf(ctx), ctx.signal, ctx.owner);
-    // A command's timeout and wait count from the owner's approval, not from the question.
-    const runCtx = { ...ctx, ...(waited && { receivedAt: Date.now() }), commandId: frame.command_id };
+    const scope = scopeOf(ctx);
+    const waited = await ctx.gate.admit(frame.op, parsed.data as Record<string, unknown>, scope, ctx.signal, ctx.owner);
+    // After a wait for the owner, the policy may have changed, and a command's timeout and wait count from the
+    // approval, not from the question.
+    const runCtx: RunContext = waited ? { ...ctx, scope: scopeOf(ctx), receivedAt: Date.now(), commandId: frame.command_id } : { ...ctx, scope, commandId: frame.command_id };
     const handler = HANDLERS[frame.op] as Handler<AgentOp>;
     return { type: "result", id: frame.id, ok: true, value: await handler(parsed.data as never, runCtx) };
   } catch (e) {

@@ -212,6 +212,9 @@ async function notify(webhook: Webhook, view: ApprovalView, audit: AuditLog): Pr
 export type OwnerOf<S> = (req: Request, server: S) => { by: string; proves?: (csrf: string) => boolean } | Response;
 
 const noStore = { "Cache-Control": "no-store" };
+
+/** Whether a request is a dashboard form's post (then it is answered with pages and redirects, not JSON). */
+export const isFormPost = (req: Request) => (req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded");
 const jsonError = (status: number, error: string) => Response.json({ error }, { status, headers: noStore });
 
 /** The routes of the approvals API. A form from the dashboard (application/x-www-form-urlencoded, with its csrf
@@ -224,7 +227,7 @@ export function approvalRoutes<S>(approvals: Approvals, ownerOf: OwnerOf<S>, pag
   const decide = async (req: Request & { params: { id: string } }, server: S) => {
     const owner = ownerOf(req, server);
     if (owner instanceof Response) return owner;
-    const fromForm = (req.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded");
+    const fromForm = isFormPost(req);
     const body = await readDecision(req, fromForm);
     const csrf = fromForm ? (body.csrf ?? "") : (req.headers.get("x-csrf-token") ?? "");
     if (owner.proves && !owner.proves(csrf)) {

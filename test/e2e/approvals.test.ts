@@ -11,6 +11,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import { connectClient, connectModernClient, eventually, freePort, newToken, startAgent, startRelay, type McpClient } from "../helpers/processes.ts";
 import { obtainGrant } from "../helpers/oauth.ts";
+import { approvalFor, waitingApprovals, type WaitingApproval } from "../helpers/approvals.ts";
 import { useStack } from "../helpers/stack.ts";
 import { call, type ToolCall } from "../helpers/tools.ts";
 
@@ -44,33 +45,15 @@ const stack = useStack({
   client: "streamable-http",
 });
 
-interface Approval {
-  id: string;
-  machine: string;
-  tool: string;
-  command?: string;
-  working_dir?: string;
-  path?: string;
-  diff?: string;
-  rule: string;
-  url: string;
-}
+type Approval = WaitingApproval;
 
 const api = (pathname: string, init: RequestInit & { token?: string } = {}) =>
   fetch(new URL(pathname, stack.relay.url), { ...init, headers: { Authorization: `Bearer ${init.token ?? stack.relay.token}`, "Content-Type": "application/json", ...init.headers } });
 
-async function pending(): Promise<Approval[]> {
-  const response = await api("/approvals");
-  expect(response.status).toBe(200);
-  return ((await response.json()) as { approvals: Approval[] }).approvals;
-}
+const pending = () => waitingApprovals(stack.relay);
 
 /** Waits for the approval of a call whose command is `command`. */
-async function approvalOf(command: string): Promise<Approval> {
-  let found: Approval | undefined;
-  await eventually(async () => (found = (await pending()).find((a) => a.command === command)) !== undefined, 10_000, `an approval for ${command}`);
-  return found!;
-}
+const approvalOf = (command: string) => approvalFor(stack.relay, { command });
 
 const decide = (id: string, body: unknown, token?: string) => api(`/approvals/${id}`, { method: "POST", body: JSON.stringify(body), token });
 

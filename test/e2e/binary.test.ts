@@ -17,6 +17,7 @@ import { OwnerKeys } from "../../agent/owner-keys.ts";
 import { verifyEnrolment } from "../../agent/passkeys.ts";
 import { runBinary, spawnBinary, startBinaryAgent } from "../helpers/binary.ts";
 import { connectClient, eventually, freePort, startRelay, tempDir, type Relay } from "../helpers/processes.ts";
+import { approvalFor, approveAsOwner } from "../helpers/approvals.ts";
 import { b64url, challengeOf, SoftAuthenticator } from "../helpers/soft-authenticator.ts";
 import { call } from "../helpers/tools.ts";
 
@@ -111,20 +112,12 @@ describe.skipIf(!canRun)("the compiled linux-x64 agent", () => {
     });
     await agent.stderr.waitFor(/agent info connected/);
     await using client = await connectClient(relay, "streamable-http");
-    const owner = { Authorization: `Bearer ${relay.token}`, "Content-Type": "application/json" };
-    const pendingOf = async (command: string) => {
-      let found: { id: string; passkey: { statements: { once: string } } } | undefined;
-      const waiting = async () => ((await (await fetch(new URL("/approvals", relay.url), { headers: owner })).json()) as { approvals: (NonNullable<typeof found> & { command: string })[] }).approvals;
-      await eventually(async () => (found = (await waiting()).find((a) => a.command === command)) !== undefined, 10_000, "the approval");
-      return found!;
-    };
-    const decide = (id: string, body: object) => fetch(new URL(`/approvals/${id}`, relay.url), { method: "POST", headers: owner, body: JSON.stringify({ decision: "approve", ...body }) });
 
     for (const [name, sign] of [["unsigned", false], ["signed", true]] as const) {
       const command = `touch ${path.join(home.path, name)}`;
       const waiting = client.callTool({ name: "run_shell_command", arguments: { command, working_dir: home.path } });
-      const approval = await pendingOf(command);
-      await decide(approval.id, sign ? { assertion: await phone.assert(challengeOf(approval.passkey.statements.once)) } : {});
+      const approval = await approvalFor(relay, { command });
+      await approveAsOwner(relay, approval.id, sign ? { assertion: await phone.assert(challengeOf(approval.passkey!.statements.once)) } : {});
       expect(((await waiting) as { isError?: boolean }).isError ?? false).toBe(!sign);
       expect(fs.existsSync(path.join(home.path, name))).toBe(sign);
     }

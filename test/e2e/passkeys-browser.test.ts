@@ -14,6 +14,7 @@ import { identityTranscript, PROTOCOL_VERSION, VERSION } from "../../protocol.ts
 import { eventsOf } from "../helpers/audit.ts";
 import { closeBrowser, HAS_CHROMIUM, launchChromium, pageWidth, PHONE, phonePage, SCREENSHOTS, submitForm } from "../helpers/browser.ts";
 import { connectClient, eventually, minimalEnv, ROOT } from "../helpers/processes.ts";
+import { approvalFor, approveAsOwner } from "../helpers/approvals.ts";
 import { useStack } from "../helpers/stack.ts";
 import { openTerminal, SCRIPT } from "../helpers/terminal.ts";
 
@@ -172,19 +173,8 @@ describe.skipIf(!HAS_CHROMIUM || !SCRIPT)("the owner's passkey enrolled in Chrom
 
   /** The owner's phone from the first test: signed in, with the passkey the machine enrolled. */
   let ownersPhone: Page;
-  const owner = () => ({ Authorization: `Bearer ${stack.relay.token}`, "Content-Type": "application/json" });
-  interface Waiting {
-    id: string;
-    command?: string;
-    passkey: { rp_id: string; credential_ids: string[]; statements: { once: string } };
-  }
-  async function approvalOf(command: string): Promise<Waiting> {
-    let found: Waiting | undefined;
-    const list = async () => ((await (await fetch(new URL("/approvals", stack.relay.url), { headers: owner() })).json()) as { approvals: Waiting[] }).approvals;
-    await eventually(async () => (found = (await list()).find((a) => a.command === command)) !== undefined, 10_000, `the approval of ${command}`);
-    return found!;
-  }
-  const postDecision = (id: string, body: object) => fetch(new URL(`/approvals/${id}`, stack.relay.url), { method: "POST", headers: owner(), body: JSON.stringify({ decision: "approve", ...body }) });
+  const approvalOf = (command: string) => approvalFor(stack.relay, { command });
+  const postDecision = (id: string, extra: Record<string, unknown>) => approveAsOwner(stack.relay, id, extra);
   /** Starts a command that the machine's policy holds for approval; its result, when it comes. */
   async function held(name: string) {
     const client = await connectClient(stack.relay, "streamable-http");
@@ -233,7 +223,7 @@ describe.skipIf(!HAS_CHROMIUM || !SCRIPT)("the owner's passkey enrolled in Chrom
   test("the owner's AUTH_TOKEN without a passkey, an assertion replayed from another call, and one by an unenrolled passkey run nothing; each refusal is audited", async () => {
     // An assertion the browser made for one call (signed, never sent).
     const first = await held("captured-for-one-call");
-    const captured = await signIn(ownersPhone, first.approval.passkey.statements.once, first.approval.passkey.rp_id, first.approval.passkey.credential_ids);
+    const captured = await signIn(ownersPhone, first.approval.passkey!.statements.once, first.approval.passkey!.rp_id, first.approval.passkey!.credential_ids);
     // 1. The owner's token alone.
     await postDecision(first.approval.id, {});
     expect((await first.result).isError).toBe(true);
@@ -260,7 +250,7 @@ describe.skipIf(!HAS_CHROMIUM || !SCRIPT)("the owner's passkey enrolled in Chrom
       return credential.id;
     });
     const third = await held("unenrolled-passkey");
-    await postDecision(third.approval.id, { assertion: await signIn(stranger, third.approval.passkey.statements.once, "localhost", [strangerId]) });
+    await postDecision(third.approval.id, { assertion: await signIn(stranger, third.approval.passkey!.statements.once, "localhost", [strangerId]) });
     expect((await third.result).content[0]!.text).toContain("a passkey that is not enrolled on this machine");
     expect(fs.existsSync(third.target)).toBe(false);
     await stranger.context().close();

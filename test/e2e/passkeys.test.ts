@@ -9,8 +9,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { OwnerKeys } from "../../agent/owner-keys.ts";
 import { verifyEnrolment } from "../../agent/passkeys.ts";
-import { eventually, freePort } from "../helpers/processes.ts";
+import { freePort } from "../helpers/processes.ts";
 import { b64url, challengeOf, SoftAuthenticator } from "../helpers/soft-authenticator.ts";
+import { approvalFor, approveAsOwner } from "../helpers/approvals.ts";
 import { useStack } from "../helpers/stack.ts";
 import { call, type ToolCall } from "../helpers/tools.ts";
 
@@ -30,28 +31,14 @@ const stack = useStack({
 /** The relay as the agent knows it, and as a passkey made for it sees it. */
 const relayOf = () => ({ origin: `http://localhost:${port}`, rpId: "localhost" });
 
-interface Approval {
-  id: string;
-  command?: string;
-  passkey?: { rp_id: string; credential_ids: string[]; statements: Record<"once" | "300" | "3600" | "28800", string> };
-}
 
 const api = (pathname: string, init: RequestInit = {}) =>
   fetch(new URL(pathname, stack.relay.url), { ...init, headers: { Authorization: `Bearer ${stack.relay.token}`, "Content-Type": "application/json", ...init.headers } });
 
-async function approvalOf(command: string): Promise<Approval> {
-  let found: Approval | undefined;
-  await eventually(async () => (found = ((await (await api("/approvals")).json()) as { approvals: Approval[] }).approvals.find((a) => a.command === command)) !== undefined, 10_000, `the approval of ${command}`);
-  return found!;
-}
+const approvalOf = (command: string) => approvalFor(stack.relay, { command });
+const approvalOfPath = (file: string) => approvalFor(stack.relay, { path: file });
 
-async function approvalOfPath(file: string): Promise<Approval> {
-  let found: Approval | undefined;
-  await eventually(async () => (found = ((await (await api("/approvals")).json()) as { approvals: (Approval & { path?: string })[] }).approvals.find((a) => a.path === file)) !== undefined, 10_000, `the approval of a write to ${file}`);
-  return found!;
-}
-
-const approve = (id: string, body: Record<string, unknown>) => api(`/approvals/${id}`, { method: "POST", body: JSON.stringify({ decision: "approve", ...body }) });
+const approve = (id: string, extra: Record<string, unknown>) => approveAsOwner(stack.relay, id, extra);
 
 function start(command: string) {
   return stack.client.callTool({ name: "run_shell_command", arguments: { command, working_dir: root } }, undefined, { timeout: 60_000 }) as Promise<ToolCall["result"]>;

@@ -944,9 +944,11 @@ export type ResultFrame = z.infer<typeof ResultFrame>;
 export const PingFrame = z.object({ type: z.literal("ping"), t: z.number() });
 export const PongFrame = z.object({ type: z.literal("pong"), t: z.number() });
 
-export const AgentFrame = z.union([HelloFrame, ProofFrame, ResultFrame, ProgressFrame, AskFrame, EnrollBeginFrame, EnrollResultFrame, PingFrame, PongFrame]);
+// Discriminated by `type`: a frame is checked against its own schema only (a plain union tries each in turn, and a
+// result frame, the most common, paid for failing the hello and proof schemas first: ~10 µs a frame).
+export const AgentFrame = z.discriminatedUnion("type", [HelloFrame, ProofFrame, ResultFrame, ProgressFrame, AskFrame, EnrollBeginFrame, EnrollResultFrame, PingFrame, PongFrame]);
 export type AgentFrame = z.infer<typeof AgentFrame>;
-export const ServerFrame = z.union([WelcomeFrame, ChallengeFrame, RequestFrame, CancelFrame, DecisionFrame, EnrollPageFrame, EnrollCredentialFrame, PingFrame, PongFrame]);
+export const ServerFrame = z.discriminatedUnion("type", [WelcomeFrame, ChallengeFrame, RequestFrame, CancelFrame, DecisionFrame, EnrollPageFrame, EnrollCredentialFrame, PingFrame, PongFrame]);
 export type ServerFrame = z.infer<typeof ServerFrame>;
 
 const FRAME_TYPES = ["hello", "challenge", "proof", "welcome", "request", "cancel", "progress", "result", "ask", "decision", "enroll_begin", "enroll_page", "enroll_credential", "enroll_result", "ping", "pong"];

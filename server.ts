@@ -96,7 +96,7 @@ export function startServer(config: ServerConfig): RunningServer {
 
   /** Host, Origin and bearer checks shared by every MCP route. */
   const authorize = (req: Request, server: Server<SocketData>, path: ResourcePath): AuthInfo | Response =>
-    guards.checkHost(req) ?? guards.checkOrigin(req) ?? guards.checkClient(req, addressOf(req, server), path);
+    guards.checkHost(req) ?? guards.checkOrigin(req) ?? guards.checkClient(req, () => addressOf(req, server), path);
 
   const mcp = async (req: Request, server: Server<SocketData>) => {
     const auth = authorize(req, server, "/mcp");
@@ -130,7 +130,7 @@ export function startServer(config: ServerConfig): RunningServer {
   const health = (req: Request, server: Server<SocketData>) => {
     const base = { status: "ok", version: VERSION };
     // Machine names are only for someone who holds the token.
-    const auth = bearerToken(req) ? guards.checkClient(req, addressOf(req, server), "/mcp") : undefined;
+    const auth = bearerToken(req) ? guards.checkClient(req, () => addressOf(req, server), "/mcp") : undefined;
     if (!auth || auth instanceof Response) return Response.json(base);
     return Response.json({ ...base, machines: [...relay.agents.keys()].sort(), sessions: streamable.size + sse.size });
   };

@@ -123,8 +123,9 @@ export class Guards {
     return jsonRpcError(403, -32000, "Origin not allowed.");
   }
 
-  /** An MCP client on `path`: the owner's static token, or an OAuth access token issued for this resource. */
-  checkClient(req: Request, address: string, path: ResourcePath): AuthInfo | Response {
+  /** An MCP client on `path`: the owner's static token, or an OAuth access token issued for this resource. Its
+   *  `address` is looked up only for a refusal (asking the socket for it costs every request a system call). */
+  checkClient(req: Request, address: () => string, path: ResourcePath): AuthInfo | Response {
     const refused = this.#refuseBeforeToken(req, address, path);
     if (refused) return refused;
     const token = bearerToken(req)!;
@@ -152,18 +153,18 @@ export class Guards {
 
   /** An agent: a token made for one machine, or the shared AGENT_TOKEN. OAuth tokens are never agent tokens. */
   checkAgent(req: Request, address: string): AgentCredential | Response {
-    const refused = this.#refuseBeforeToken(req, address);
+    const refused = this.#refuseBeforeToken(req, () => address);
     if (refused) return refused;
     const token = bearerToken(req)!;
     const machine = this.options.agentTokens.verify(token);
     if (machine) return { kind: "machine", ...machine };
     if (secretMatches(token, this.options.agentToken)) return { kind: "shared" };
     const misplaced = this.options.oauth.misplacedToken(token, req, "/ws/agent"); // a client's OAuth token
-    return this.#refuse(req, address, misplaced ? "OAuth token used as an agent token" : "wrong agent token", misplaced ?? "Invalid agent token.");
+    return this.#refuse(req, () => address, misplaced ? "OAuth token used as an agent token" : "wrong agent token", misplaced ?? "Invalid agent token.");
   }
 
   /** Refusals that come before looking at the token: a token in the URL, no token. */
-  #refuseBeforeToken(req: Request, address: string, path?: ResourcePath): Response | undefined {
+  #refuseBeforeToken(req: Request, address: () => string, path?: ResourcePath): Response | undefined {
     if (hasTokenInQuery(req)) {
       return this.#refuse(req, address, "token in URL", "Tokens in URLs are refused (URLs end up in logs). Send the header Authorization: Bearer <token>.", path);
     }
@@ -176,9 +177,9 @@ export class Guards {
    *  it is a 429 instead: every wrong token from it gets that same answer, so the wait says nothing about a token,
    *  while a right one was served before we got here. A request with no token at all, which is how every OAuth
    *  client starts and costs an attacker nothing to repeat, is only answered. */
-  #refuse(req: Request, address: string, reason: string, message: string, path?: ResourcePath, counts = true): Response {
+  #refuse(req: Request, address: () => string, reason: string, message: string, path?: ResourcePath, counts = true): Response {
     if (counts) {
-      const wait = this.options.penalties.failed(address, { path: new URL(req.url).pathname, reason });
+      const wait = this.options.penalties.failed(address(), { path: new URL(req.url).pathname, reason });
       if (wait > 0) return tooManyAttempts(wait, (text) => jsonRpcError(429, -32000, text));
     }
     const challenge = path ? this.options.oauth.challenge(req, path, reason !== "no token") : 'Bearer realm="code-remote"';

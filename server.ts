@@ -243,7 +243,9 @@ export function startServer(config: ServerConfig): RunningServer {
     setInterval(() => pruneAudit(audit, config.auditRetentionDays), AUDIT_PRUNE_EVERY_MS),
     setInterval(() => failures.flush(), FAILURE_SUMMARY_MS),
   ];
-  // The port is ours now, so no other relay serves this database: a call still open in it is a crashed relay's.
+  // The port is ours now, so no other relay serves this database: a call still open in it is a crashed relay's, and
+  // the machines connected to that relay are about to redial this one.
+  relay.expectBack(audit.machinesConnectedAtLastStop());
   audit.closeInterrupted();
   oauth.adoptOwnerSecret(); // likewise: only the relay serving this database revokes grants made under another secret
   pruneAudit(audit, config.auditRetentionDays);

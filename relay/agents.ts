@@ -566,6 +566,15 @@ export class Relay {
     }
   }
 
+  /** Machines the previous relay was serving when it stopped (a restart or a crash): they redial within seconds, so
+   *  calls for them wait, as for a machine that dropped a moment ago, for the grace from now. */
+  expectBack(machines: string[]): void {
+    for (const machine of machines) this.#wentAway(machine);
+    if (machines.length > 0 && this.reconnectGraceMs > 0) {
+      log("info", "waiting for the machines connected when the relay last stopped", { machines: machines.slice(0, 20).join(", "), count: machines.length, grace_s: this.reconnectGraceMs / 1000 });
+    }
+  }
+
   /** A registered machine's link ended (not on purpose): remembered for the grace, so calls for it wait. */
   #wentAway(machine: string): void {
     if (this.reconnectGraceMs <= 0) return;

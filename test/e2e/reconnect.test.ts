@@ -2,14 +2,15 @@
 // (RECONNECT_GRACE_S), telling the client so every 2 s, and is sent once it is back; after the grace it fails saying
 // it waited; a cancel ends the wait and nothing runs. And at most once: a command in flight when its agent dies fails
 // with the command_id the relay gave it, which get_command_output answers once the agent is back on its state
-// directory. Real relay and agent processes on loopback; the agent is stopped (SIGTERM) or killed (SIGKILL).
+// directory. A relay that restarts (or crashed) waits, likewise, for the machines its predecessor served. Real relay
+// and agent processes on loopback; the agent is stopped (SIGTERM) or killed (SIGKILL).
 
 import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { CallToolResult, Progress } from "@modelcontextprotocol/sdk/types.js";
 import { callsWith } from "../helpers/audit-db.ts";
-import { connectClient, eventually, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
+import { connectClient, eventually, freePort, startAgent, startRelay, tempDir, type Agent, type Relay } from "../helpers/processes.ts";
 import { call } from "../helpers/tools.ts";
 
 const WAITING = /^waiting for (\S+) to reconnect \(up to (\d+) s\)$/;
@@ -145,6 +146,48 @@ describe("a call for a machine that dropped a moment ago", () => {
     await Bun.sleep(200); // and nothing else after it
     expect(calls()).toHaveLength(1); // only "echo fine"
   });
+});
+
+describe("a relay restart (a deploy, or a crash)", () => {
+  test.each(["SIGTERM", "SIGKILL"] as const)("after %s, a call for a machine the old relay served waits for it to redial; one that had left does not wait", async (how) => {
+    const port = freePort();
+    using data = tempDir("cr-db-");
+    const databasePath = path.join(data.path, "audit.db");
+    await using first = await startRelay({ port, databasePath });
+    await using desk = await startAgent(first, { machine: "desk" });
+    const left = await startAgent(first, { machine: "left" });
+    await left.stop();
+    await first.stderr.waitFor(/agent disconnected machine="left"/);
+    desk.proc.kill("SIGSTOP"); // held still, so that it cannot redial before the call is made
+    try {
+      if (how === "SIGTERM") await first.stop();
+      else await first.kill();
+      await using second = await startRelay({ port, databasePath, token: first.token });
+      expect(await second.stderr.waitFor(/waiting for the machines connected when the relay last stopped/)).toMatch(/machines="desk" count=1 grace_s=30$/);
+      await using client = await connectClient(second, "streamable-http");
+      const progress: string[] = [];
+      const pending = client.callTool({ name: "run_shell_command", arguments: { machine: "desk", command: "echo back" } }, undefined, {
+        timeout: 60_000,
+        onprogress: (p) => void progress.push(p.message ?? ""),
+      });
+      await eventually(() => progress.length > 0, 5_000, "waiting progress");
+      expect(progress[0]).toMatch(/^waiting for desk to reconnect \(up to (30|29|28) s\)$/);
+
+      const askedAt = Date.now();
+      const gone = await call(client, "read_file", { machine: "left", path: "/etc/hostname" });
+      expect(Date.now() - askedAt).toBeLessThan(1_000);
+      expect(gone.text).toStartWith("Machine 'left' is not connected.");
+
+      const resumedAt = Date.now();
+      desk.proc.kill("SIGCONT");
+      const result = (await pending) as CallToolResult;
+      console.log(`after ${how}: the call waited for desk and was answered ${Date.now() - resumedAt} ms after it could redial`);
+      expect(result.isError).toBeFalsy();
+      expect(result.structuredContent).toMatchObject({ machine: "desk", stdout: "back\n", exit_code: 0 });
+    } finally {
+      desk.proc.kill("SIGCONT");
+    }
+  }, 90_000);
 });
 
 describe("a command in flight when its agent dies", () => {

@@ -692,8 +692,15 @@ export class CommandRunner {
   /** Waits for the end, the wait limit, or a cancel (which kills); sends progress every second meanwhile. */
   async #waitForeground(command: Command, args: OpArgs<"run_shell_command">, ctx: RunContext): Promise<void> {
     const waitMs = (args.wait_seconds ?? DEFAULT_WAIT_S) * 1000 - (Date.now() - ctx.receivedAt);
-    const progress = ctx.onProgress
-      ? setInterval(() => ctx.onProgress!({ elapsed_ms: command.elapsedMs(), output_bytes: command.log.total, tail: command.log.tail() }), PROGRESS_INTERVAL_MS)
+    const tell = () => ctx.onProgress!({ elapsed_ms: command.elapsedMs(), output_bytes: command.log.total, tail: command.log.tail() });
+    // Counted from the request's arrival, not from the spawn after the record was written: the first progress is
+    // then a second after the request, as clients are told, not a few milliseconds later.
+    let progress: ReturnType<typeof setInterval> | undefined;
+    const first = ctx.onProgress
+      ? setTimeout(() => {
+          tell();
+          progress = setInterval(tell, PROGRESS_INTERVAL_MS);
+        }, Math.max(0, ctx.receivedAt + PROGRESS_INTERVAL_MS - Date.now()))
       : undefined;
     const cancelled = new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
     try {
@@ -703,6 +710,7 @@ export class CommandRunner {
         await Promise.race([command.done, Bun.sleep(KILL_GRACE_MS + 1_000)]);
       }
     } finally {
+      clearTimeout(first);
       clearInterval(progress);
     }
   }

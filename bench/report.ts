@@ -89,7 +89,9 @@ export function renderText(report: Report): string {
   const lines = [`Code Remote benchmarks (${report.mode}${quick}) at ${report.revision}, ${load}`, ""];
   for (const [title, figures] of scenarioLines(report)) lines.push(`${title.padEnd(width)}${figures}`);
   lines.push("", `ratios: ${Object.entries(report.ratios).map(([k, v]) => `${k} ${v}`).join(" · ") || "none"}`, "", "Targets");
-  const cols = [40, 40, 20];
+  // Each column as wide as its longest entry (at least 40, 40, 20), so that a long one never runs into the next.
+  const widest = (texts: string[], least: number) => Math.max(least, ...texts.map((t) => t.length + 2));
+  const cols = [widest(report.targets.map((r) => r.scenario), 40), widest(report.targets.map((r) => r.target), 40), widest(report.targets.map((r) => r.measured), 20)];
   for (const row of report.targets) {
     lines.push(`  ${row.scenario.padEnd(cols[0]!)}${row.target.padEnd(cols[1]!)}${(row.measured || "-").padEnd(cols[2]!)}${verdict(row)}`);
   }

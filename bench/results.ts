@@ -13,7 +13,7 @@ export const MCP_PATHS: readonly McpPath[] = ["session", "2026"];
 
 /** The scenarios that run on both paths. Their keys name the session path's figures, as they did before the
  *  2026-07-28 path existed; the 2026-07-28 path's keys end in "_2026" (see onPath). */
-export type PathScenario = "1_ping" | "2_read_file" | "3_read_file_concurrent" | "9_tools_list";
+export type PathScenario = "1_ping" | "2_read_file" | "3_read_file_concurrent" | "9_tools_list" | "12_links_read_file" | "12_links_first_progress";
 
 export type ScenarioKey =
   | PathScenario
@@ -27,7 +27,11 @@ export type ScenarioKey =
   | "8_peer_read_text_file_concurrent"
   | "10_cpu_sequential"
   | "10_cpu_concurrent"
-  | "11_idle_memory";
+  | "11_idle_memory"
+  | "12_links_round_trip"
+  | "12_links_bulk"
+  | "13_blip"
+  | "13_restore";
 
 /** The key of a path scenario's figures on `path`. */
 export const onPath = (key: PathScenario, path: McpPath): ScenarioKey => (path === "session" ? key : `${key}_2026`);
@@ -52,6 +56,14 @@ export const SCENARIO_TITLES: Record<ScenarioKey, string> = {
   "10_cpu_sequential": "10. CPU per call: relay, echo server, peer; sequential",
   "10_cpu_concurrent": "10. CPU per call: relay, echo server, peer; 32 in flight",
   "11_idle_memory": "11. idle agents and sessions: relay memory",
+  "12_links_round_trip": "12. one 40 ms link alone: TCP echo round trip",
+  "12_links_read_file": "12. read_file 1 KiB over 40 + 40 ms links",
+  "12_links_read_file_2026": "12. 2026-07-28: read_file over 40 + 40 ms links",
+  "12_links_first_progress": "12. first progress of a long command over the links",
+  "12_links_first_progress_2026": "12. 2026-07-28: first progress over the links",
+  "12_links_bulk": "12. bulk file over the links (scenario 5's calls)",
+  "13_blip": "13. read_file calls sent during a cut of the agent's link",
+  "13_restore": "13. outage of the agent's link: restore to first call",
 };
 
 export class Results {

@@ -19,6 +19,8 @@ import { concurrentCalls, sequentialCalls, shellOverhead, toolsList } from "./sc
 import { scale } from "./scenarios/scale.ts";
 import { cpuAgainstBaselines } from "./scenarios/cpu.ts";
 import { idleMemory } from "./scenarios/idle-memory.ts";
+import { overLinks } from "./scenarios/links.ts";
+import { restoreAfterOutage } from "./scenarios/restore.ts";
 import { FULL, QUICK, type Settings } from "./settings.ts";
 import { checkTargets, ratios } from "./targets.ts";
 
@@ -29,17 +31,20 @@ const USAGE = `Usage: bun run bench [--quick] [--only N,N,...] [--out FILE.json]
 Starts a relay and an agent on 127.0.0.1 and measures them against direct execution and a peer (see BENCHMARKS.md).
 Scenarios 1-3 and 9 run on both MCP paths side by side: a 2025 session (the v1 SDK client) and 2026-07-28 (the v2
 client, no session); the others on the session. Prints a table with the ratios between the paths and the relay's
-CPU per call; writes JSON and Markdown reports. A full run takes two to three minutes.
+CPU per call; writes JSON and Markdown reports. A full run takes a few minutes, two of them for scenarios 12 and 13
+(13 waits out a 60 s outage).
 
   --quick      a smoke run of the harness: a few iterations of everything, numbers not meaningful
-  --only       run only these scenarios (1-11); scenario 8 (the peer) needs \`bun run bench:peers\` first
+  --only       run only these scenarios (1-13); scenario 8 (the peer) needs \`bun run bench:peers\` first
                1 ping / server/discover   2 read_file     3 read_file, 32 in flight   4 run_shell_command
                5 bulk transfer            6 scale         7 compiled agent            8 the peer   9 tools/list
                10 CPU per call: relay and agent against a bare SDK echo server and the peer (when installed)
                11 memory per idle agent and session, 1,000 and 5,000 agents
+               12 over emulated 40 ms links (client-relay, relay-agent): read_file, first progress, bulk
+               13 the agent's link cut: a call during a 5 s blip; restore to first successful call after 60 s
   --out        where to write the JSON report (default bench/results/latest.json; a .md goes beside it)`;
 
-const ALL_SCENARIOS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+const ALL_SCENARIOS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
 
 interface Options {
   help: boolean;
@@ -137,6 +142,18 @@ const STEPS: Step[] = [
     title: "11: memory per idle agent and session at 1,000 and 5,000 agents, on a relay of its own",
     keys: ["11_idle_memory"],
     run: (ctx) => idleMemory(ctx.settings, ctx.results),
+  },
+  {
+    scenarios: [12],
+    title: "12: read_file, the first progress of a long command and bulk transfer over emulated 40 ms links, on a relay of its own",
+    keys: ["12_links_round_trip", "12_links_read_file", "12_links_read_file_2026", "12_links_first_progress", "12_links_first_progress_2026", "12_links_bulk"],
+    run: (ctx) => overLinks(ctx.settings, ctx.results),
+  },
+  {
+    scenarios: [13],
+    title: "13: the agent's link cut, a blip and then an outage: calls through it, and the restore to the first successful call",
+    keys: ["13_blip", "13_restore"],
+    run: (ctx) => restoreAfterOutage(ctx.settings, ctx.results),
   },
   {
     scenarios: [7],

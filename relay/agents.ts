@@ -75,6 +75,7 @@ interface PendingCall {
   onProgress?: (progress: ProgressFrame) => void;
   /** The agent's policy sent the call to the owner: `ask` is what it would do. */
   onAsk: (ask: AskFrame) => void;
+  onQuiet?: (message: string) => void;
 }
 
 export interface AgentConn {
@@ -104,8 +105,10 @@ interface CallOptions {
   signal?: AbortSignal;
   onProgress?: (progress: ProgressFrame) => void;
   onAsk?: (ask: AskFrame) => void;
+  /** Told every HEARTBEAT_CHECK_MS while the call waits for its answer on a link gone quiet (a blip under way), so a
+   *  client hears why its call is slow: the link may recover, or be closed as dead (a read is then sent again). */
+  onQuiet?: (message: string) => void;
 }
-
 
 /** A failure the model should read as is: the message says what happened and what to do. */
 export class ToolError extends Error {
@@ -221,7 +224,7 @@ export class Relay {
         else resolve(outcome);
       };
       const cancelled = () => finish(new ToolError("The call was cancelled.", "cancelled"));
-      const tell = () => waiting?.(`waiting for ${conn.machine}: its link has been silent for ${Math.round((Date.now() - conn.ws.data.lastHeard) / 1000)} s`);
+      const tell = () => waiting?.(quietMessage(conn, Date.now()));
       // Cheap and rare (only calls for a link that went quiet): a look every 100 ms, bounded by the heartbeat timeout,
       // after which the sweep has closed the link.
       const poll = setInterval(() => {
@@ -314,7 +317,7 @@ export class Relay {
   /** Sends one request and resolves with the agent's validated result. Never re-sent (at most once): if the
    *  socket goes, the deadline passes or `signal` aborts, the call fails and the agent is told to cancel. */
   call<O extends AgentOp>(conn: AgentConn, op: O, args: OpArgs<O>, options: CallOptions): Promise<OpResult<O>> {
-    const { deadlineMs, signal, onProgress, onAsk } = options;
+    const { deadlineMs, signal, onProgress, onAsk, onQuiet } = options;
     const id = randomUUID();
     // The relay names a command before it runs, so that a call whose link dies can still tell the model which one.
     const commandId = op === "run_shell_command" ? `${randomBytes(6).toString("hex")}@${conn.machine}` : undefined;
@@ -352,6 +355,7 @@ export class Relay {
         reject: (error) => (cleanup(), reject(error)),
         onProgress,
         onAsk: asked,
+        onQuiet,
       });
       if (signal?.aborted) return onAbort();
       if (!send(conn.ws, { type: "request", id, op, args, progress: onProgress !== undefined, ...(commandId && { command_id: commandId }) })) {
@@ -383,6 +387,7 @@ export class Relay {
       } else if (silentMs > HEARTBEAT_INTERVAL_MS + HEARTBEAT_CHECK_MS) {
         send(ws, { type: "ping", t: now });
       }
+      if (ws.data.agent && silentMs > QUIET_LINK_MS) for (const call of ws.data.agent.pending.values()) call.onQuiet?.(quietMessage(ws.data.agent, now));
     }
   }
 
@@ -622,6 +627,9 @@ export class Relay {
     return names.length ? `Connected: ${names.join(", ")}.` : this.noMachineMessage;
   }
 }
+
+/** What a call waiting on a quiet link hears. */
+const quietMessage = (conn: AgentConn, now: number) => `waiting for ${conn.machine}: its link has been silent for ${Math.round((now - conn.ws.data.lastHeard) / 1000)} s`;
 
 const NO_MACHINE_MESSAGE =
   "No machine is connected. Start an agent on the machine: RELAY_URL=wss://<this server>/ws/agent AGENT_TOKEN=<token> code-remote-agent";

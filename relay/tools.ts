@@ -393,7 +393,7 @@ async function callTool(name: ToolName, input: Record<string, unknown>, extra: C
       const waiting = new OwnerWait(services, conn, caller, extra, () => waitEnded.abort());
       const onProgress = extra.progress && ((p: ProgressFrame) => extra.progress!(progressMessage(p)));
       return relay
-        .call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: call.signal, onProgress, onAsk: waiting.asked })
+        .call(conn, name as AgentOp, args as never, { deadlineMs: deadlineFor(name as AgentOp, args), signal: call.signal, onProgress, onAsk: waiting.asked, onQuiet: extra.progress })
         .finally(() => waiting.end(call.signal.aborted));
     };
     const value = await sendRidingBlips(name, routeTo(machine, args), send, extra.progress, () => target);

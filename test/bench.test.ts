@@ -10,7 +10,7 @@ import { ROOT, tempDir } from "./helpers/processes.ts";
 
 /** Every scenario but the peer: compiling the agent (scenario 7) takes about a second of this. Scenario 10 compares
  *  with the peer too when it is installed (`bun run bench:peers`), and runs without it otherwise. */
-const SCENARIOS = "1,2,3,4,5,6,7,9,10,11";
+const SCENARIOS = "1,2,3,4,5,6,7,9,10,11,12,13";
 /** The targets that need the peer: never measured here for scenarios 2 and 3 (scenario 8 is not run), measured for
  *  scenario 10 only where the peer is installed. */
 const PEER_TARGETS = ["2. read_file p50 vs peer", "3. 32 concurrent read_file", "10. CPU per call vs the peer's tree", "10. … 32 in flight"];
@@ -43,7 +43,8 @@ test(
     expect(report.skipped).toEqual({});
     // Scenarios 1-3 and 9 on both MCP paths: the 2025 session and 2026-07-28 (_2026).
     const onBothPaths = ["1_ping", "2_read_file", "3_read_file_concurrent", "9_tools_list"].flatMap((key) => [key, `${key}_2026`]);
-    const expected = [...onBothPaths, "4_shell_tool", "4_shell_direct", "5_bulk", "6_scale", "7_compiled_agent", "10_cpu_sequential", "10_cpu_concurrent", "11_idle_memory"];
+    const expected = [...onBothPaths, "4_shell_tool", "4_shell_direct", "5_bulk", "6_scale", "7_compiled_agent", "10_cpu_sequential", "10_cpu_concurrent", "11_idle_memory",
+      ...["12_links_read_file", "12_links_first_progress"].flatMap((key) => [key, `${key}_2026`]), "12_links_round_trip", "12_links_bulk", "13_blip", "13_restore"];
     expect(Object.keys(report.scenarios).sort()).toEqual(expected.sort());
     for (const [key, figures] of Object.entries(report.scenarios)) {
       for (const [name, value] of Object.entries(figures)) expect(Number.isFinite(value), `${key}.${name} = ${value}`).toBe(true);

@@ -5,7 +5,7 @@
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { MB, median, progress, round } from "../harness.ts";
-import type { Results } from "../results.ts";
+import type { Figures, Results } from "../results.ts";
 import { callOk, type BenchClient, type Rig } from "../rig.ts";
 import { BULK_READ_CHUNK_BYTES, BULK_READ_WINDOW, BULK_WRITE_CHUNK_BYTES, type Settings } from "../settings.ts";
 
@@ -41,22 +41,22 @@ async function timed<T>(work: () => Promise<T>): Promise<{ value: T; ms: number 
   return { value, ms: performance.now() - started };
 }
 
-export async function bulkTransfer(rig: Rig, settings: Settings, results: Results): Promise<void> {
-  const { fileBytes, rounds } = settings.bulk;
+/** Writes `data` to `file`, reads it back with BULK_READ_WINDOW calls in flight and then one at a time, checks the
+ *  bytes, `rounds` times; the median MB/s of each. Scenario 5 runs it on loopback, scenario 12 over delayed links. */
+export async function bulkRounds(client: BenchClient, file: string, { fileBytes, rounds }: Settings["bulk"]): Promise<Figures> {
   const data = randomBytes(fileBytes);
-  const file = path.join(rig.root, "bulk.bin");
   const rates = { write: [] as number[], read: [] as number[], readSequential: [] as number[] };
   for (let i = 0; i < rounds; i++) {
-    const write = await timed(() => writeInChunks(rig.client, file, data));
-    const read = await timed(() => readInChunks(rig.client, file, fileBytes, BULK_READ_WINDOW));
-    const readSequential = await timed(() => readInChunks(rig.client, file, fileBytes, 1));
+    const write = await timed(() => writeInChunks(client, file, data));
+    const read = await timed(() => readInChunks(client, file, fileBytes, BULK_READ_WINDOW));
+    const readSequential = await timed(() => readInChunks(client, file, fileBytes, 1));
     if (!read.value.equals(data) || !readSequential.value.equals(data)) throw new Error("the bytes read back differ from those written");
     rates.write.push(mbPerS(fileBytes, write.ms));
     rates.read.push(mbPerS(fileBytes, read.ms));
     rates.readSequential.push(mbPerS(fileBytes, readSequential.ms));
     progress(`   round ${i + 1}/${rounds}: write ${rates.write.at(-1)} MB/s, read ${rates.read.at(-1)} MB/s`);
   }
-  results.record("5_bulk", {
+  return {
     file_bytes: fileBytes,
     write_mb_per_s: median(rates.write),
     read_mb_per_s: median(rates.read),
@@ -64,5 +64,9 @@ export async function bulkTransfer(rig: Rig, settings: Settings, results: Result
     write_calls: Math.ceil(fileBytes / BULK_WRITE_CHUNK_BYTES),
     read_calls: Math.ceil(fileBytes / BULK_READ_CHUNK_BYTES),
     read_window: BULK_READ_WINDOW,
-  });
+  };
+}
+
+export async function bulkTransfer(rig: Rig, settings: Settings, results: Results): Promise<void> {
+  results.record("5_bulk", await bulkRounds(rig.client, path.join(rig.root, "bulk.bin"), settings.bulk));
 }

@@ -3,7 +3,16 @@
 // `ip netns exec`. The link can be cut and restored: a cut is an nftables table inside the namespace that drops every
 // frame on the namespace's end of the veth, both ways (netdev ingress and egress hooks, ARP included), so the link is
 // half-dead: no RST, no FIN, no error to either side's sockets; the sender's packets simply vanish, as behind a dead
-// NAT or on a train. (This machine has no netem, so delay, when a test needs it, is done in user space.)
+// NAT or on a train. Loss is another nftables table on the same device that drops a random share of the frames each
+// way (`numgen random`). (This machine has no netem, so delay, when a test needs it, is done in user space.) An MCP
+// client can run in a namespace of its own too (startClientIn), reaching the relay across its own veth.
+//
+// The namespace's own outgoing frames are not dropped but forwarded into a sink (a veth inside the namespace whose
+// peer is down, where they vanish): a `drop` in the egress hook is reported to the sending socket as local congestion
+// (NET_XMIT_DROP), and TCP then retries every 500 ms without backing off (TCP_RESOURCE_PROBE_INTERVAL), which no real
+// network does. Forwarded, the frame has left as far as TCP knows, so it retransmits as when the loss is beyond the
+// machine: data after ~200 ms, doubling; a SYN every 1 s for four tries (Linux 6.5+'s tcp_syn_linear_timeouts), then
+// doubling. Frames coming in are dropped at ingress, after their sender's veth took them: lost beyond the sender.
 //
 // Everything made here is named uniquely per run (the process id and random bytes), lives only in the namespaces
 // and veths this file creates (traffic goes nowhere else), and is removed by dispose, by removeAll() (for an
@@ -11,7 +20,8 @@
 
 import { randomBytes } from "node:crypto";
 import * as path from "node:path";
-import { agentSettings, ROOT, spawnProgram, type Agent, type AgentOptions, type Relay } from "./processes.ts";
+import type { CallLine } from "./client-process.ts";
+import { agentSettings, freePort, minimalEnv, NEUTRAL_CWD, OutputLog, ROOT, spawnProgram, type Agent, type AgentOptions, type Relay, type RelayOptions } from "./processes.ts";
 
 /** iproute2's ip and nftables' nft, found on PATH or in the sbin directories (a non-root PATH may lack them). */
 const SBIN_PATH = "/usr/sbin:/sbin:/usr/bin:/bin";
@@ -25,6 +35,9 @@ const BUN = process.execPath;
 const NS_PREFIX = "crnet-";
 /** The nftables table that is a cut, inside the namespace only. */
 const CUT_TABLE = "code_remote_cut";
+/** The nftables table that is random loss, inside the namespace only; apart from the cut's, so either comes and goes
+ *  without the other. */
+const LOSS_TABLE = "code_remote_loss";
 /** Bound on any one ip/nft command. */
 const COMMAND_TIMEOUT_MS = 10_000;
 
@@ -75,8 +88,10 @@ function probe(): string | undefined {
   try {
     const veth = run([IP, "link", "add", `cr${hex}h`, "type", "veth", "peer", "name", `cr${hex}n`, "netns", ns]);
     if (!veth.ok) return `a veth pair could not be made: ${veth.stderr}`;
-    const table = run([IP, "netns", "exec", ns, NFT, "-f", "-"], cutRules(`cr${hex}n`));
-    if (!table.ok) return `nft could not hook a veth's ingress and egress (netdev family, Linux 5.16+): ${table.stderr}`;
+    const sink = run([IP, "-n", ns, "link", "add", `cr${hex}s`, "type", "veth", "peer", "name", `cr${hex}z`]);
+    if (!sink.ok) return `a veth pair could not be made inside a namespace: ${sink.stderr}`;
+    const table = run([IP, "netns", "exec", ns, NFT, "-f", "-"], cutRules(`cr${hex}n`, `cr${hex}s`));
+    if (!table.ok) return `nft could not hook a veth's ingress and egress and forward from egress (netdev family, Linux 5.16+): ${table.stderr}`;
     return undefined;
   } finally {
     run([IP, "netns", "del", ns]);
@@ -112,15 +127,30 @@ function processAlive(pid: number): boolean {
   }
 }
 
-/** Drops every frame on `device`, both ways, before anything else sees it (priority -500); with `keepArp`, ARP
- *  still passes (a dead upstream behind a live Wi-Fi: the neighbour answers, nothing beyond it does, so a dial hangs
- *  in SYN_SENT instead of failing with "no route to host" after a few seconds). */
-function cutRules(device: string, keepArp = false): string {
+/** Drops every frame on `device`, both ways, before anything else sees it (priority -500): those coming in at
+ *  ingress, those going out by forwarding them into `sink` (see the top of the file: so the sender backs off as on a
+ *  real network). With `keepArp`, ARP still passes (a dead upstream behind a live Wi-Fi: the neighbour answers,
+ *  nothing beyond it does, so a dial hangs in SYN_SENT instead of failing with "no route to host" after a few
+ *  seconds). */
+function cutRules(device: string, sink: string, keepArp = false): string {
   const arp = keepArp ? " ether type arp accept;" : "";
   return [
     `table netdev ${CUT_TABLE} {`,
     `  chain in { type filter hook ingress device "${device}" priority -500; policy drop;${arp} }`,
-    `  chain out { type filter hook egress device "${device}" priority -500; policy drop;${arp} }`,
+    `  chain out { type filter hook egress device "${device}" priority -500;${arp} fwd to "${sink}"; }`,
+    `}`,
+  ].join("\n");
+}
+
+/** Drops `percent` % of the frames on `device` at random, each way (going out, into `sink`, as cutRules does),
+ *  counting what passes and what is dropped. After the cut's table (priority -400 against -500), so a cut link
+ *  drops everything whatever the loss. */
+function lossRules(device: string, sink: string, percent: number): string {
+  const lose = `counter; numgen random mod 100 < ${percent} counter`;
+  return [
+    `table netdev ${LOSS_TABLE} {`,
+    `  chain in { type filter hook ingress device "${device}" priority -400; ${lose} drop; }`,
+    `  chain out { type filter hook egress device "${device}" priority -400; ${lose} fwd to "${sink}"; }`,
     `}`,
   ].join("\n");
 }
@@ -150,6 +180,10 @@ export interface NetNs extends AsyncDisposable {
   cut(options?: { keepArp?: boolean }): number;
   /** Lets the link carry traffic again; returns the time (Date.now()) it took effect. */
   restore(): number;
+  /** Drops `percent` % of the frames on the link at random, each way (ARP too, as a lossy radio would); 0 lifts it. */
+  setLoss(percent: number): void;
+  /** Frames the link carried and dropped, both ways together, since the loss was set. */
+  lossCounts(): { frames: number; dropped: number };
   /** Ends the processes still inside the namespace (SIGKILL, by pid), deletes the namespace and the veth, and
    *  returns what is still there afterwards (empty when all is gone). Idempotent. */
   remove(): Promise<string[]>;
@@ -181,6 +215,8 @@ export async function createNetNs(): Promise<NetNs> {
   const name = `${NS_PREFIX}${process.pid}-${hex}`;
   const hostIf = `cr${hex}h`;
   const nsIf = `cr${hex}n`;
+  /** Where the namespace's outgoing frames go to be lost (cutRules); its peer stays down. Inside the namespace only. */
+  const sinkIf = `cr${hex}s`;
   const { host, inside } = pickNetwork();
   let cut = false;
   let removed = false;
@@ -197,7 +233,7 @@ export async function createNetNs(): Promise<NetNs> {
     exec: (argv) => [IP, "netns", "exec", name, ...argv],
     cut(options = {}) {
       if (cut) throw new Error(`the link ${name} is already cut`);
-      must([IP, "netns", "exec", name, NFT, "-f", "-"], cutRules(nsIf, options.keepArp));
+      must([IP, "netns", "exec", name, NFT, "-f", "-"], cutRules(nsIf, sinkIf, options.keepArp));
       cut = true;
       return Date.now();
     },
@@ -206,6 +242,16 @@ export async function createNetNs(): Promise<NetNs> {
       must([IP, "netns", "exec", name, NFT, "delete", "table", "netdev", CUT_TABLE]);
       cut = false;
       return Date.now();
+    },
+    setLoss(percent) {
+      if (!Number.isInteger(percent) || percent < 0 || percent > 100) throw new Error(`loss must be a whole percentage, not ${percent}`);
+      run([IP, "netns", "exec", name, NFT, "delete", "table", "netdev", LOSS_TABLE]); // none yet is fine
+      if (percent > 0) must([IP, "netns", "exec", name, NFT, "-f", "-"], lossRules(nsIf, sinkIf, percent));
+    },
+    lossCounts() {
+      const listed = must([IP, "netns", "exec", name, NFT, "list", "table", "netdev", LOSS_TABLE]);
+      const sum = (pattern: RegExp) => [...listed.matchAll(pattern)].reduce((total, m) => total + Number(m[1]), 0);
+      return { frames: sum(/^\s*counter packets (\d+)/gm), dropped: sum(/numgen .* counter packets (\d+) /g) };
     },
     async remove() {
       if (!removed) {
@@ -230,6 +276,8 @@ export async function createNetNs(): Promise<NetNs> {
     must([IP, "-n", name, "link", "set", "lo", "up"]);
     must([IP, "-n", name, "addr", "add", `${inside}/30`, "dev", nsIf]);
     must([IP, "-n", name, "link", "set", nsIf, "up"]);
+    must([IP, "-n", name, "link", "add", sinkIf, "type", "veth", "peer", "name", `cr${hex}z`]);
+    must([IP, "-n", name, "link", "set", sinkIf, "up"]);
     // Both ends report carrier within milliseconds; bounded all the same.
     const deadline = Date.now() + 5_000;
     while (!(linkUp(undefined, hostIf) && linkUp(name, nsIf))) {
@@ -325,4 +373,113 @@ export async function startAgentIn(ns: NetNs, relay: Pick<Relay, "port" | "token
     }
   }
   return { ...child, machine, roots };
+}
+
+// --- an MCP client in a namespace of its own ---
+
+/** The client's process: the SDK's client driven by JSON lines (see the file). */
+const CLIENT_SCRIPT = path.join(ROOT, "test", "helpers", "client-process.ts");
+/** How long a client may take to start and connect: bun starting on a busy machine, then the SDK's initialize. */
+const CLIENT_READY_MS = 20_000;
+/** How long past a call's own timeout (after which the client answers with an error) the test still waits for it. */
+const ANSWER_SLACK_MS = 5_000;
+/** How long a client has to say goodbye once its stdin is closed, before it is killed. */
+const CLIENT_STOP_MS = 5_000;
+
+/** startRelay's options under which a client in `clientNs` is served. The relay listens on every address (each
+ *  namespace reaches it at its veth's root-side address), on a port chosen now, since PUBLIC_URL must name it: the
+ *  relay serves MCP only under a loopback Host or PUBLIC_URL's host and port (relay/auth.ts checkHost), and takes a
+ *  PUBLIC_URL other than loopback only with https (relay/config.ts parsePublicUrl). So PUBLIC_URL is https while
+ *  the client speaks plain http, as behind a TLS-terminating proxy that passes the Host on; the check compares
+ *  host and port only. */
+export function relayServing(clientNs: NetNs): RelayOptions {
+  const port = freePort();
+  return { port, env: { HOST: "0.0.0.0", PUBLIC_URL: `https://${clientNs.hostAddress}:${port}` } };
+}
+
+/** A call's outcome as the client in the namespace saw it. */
+export interface NsAnswer {
+  /** When (Date.now()) the client issued the call, and when its answer (or error) arrived there. */
+  issuedAt: number;
+  answeredAt: number;
+  /** Set when the call threw (the client's timeout, a transport failure) instead of answering. */
+  error?: string;
+  isError?: boolean;
+  /** The result's first text block. */
+  text?: string;
+  /** The progress notifications it heard, in order. */
+  progress: { at: number; message: string }[];
+}
+
+export interface NsCall {
+  answer: Promise<NsAnswer>;
+  /** Resolves once the call's first progress notification reached the client; rejects after `withinMs`. */
+  progressed(withinMs: number): Promise<void>;
+}
+
+export interface NsClient extends AsyncDisposable {
+  /** The relay's URL as the client dials it: its veth's root-side address. */
+  readonly url: string;
+  /** The client process's own messages (an SDK warning, a crash). */
+  readonly stderr: OutputLog;
+  /** Issues a call at once (calls run concurrently); `timeoutMs` is the client's own timeout for it (default 60 s). */
+  call(tool: string, args: Record<string, unknown>, timeoutMs?: number): NsCall;
+}
+
+/** Starts a real MCP client process (client-process.ts: the v1 SDK over Streamable HTTP) inside `ns`, dialing the
+ *  relay across the namespace's veth with the relay's token, and waits until it has connected. The relay must serve
+ *  that address (relayServing). The client exits when its stdin closes: on dispose, and when this test process
+ *  dies; removing the namespace kills it in any case. */
+export async function startClientIn(ns: NetNs, relay: Pick<Relay, "port" | "token">): Promise<NsClient> {
+  const url = `http://${ns.hostAddress}:${relay.port}`;
+  const proc = Bun.spawn(ns.exec([BUN, "run", CLIENT_SCRIPT]), {
+    cwd: NEUTRAL_CWD,
+    env: minimalEnv({ RELAY_URL: url, AUTH_TOKEN: relay.token }),
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const stdout = new OutputLog(proc.stdout);
+  const stderr = new OutputLog(proc.stderr);
+  let stopping: Promise<unknown> | undefined;
+  const stop = async () => {
+    stopping ??= (async () => {
+      proc.stdin.end();
+      await Promise.race([proc.exited, Bun.sleep(CLIENT_STOP_MS)]);
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+      await proc.exited;
+    })();
+    await stopping;
+  };
+  try {
+    const first = await stdout.waitFor(/^\{"(ready|failed)":/, CLIENT_READY_MS);
+    if (!first.startsWith('{"ready":')) throw new Error(`the client in ${ns.name} could not connect to ${url}: ${first}\n${stderr.text}`);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+
+  let lastId = 0;
+  const linesOf = (key: "progressOf" | "answerTo", id: number) => new RegExp(`^\\{"${key}":${id},`);
+  return {
+    url,
+    stderr,
+    call(tool, args, timeoutMs = 60_000) {
+      const id = ++lastId;
+      proc.stdin.write(`${JSON.stringify({ id, tool, arguments: args, timeoutMs } satisfies CallLine)}\n`);
+      proc.stdin.flush();
+      // The client writes a call's progress lines before its answer line, so they are all here once it arrives.
+      const answer = stdout.waitFor(linesOf("answerTo", id), timeoutMs + ANSWER_SLACK_MS).then((line): NsAnswer => {
+        const progress = stdout.lines
+          .filter((l) => linesOf("progressOf", id).test(l))
+          .map((l) => {
+            const { at, message } = JSON.parse(l) as { at: number; message: string };
+            return { at, message };
+          });
+        return { ...(JSON.parse(line) as Omit<NsAnswer, "progress">), progress };
+      });
+      return { answer, progressed: (withinMs) => stdout.waitFor(linesOf("progressOf", id), withinMs).then(() => undefined) };
+    },
+    [Symbol.asyncDispose]: stop,
+  };
 }

@@ -6,7 +6,8 @@
 // RECONNECT_GRACE_S 30 s):
 //   - after a 60 s outage, the first successful call comes within 3 s of the link's return (with ARP dropped too,
 //     and with ARP still answered);
-//   - a read_file issued 1 s into a 5 s blip succeeds (and, if the link was dropped meanwhile, said it was waiting);
+//   - a read_file issued 1 s into a 5 s blip succeeds, with progress saying the link is silent (and, if the link was
+//     dropped meanwhile, saying so too);
 //   - a call for a machine that dropped a moment ago waits, with progress "waiting for <machine> to reconnect",
 //     and succeeds once the link is back;
 //   - a half-dead link is found by the relay and by the agent within 10 s each.
@@ -22,6 +23,7 @@ import * as path from "node:path";
 import { createNetNs, leftoversOfThisRun, namespacesUnavailable, removeAll, startAgentIn, type NetNs } from "../helpers/netns.ts";
 import { connectClient, startRelay, type Agent, type McpClient, type Relay } from "../helpers/processes.ts";
 import { call, type ToolCall } from "../helpers/tools.ts";
+import { linkLines, seconds, stopBounded } from "./shared.ts";
 
 const unavailable = namespacesUnavailable();
 if (unavailable) console.warn(`test/network/outage.test.ts: skipped, network namespaces cannot be made here: ${unavailable}`);
@@ -52,12 +54,6 @@ interface Net extends AsyncDisposable {
   file: string;
   /** Whether the relay lists the agent's machine (GET /health with the token). */
   relayHasMachine(): Promise<boolean>;
-}
-
-/** A process stop that cannot hang a test: SIGTERM, then SIGKILL after `graceMs`. */
-async function stopBounded(child: { stop(): Promise<number>; kill(): Promise<void> }, graceMs = 5_000): Promise<void> {
-  await Promise.race([child.stop().catch(() => {}), Bun.sleep(graceMs)]);
-  await child.kill().catch(() => {});
 }
 
 /** A namespace, a relay listening on every address (the agent reaches it on the veth, the client on loopback, which
@@ -147,19 +143,6 @@ function judged(outcome: Awaited<ReturnType<typeof readWithProgress>["pending"]>
   return { text, ok: "result" in outcome && outcome.result.isError !== true && text.includes(FILE_TEXT.trim()) };
 }
 
-const seconds = (ms: number | undefined) => (ms === undefined ? "not within the watch" : `${(ms / 1000).toFixed(2)} s`);
-
-/** The relay's and the agent's log lines about the link since `from`, for a failure's message. */
-function linkLines(net: Net, relayFrom: number, agentFrom: number): string {
-  const pick = (lines: string[]) => lines.filter((l) => /connect|silent|replaced|sle(pt|ep)|woke|register|could not/.test(l));
-  return [
-    "relay:",
-    ...pick(net.relay.stderr.lines.slice(relayFrom)).map((l) => `  ${l}`),
-    "agent:",
-    ...pick(net.agent.stderr.lines.slice(agentFrom)).map((l) => `  ${l}`),
-  ].join("\n");
-}
-
 describe.skipIf(unavailable !== undefined)("network outages (agent in a network namespace, link cut with nft)", () => {
   afterAll(async () => {
     await removeAll();
@@ -231,7 +214,7 @@ describe.skipIf(unavailable !== undefined)("network outages (agent in a network 
     const restoredAt = net.ns.restore();
     const outcome = await pending;
     const { text, ok } = judged(outcome);
-    const relayDropped = net.relay.stderr.lines.slice(relayFrom).some((l) => /agent disconnected|link silent/.test(l));
+    const relayDropped = net.relay.stderr.lines.slice(relayFrom).some((l) => /agent disconnected|link silent|agent replaced/.test(l));
     const agentDropped = net.agent.stderr.lines.slice(agentFrom).some((l) => /disconnected/.test(l));
     report(
       `5 s blip: a read_file issued 1 s into it ${ok ? "succeeded" : "FAILED"} after ${seconds(outcome.at - issuedAt)} ` +
@@ -239,10 +222,16 @@ describe.skipIf(unavailable !== undefined)("network outages (agent in a network 
         `the relay ${relayDropped ? "dropped" : "kept"} the link, the agent ${agentDropped ? "dropped" : "kept"} it`,
     );
     expect(ok, `the call said: ${text}\n${linkLines(net, relayFrom, agentFrom)}`).toBe(true);
+    // Waiting on a link silent for more than 3 s, before it or after it was sent, the call is told so.
+    const quiet = `waiting for ${net.agent.machine}: its link has been silent for`;
+    expect(progress.some((p) => p.message.startsWith(quiet)), `progress: ${JSON.stringify(progress)}`).toBe(true);
     // A call sent on the old link either rides it out (the link survived the blip: nothing to wait for) or, when
-    // either side dropped the link meanwhile, waited for the agent to come back, and said so.
+    // either side dropped the link meanwhile, says so: it waits for the agent to come back, or, when the agent was
+    // back on a new link before the relay found the old one dead (it replaced it), is sent again at once.
     if (relayDropped || agentDropped) {
-      expect(progress.some((p) => p.message.startsWith(`waiting for ${net.agent.machine} to reconnect`)), `progress: ${JSON.stringify(progress)}`).toBe(true);
+      const machine = net.agent.machine;
+      const saidSo = (message: string) => message.startsWith(`waiting for ${machine} to reconnect`) || message.startsWith(`the link to ${machine} dropped`);
+      expect(progress.some((p) => saidSo(p.message)), `progress: ${JSON.stringify(progress)}`).toBe(true);
     }
   });
 

@@ -114,7 +114,7 @@ describe.each(DAEMONS)("a command that daemonizes with $how", ({ start, inGroup 
 describe.each([
   { what: "text (yes)", command: (tag: string) => `yes ${tag}` },
   { what: "NUL bytes (cat /dev/zero)", command: (tag: string) => `cat /dev/zero # ${tag}` },
-])("infinite output: $what", ({ command }) => {
+])("infinite output: $what", ({ what, command }) => {
   test("the result stays under 100,000 characters, the command is killed at its timeout, and agent memory and disk stay bounded", async () => {
     await using client = await connectClient(stack.relay, "streamable-http");
     await call(client, "run_shell_command", { command: "head -c 20000000 /dev/zero" }); // warm up the pipes
@@ -130,13 +130,16 @@ describe.each([
       clearInterval(disk);
     }
     const samples = rss.stop();
+    const grewMiB = (Math.max(...samples) - samples[0]!) / MiB;
+    console.log(`infinite output, ${what}: ${(r.data.stdout_bytes / 1e9).toFixed(1)} GB in 4 s; agent RSS +${grewMiB.toFixed(0)} MiB at peak`);
     expect(r.data).toMatchObject({ state: "timed_out", timed_out: true, truncated: true });
     expect(resultSize(r)).toBeLessThan(100_000);
     expect(r.data.stdout_bytes).toBeGreaterThan(20 * MiB);
     expect(pidsMatching(tag)).toEqual([]);
     // Memory: the agent keeps a head and a tail in memory and streams the rest to disk, so gigabytes of output
-    // cost it tens of MiB of buffers in flight, not a growth in step with the output.
-    expect(Math.max(...samples) - samples[0]!).toBeLessThan(96 * MiB);
+    // cost it tens of MiB of buffers in flight, not a growth in step with the output (+30 to +74 MiB alone, +97 once
+    // in a whole-suite run, as the collector falls behind on a busy machine; in step with 2-3 GB would be GBs).
+    expect(grewMiB).toBeLessThan(128);
     // Disk: the log keeps the last 48 MiB, whatever the command prints (plus the command's small record).
     expect(Math.max(...logBytes)).toBeLessThan(KEPT_LOG_BYTES + MiB);
     const output = await call(client, "get_command_output", { command_id: r.data.command_id, offset: 0, wait_seconds: 0 });

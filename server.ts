@@ -20,6 +20,7 @@ import { AgentTokens, OAuthStore } from "./relay/credentials.ts";
 import { Dashboard } from "./relay/dashboard.ts";
 import { Enrolments, enrolmentRoutes } from "./relay/enrolments.ts";
 import { MachineKeys } from "./relay/identity.ts";
+import { Presence } from "./relay/presence.ts";
 import { DEV_NO_MACHINE_MESSAGE, devAgentTokenFile, devBanner, devMachineName, devToken, LocalAgent, loopbackUrl } from "./relay/dev.ts";
 import { keepAgentToken } from "./relay/handoff.ts";
 import { CallLimits, FAILURE_SUMMARY_MS, FailureRecords, OWNER_SECRET_GLOBAL_LIMIT, Penalties } from "./relay/limits.ts";
@@ -61,7 +62,8 @@ export function startServer(config: ServerConfig): RunningServer {
   const db = openDatabase(config.databasePath);
   const audit = new AuditLog(db);
   const agentTokens = new AgentTokens(db);
-  const relay = new Relay(audit, (machine) => agentTokens.exists(machine), new MachineKeys(db));
+  const presence = new Presence(db);
+  const relay = new Relay(audit, (machine) => agentTokens.exists(machine), new MachineKeys(db), presence);
   relay.reconnectGraceMs = config.reconnectGraceS * 1000;
   const failures = new FailureRecords(audit);
   const penalties = new Penalties(failures);
@@ -245,7 +247,7 @@ export function startServer(config: ServerConfig): RunningServer {
   ];
   // The port is ours now, so no other relay serves this database: a call still open in it is a crashed relay's, and
   // the machines connected to that relay are about to redial this one.
-  relay.expectBack(audit.machinesConnectedAtLastStop());
+  relay.expectBack(presence.takeOver());
   audit.closeInterrupted();
   oauth.adoptOwnerSecret(); // likewise: only the relay serving this database revokes grants made under another secret
   pruneAudit(audit, config.auditRetentionDays);

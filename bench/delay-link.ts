@@ -251,8 +251,10 @@ export class DelayLink implements LinkState, AsyncDisposable {
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
+    // Stop accepting first, so that no connection arrives after the others are ended (close waits for it).
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const conn of [...this.#connections]) conn.dispose();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    await closed;
   }
 
   #accept(socket: net.Socket): void {

@@ -32,6 +32,7 @@ import type { AgentCredential } from "./auth.ts";
 import type { EnrolLink, EnrolmentDesk } from "./enrolments.ts";
 import { judgeIdentity, proofVerifies, type MachineKeys } from "./identity.ts";
 import { OncePer } from "./limits.ts";
+import type { Presence } from "./presence.ts";
 import { logger } from "../log.ts";
 
 const log = logger("server");
@@ -93,6 +94,10 @@ export interface AgentConn {
 export const RECONNECT_PROGRESS_MS = 2_000;
 /** A link not heard for longer than this (a heartbeat and a half) may be half-dead: a call waits to hear it first. */
 const QUIET_LINK_MS = HEARTBEAT_INTERVAL_MS * 1.5;
+/** Silent past the relay's own ping (sent at HEARTBEAT_INTERVAL_MS + HEARTBEAT_CHECK_MS) and a check more: the ping went
+ *  unanswered, so the calls waiting on the link are told (an older agent that pings every 5 s only answers the
+ *  relay's ping at once, and is not reported silent). */
+const UNANSWERED_PING_MS = HEARTBEAT_INTERVAL_MS + 2 * HEARTBEAT_CHECK_MS;
 const QUIET_POLL_MS = 100;
 /** Machines remembered as recently connected, at most (the oldest are forgotten first): the memory a relay gives to
  *  riding out blips stays bounded however many machines come and go. */
@@ -105,8 +110,9 @@ interface CallOptions {
   signal?: AbortSignal;
   onProgress?: (progress: ProgressFrame) => void;
   onAsk?: (ask: AskFrame) => void;
-  /** Told every HEARTBEAT_CHECK_MS while the call waits for its answer on a link gone quiet (a blip under way), so a
-   *  client hears why its call is slow: the link may recover, or be closed as dead (a read is then sent again). */
+  /** Told every HEARTBEAT_CHECK_MS while the call waits for its answer on a link gone quiet (the relay's ping went
+   *  unanswered: a blip under way), so a client hears why its call is slow: the link may recover, or be closed as
+   *  dead (a read is then sent again). */
   onQuiet?: (message: string) => void;
 }
 
@@ -150,6 +156,8 @@ export class Relay {
   readonly #recentlyGone = new Map<string, number>();
   /** Calls waiting for a machine to return, by machine name: woken when it registers. */
   readonly #returnWaiters = new Map<string, Set<() => void>>();
+  /** Set by closeAll: the links this relay closes as it stops are not machines leaving. */
+  #stopping = false;
   /** Where enroll connections' frames go; without it, enroll hellos are refused. */
   enrolments?: EnrolmentDesk;
   constructor(
@@ -158,6 +166,8 @@ export class Relay {
     readonly hasOwnToken: (machine: string) => boolean,
     /** The public key pinned to each machine name: only its holder may register the name. */
     readonly keys: MachineKeys,
+    /** The machines registered now, as the next relay will read them (presence.ts). */
+    readonly presence: Pick<Presence, "connected" | "left">,
   ) {}
 
   opened(ws: AgentSocket): void {
@@ -193,6 +203,8 @@ export class Relay {
     this.#failPending(conn, `Machine '${conn.machine}' disconnected before answering; it may or may not have run.`);
     if (this.agents.get(conn.machine) !== conn) return; // replaced earlier: its successor stays registered
     this.agents.delete(conn.machine);
+    // Closed by this relay's shutdown: still connected, as the next relay should know. Any other end is an end.
+    if (!this.#stopping) this.presence.left(conn.machine);
     // Cut off on purpose (the owner's disconnect, a revoked token): nobody should wait for it to come back.
     if (code !== CloseCode.forbidden) this.#wentAway(conn.machine);
     log("info", "agent disconnected", { machine: conn.machine, code, reason });
@@ -387,7 +399,7 @@ export class Relay {
       } else if (silentMs > HEARTBEAT_INTERVAL_MS + HEARTBEAT_CHECK_MS) {
         send(ws, { type: "ping", t: now });
       }
-      if (ws.data.agent && silentMs > QUIET_LINK_MS) for (const call of ws.data.agent.pending.values()) call.onQuiet?.(quietMessage(ws.data.agent, now));
+      if (ws.data.agent && silentMs > UNANSWERED_PING_MS) for (const call of ws.data.agent.pending.values()) call.onQuiet?.(quietMessage(ws.data.agent, now));
     }
   }
 
@@ -415,6 +427,7 @@ export class Relay {
   /** Server shutdown: fails every call still waiting on an agent, so its client gets an answer before the relay
    *  goes, then closes every agent socket (agents reconnect with backoff). */
   closeAll(): void {
+    this.#stopping = true;
     for (const conn of this.agents.values()) {
       this.#failPending(conn, `The relay is restarting; the operation on '${conn.machine}' may or may not have completed. Try again in a few seconds.`);
     }
@@ -466,6 +479,7 @@ export class Relay {
     // must find it already replaced (else it would unregister the name and audit a disconnect that did not happen).
     ws.data.agent = conn;
     this.agents.set(hello.machine, conn);
+    this.presence.connected(hello.machine);
     this.#cameBack(hello.machine);
     if (previous) {
       this.#failPending(previous, `Machine '${hello.machine}' was replaced by a new connection before answering.`);

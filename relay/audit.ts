@@ -12,7 +12,6 @@
 
 import type { Database } from "bun:sqlite";
 import { createHash, randomBytes } from "node:crypto";
-import { CloseCode } from "../protocol.ts";
 import { logger } from "../log.ts";
 
 const log = logger("server");
@@ -21,10 +20,6 @@ const log = logger("server");
 const GENESIS = "0".repeat(64);
 /** Every this many events, the head of the chain goes to the log (evidence kept outside the database). */
 const LOG_HEAD_EVERY = 1_000;
-/** The events that say whether a machine is connected (machinesConnectedAtLastStop). */
-const CONNECTION_KINDS = ["agent_connected", "agent_disconnected", "agent_replaced", "agent_disconnected_by_owner"];
-/** A relay that was down longer than this starts with no machines to wait for. */
-const LAST_STOP_LOOKBACK_MS = 24 * 60 * 60 * 1000;
 /** Rows a query returns at most. */
 export const MAX_QUERY_ROWS = 500;
 
@@ -254,23 +249,6 @@ export class AuditLog {
     const open = this.#openCalls();
     for (const { call_id, machine, client } of open) this.#finish({ call_id, machine, client }, { outcome: "interrupted", error: INTERRUPTED_ERROR }, null);
     if (open.length > 0) log("warn", "calls left open by a relay that stopped without finishing them are recorded as interrupted", { calls: open.length });
-  }
-
-  /** The machines that were connected when the previous relay on this database stopped, at most a day ago: each one's
-   *  last connection event is its connection (that relay crashed or was killed under it) or that relay's own close
-   *  for a restart. They redial within seconds of a restart, so calls for them can wait. Only a relay that has just
-   *  started may ask: none of its own agents has connected yet. */
-  machinesConnectedAtLastStop(now = Date.now()): string[] {
-    const since = new Date(now - LAST_STOP_LOOKBACK_MS).toISOString();
-    const kinds = CONNECTION_KINDS.map(() => "?").join(", ");
-    const rows = this.#db
-      .query(`SELECT machine, kind, data FROM audit_events WHERE kind IN (${kinds}) AND machine IS NOT NULL AND at >= ? ORDER BY seq DESC`)
-      .all(...CONNECTION_KINDS, since) as { machine: string; kind: string; data: string }[];
-    const last = new Map<string, { kind: string; data: string }>();
-    for (const row of rows) if (!last.has(row.machine)) last.set(row.machine, row);
-    const restartClose = `code ${CloseCode.goingAway}`;
-    const stillUp = ({ kind, data }: { kind: string; data: string }) => kind === "agent_connected" || (kind === "agent_disconnected" && JSON.parse(data).detail === restartClose);
-    return [...last].filter(([, event]) => stillUp(event)).map(([machine]) => machine);
   }
 
   /** Records an event: agent connections, refused authentications, path denials, tokens made or revoked. */

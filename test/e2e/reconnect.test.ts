@@ -188,6 +188,26 @@ describe("a relay restart (a deploy, or a crash)", () => {
       desk.proc.kill("SIGCONT");
     }
   }, 90_000);
+
+  test("a machine that does not come back is waited for once: the restart after that one forgets it", async () => {
+    const port = freePort();
+    using data = tempDir("cr-db-");
+    const databasePath = path.join(data.path, "audit.db");
+    await using first = await startRelay({ port, databasePath });
+    await using gone = await startAgent(first, { machine: "retired" });
+    await first.stop();
+    await gone.kill(); // it goes while no relay runs: nobody sees it leave
+    await using second = await startRelay({ port, databasePath, token: first.token });
+    expect(await second.stderr.waitFor(/waiting for the machines connected when the relay last stopped/)).toMatch(/machines="retired" count=1/);
+    await second.stop();
+    await using third = await startRelay({ port, databasePath, token: first.token });
+    await using client = await connectClient(third, "streamable-http");
+    const askedAt = Date.now();
+    const failed = await call(client, "read_file", { machine: "retired", path: "/etc/hostname" });
+    expect(Date.now() - askedAt).toBeLessThan(1_000);
+    expect(failed.text).toStartWith("Machine 'retired' is not connected.");
+    expect(third.stderr.text).not.toContain("waiting for the machines connected when the relay last stopped");
+  });
 });
 
 describe("a command in flight when its agent dies", () => {

@@ -15,7 +15,8 @@ afterAll(() => void (console.error = originalError));
 function newRelay(graceMs: number): Relay {
   const audit = { event() {} } as unknown as ConstructorParameters<typeof Relay>[0];
   const keys = {} as ConstructorParameters<typeof Relay>[2];
-  const relay = new Relay(audit, () => false, keys);
+  const presence = { connected() {}, left() {} };
+  const relay = new Relay(audit, () => false, keys, presence);
   relay.reconnectGraceMs = graceMs;
   return relay;
 }

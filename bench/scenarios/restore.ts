@@ -1,9 +1,9 @@
 // Scenario 13: what a network outage costs once it is over (issue 17). The relay-agent link of scenario 12's rig is
 // cut as a path that drops every packet would be (no FIN, no RST: bench/delay-link.ts). First a blip: two read_file
 // calls sent during a short cut, one early and one late, must succeed, whether the link outlived the cut or the
-// agent came back on a new one. Then an outage longer than the relay's reconnect grace: from the restore, read_file calls go out one after
-// another until one succeeds, the wait a user has after opening the lid. Along the way, how long each side took to
-// give up on the silent link (the issue's half-dead link, to be found within 10 s).
+// agent came back on a new one. Then an outage longer than the relay's reconnect grace: from the restore, read_file
+// calls go out one after another until one succeeds, the wait a user has after opening the lid. Along the way, how
+// long each side took to give up on the silent link (the issue's half-dead link, to be found within 10 s).
 
 import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
 import type { OutputLog } from "../../test/helpers/processes.ts";

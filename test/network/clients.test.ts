@@ -17,7 +17,6 @@ import * as path from "node:path";
 import {
   createNetNs,
   leftoversOfThisRun,
-  namespacesUnavailable,
   relayServing,
   removeAll,
   startAgentIn,
@@ -28,10 +27,9 @@ import {
   type NsClient,
 } from "../helpers/netns.ts";
 import { startRelay, type Agent, type Relay } from "../helpers/processes.ts";
-import { linkChanges, linkLines, seconds, stopBounded } from "./shared.ts";
+import { linkChanges, linkLines, seconds, skipWithoutNamespaces, stopBounded } from "./shared.ts";
 
-const unavailable = namespacesUnavailable();
-if (unavailable) console.warn(`test/network/clients.test.ts: skipped, network namespaces cannot be made here: ${unavailable}`);
+const unavailable = skipWithoutNamespaces("test/network/clients.test.ts");
 
 setDefaultTimeout(120_000);
 

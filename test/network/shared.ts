@@ -1,7 +1,17 @@
-// What the network suites share (outage.test.ts, clients.test.ts): stopping a process within a bound, printing a
-// figure, and reading the relay's and the agent's logs for what happened to the agent's link.
+// What the network suites share (outage.test.ts, clients.test.ts): skipping where namespaces cannot be made, stopping
+// a process within a bound, printing a figure, and reading the relay's and the agent's logs for what happened to the
+// agent's link.
 
+import { namespacesUnavailable } from "../helpers/netns.ts";
 import type { Agent, Relay } from "../helpers/processes.ts";
+
+/** Why `suite` cannot make network namespaces here (said once, as a warning, so a skipped suite is visible), or
+ *  undefined when it can. */
+export function skipWithoutNamespaces(suite: string): string | undefined {
+  const why = namespacesUnavailable();
+  if (why) console.warn(`${suite}: skipped, network namespaces cannot be made here: ${why}`);
+  return why;
+}
 
 /** A process stop that cannot hang a test: SIGTERM, then SIGKILL after `graceMs`. */
 export async function stopBounded(child: { stop(): Promise<number>; kill(): Promise<void> }, graceMs = 5_000): Promise<void> {
